@@ -1,0 +1,13 @@
+//! The inside of ordersaga: domain types, the pure saga state machine, the actors that run it, and
+//! the ports (small traits) through which those actors reach the outside world.
+//!
+//! This crate deliberately depends on no I/O crate (no sqlx, async-nats, axum or reqwest). The
+//! compiler thereby enforces the ports-and-adapters shape: every decision about an order can be
+//! tested in microseconds, and the adapters crate is the only place that knows about servers.
+
+pub mod domain;
+pub mod events;
+pub mod inventory;
+pub mod orders;
+pub mod ports;
+pub mod saga;

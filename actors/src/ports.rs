@@ -1,0 +1,170 @@
+//! Ports: the small traits through which actors reach storage, messaging and payment providers.
+//! Implementations live in the `adapters` crate (Postgres, NATS, Stripe); in-memory ones live in
+//! tests. Keeping them narrow keeps the actors honest about what they need.
+//!
+//! Every port that changes state also takes the messages to emit (`outbox`) and commits both in one
+//! transaction: that is the transactional outbox, and it is why a crash can never leave a
+//! transition persisted with its messages lost, or messages sent for a transition that never was.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{CorrelationId, Money, OrderId, OrderLine, PaymentMethod};
+use crate::events::{Envelope, Shortage};
+use crate::saga::OrderState;
+
+/// Failures of a storage port, split by what the caller should do about them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer advanced the order first (optimistic concurrency). Reload and re-decide.
+    #[error("version conflict: expected version {expected}")]
+    VersionConflict { expected: i64 },
+    /// The store could not be reached or failed; the operation may be retried later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where order snapshots live. A snapshot is the whole `OrderState`, written with its version.
+#[async_trait]
+pub trait OrderSnapshotStore: Send + Sync + 'static {
+    async fn load(&self, order_id: OrderId) -> Result<Option<OrderState>, StoreError>;
+
+    /// Stores the first snapshot and its messages. Returns `false`, writing nothing, if the order
+    /// already exists (placing an order is idempotent).
+    async fn create(&self, first: &OrderState, outbox: &[Envelope]) -> Result<bool, StoreError>;
+
+    /// Stores `next` if the stored version is still `next.version - 1`, else `VersionConflict`.
+    async fn commit(&self, next: &OrderState, outbox: &[Envelope]) -> Result<(), StoreError>;
+}
+
+/// A request to reserve every line of one order, all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationRequest {
+    pub order_id: OrderId,
+    pub correlation_id: CorrelationId,
+    pub lines: Vec<OrderLine>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReservationOutcome {
+    Reserved,
+    OutOfStock(Vec<Shortage>),
+    /// The order was already decided (reserved, refused or cancelled) by an earlier delivery.
+    AlreadyDecided,
+}
+
+/// What happened when an order's reservation was committed or released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettleOutcome {
+    /// Reservation rows that changed state in this call (0 for a repeat).
+    pub rows_changed: u64,
+}
+
+/// Derives the messages to commit together with a ledger outcome.
+pub type OutcomeMessages<'a, O> = &'a (dyn Fn(&O) -> Vec<Envelope> + Send + Sync);
+
+/// Stock and reservations. Postgres's CHECK constraints back every implementation's promise that
+/// nothing is oversold, even with several processes.
+#[async_trait]
+pub trait ReservationLedger: Send + Sync + 'static {
+    async fn reserve(
+        &self,
+        request: &ReservationRequest,
+        messages: OutcomeMessages<'_, ReservationOutcome>,
+    ) -> Result<ReservationOutcome, StoreError>;
+
+    /// The order completed: reserved units leave stock for good.
+    async fn commit(
+        &self,
+        order_id: OrderId,
+        messages: OutcomeMessages<'_, SettleOutcome>,
+    ) -> Result<SettleOutcome, StoreError>;
+
+    /// The order will not complete: reserved units go back on sale. Also marks the order decided,
+    /// so a reservation request that arrives after the cancellation is refused.
+    async fn release(
+        &self,
+        order_id: OrderId,
+        messages: OutcomeMessages<'_, SettleOutcome>,
+    ) -> Result<SettleOutcome, StoreError>;
+}
+
+/// One charge, as the payment role asks a provider for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRequest {
+    pub order_id: OrderId,
+    pub correlation_id: CorrelationId,
+    pub amount: Money,
+    pub payment_method: PaymentMethod,
+    /// Derived from order id and attempt: a redelivered request reuses it, so the provider
+    /// replays its first answer instead of charging again.
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Succeeded {
+        reference: String,
+    },
+    /// Accepted, final outcome later (a webhook, with Stripe).
+    Processing {
+        reference: String,
+    },
+    Declined {
+        reference: Option<String>,
+        code: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// Worth retrying later (network, provider 5xx, rate limit).
+    #[error("payment provider temporarily unavailable: {0}")]
+    Transient(String),
+    /// Retrying cannot help (bad request, bad credentials).
+    #[error("payment provider refused the request: {0}")]
+    Permanent(String),
+}
+
+/// A payment provider (Stripe, or the simulated gateway).
+#[async_trait]
+pub trait PaymentGateway: Send + Sync + 'static {
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, GatewayError>;
+}
+
+/// The payment role's record of charges: makes handling `payment.requested.v1` idempotent.
+#[async_trait]
+pub trait PaymentRecords: Send + Sync + 'static {
+    /// Whether an outcome is already recorded for this order and attempt.
+    async fn is_recorded(&self, order_id: OrderId, attempt: u32) -> Result<bool, StoreError>;
+
+    /// Records the outcome with its messages; a second record of the same attempt is a no-op
+    /// that returns `false`.
+    async fn record(
+        &self,
+        order_id: OrderId,
+        attempt: u32,
+        outcome: &ChargeOutcome,
+        outbox: &[Envelope],
+    ) -> Result<bool, StoreError>;
+}
+
+/// The source of "now", injectable so tests can control time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+pub type SharedClock = Arc<dyn Clock>;

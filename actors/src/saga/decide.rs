@@ -1,0 +1,322 @@
+//! The transition function. Read it as a table: (status, event) → (next status, effects).
+//!
+//! Rules that hold for every row:
+//! - an event that does not fit the current status is ignored with a reason, never an error, so a
+//!   duplicate or late message is acknowledged and forgotten instead of redelivered forever;
+//! - status never moves backwards, and a terminal order never becomes live again;
+//! - money taken for a cancelled order is never silently dropped (`late_payment`).
+
+use chrono::{DateTime, Utc};
+
+use super::state::{
+    Compensation, HistoryEntry, LatePayment, NewOrder, OrderState, OrderStatus, PaymentFailure,
+    PaymentInfo, PaymentStatus,
+};
+use crate::events::{
+    EventBody, InventoryReleaseRequested, OrderCancelled, OrderConfirmed, OrderCreated,
+    PaymentRequested, Shortage,
+};
+
+/// What the saga reacts to, already stripped of transport details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaEvent {
+    StockReserved,
+    OutOfStock {
+        shortages: Vec<Shortage>,
+    },
+    StockReleased,
+    PaymentPending {
+        reference: String,
+    },
+    PaymentSucceeded {
+        reference: String,
+    },
+    PaymentFailed {
+        reference: Option<String>,
+        code: String,
+        message: String,
+    },
+}
+
+impl SagaEvent {
+    /// The saga-relevant reading of a message body; `None` for messages the saga does not consume.
+    pub fn from_body(body: &EventBody) -> Option<SagaEvent> {
+        Some(match body {
+            EventBody::InventoryReserved(_) => SagaEvent::StockReserved,
+            EventBody::InventoryOutOfStock(e) => SagaEvent::OutOfStock {
+                shortages: e.shortages.clone(),
+            },
+            EventBody::InventoryReleased(_) => SagaEvent::StockReleased,
+            EventBody::PaymentPending(e) => SagaEvent::PaymentPending {
+                reference: e.payment_reference.clone(),
+            },
+            EventBody::PaymentSucceeded(e) => SagaEvent::PaymentSucceeded {
+                reference: e.payment_reference.clone(),
+            },
+            EventBody::PaymentFailed(e) => SagaEvent::PaymentFailed {
+                reference: e.payment_reference.clone(),
+                code: e.code.clone(),
+                message: e.message.clone(),
+            },
+            _ => return None,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            SagaEvent::StockReserved => "stock_reserved",
+            SagaEvent::OutOfStock { .. } => "out_of_stock",
+            SagaEvent::StockReleased => "stock_released",
+            SagaEvent::PaymentPending { .. } => "payment_pending",
+            SagaEvent::PaymentSucceeded { .. } => "payment_succeeded",
+            SagaEvent::PaymentFailed { .. } => "payment_failed",
+        }
+    }
+}
+
+/// Something the saga wants to happen once its new state is durable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Publish(EventBody),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub next: OrderState,
+    pub effects: Vec<Effect>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Apply(Box<Transition>),
+    Ignore(&'static str),
+}
+
+/// The first transition: the order exists, PENDING, and asks inventory for stock.
+pub fn start(order: NewOrder, now: DateTime<Utc>) -> Transition {
+    let created = OrderCreated {
+        customer_id: order.customer_id.clone(),
+        lines: order.lines.clone(),
+        amount: order.amount,
+    };
+    let next = OrderState {
+        order_id: order.order_id,
+        correlation_id: order.correlation_id,
+        customer_id: order.customer_id,
+        lines: order.lines,
+        amount: order.amount,
+        payment_method: order.payment_method,
+        status: OrderStatus::Pending,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        payment: None,
+        compensation: None,
+        cancel_reason: None,
+        late_payment: None,
+        history: vec![HistoryEntry {
+            status: OrderStatus::Pending,
+            at: now,
+            reason: Some("order placed".into()),
+        }],
+    };
+    Transition {
+        next,
+        effects: vec![Effect::Publish(EventBody::OrderCreated(created))],
+    }
+}
+
+pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Decision {
+    use OrderStatus as S;
+    use SagaEvent as E;
+
+    let compensating = state.compensation.is_some();
+    match (state.status, event) {
+        (S::Pending, E::StockReserved) => {
+            let mut next = advance(state, now, S::StockReserved, Some("stock reserved"));
+            next.payment = Some(PaymentInfo {
+                status: PaymentStatus::Requested,
+                attempt: 1,
+                reference: None,
+                failure: None,
+            });
+            let request = PaymentRequested {
+                amount: state.amount,
+                payment_method: state.payment_method.clone(),
+                attempt: 1,
+            };
+            apply(next, vec![EventBody::PaymentRequested(request)])
+        }
+        (S::Pending, E::OutOfStock { shortages }) => {
+            let reason = out_of_stock_reason(shortages);
+            let mut next = advance(state, now, S::Cancelled, Some(&reason));
+            next.cancel_reason = Some(reason.clone());
+            apply(
+                next,
+                vec![EventBody::OrderCancelled(OrderCancelled { reason })],
+            )
+        }
+        (S::Pending, _) => {
+            Decision::Ignore("nothing but a reservation outcome is expected while PENDING")
+        }
+
+        (S::StockReserved, E::PaymentPending { reference }) if !compensating => {
+            let mut next = advance(state, now, S::PaymentProcessing, Some("payment processing"));
+            set_payment(&mut next, PaymentStatus::Pending, Some(reference), None);
+            apply(next, vec![])
+        }
+        (S::StockReserved | S::PaymentProcessing, E::PaymentSucceeded { reference })
+            if !compensating =>
+        {
+            let mut next = advance(state, now, S::Completed, Some("payment succeeded"));
+            set_payment(&mut next, PaymentStatus::Succeeded, Some(reference), None);
+            let confirmed = OrderConfirmed {
+                amount: state.amount,
+                payment_reference: Some(reference.clone()),
+            };
+            apply(next, vec![EventBody::OrderConfirmed(confirmed)])
+        }
+        (
+            S::StockReserved | S::PaymentProcessing,
+            E::PaymentFailed {
+                reference,
+                code,
+                message,
+            },
+        ) if !compensating => {
+            let reason = format!("payment failed: {code}: {message}");
+            let mut next = state.clone();
+            bump(&mut next, now);
+            let failure = PaymentFailure {
+                code: code.clone(),
+                message: message.clone(),
+            };
+            set_payment(
+                &mut next,
+                PaymentStatus::Failed,
+                reference.as_ref(),
+                Some(failure),
+            );
+            next.compensation = Some(Compensation {
+                reason: reason.clone(),
+                started_at: now,
+            });
+            next.history.push(HistoryEntry {
+                status: state.status,
+                at: now,
+                reason: Some(format!("{reason}; releasing stock")),
+            });
+            let release = InventoryReleaseRequested { reason };
+            apply(next, vec![EventBody::InventoryReleaseRequested(release)])
+        }
+        (S::StockReserved | S::PaymentProcessing, E::StockReleased) if compensating => {
+            let reason = state
+                .compensation
+                .as_ref()
+                .map(|c| c.reason.clone())
+                .unwrap_or_default();
+            let mut next = advance(state, now, S::Cancelled, Some(&reason));
+            next.cancel_reason = Some(reason.clone());
+            apply(
+                next,
+                vec![EventBody::OrderCancelled(OrderCancelled { reason })],
+            )
+        }
+        (S::StockReserved | S::PaymentProcessing, E::PaymentSucceeded { reference }) => {
+            // Compensation already started (the payment was reported failed, then succeeded):
+            // the order will be cancelled, so the money must be given back.
+            record_late_payment(state, reference, now)
+        }
+        (S::StockReserved | S::PaymentProcessing, _) => {
+            Decision::Ignore("duplicate or out-of-date event for an order in payment")
+        }
+
+        (S::Cancelled, E::PaymentSucceeded { reference }) => {
+            record_late_payment(state, reference, now)
+        }
+        (S::Completed | S::Cancelled, _) => Decision::Ignore("the order is finished"),
+    }
+}
+
+fn apply(next: OrderState, bodies: Vec<EventBody>) -> Decision {
+    Decision::Apply(Box::new(Transition {
+        next,
+        effects: bodies.into_iter().map(Effect::Publish).collect(),
+    }))
+}
+
+fn bump(next: &mut OrderState, now: DateTime<Utc>) {
+    next.version += 1;
+    next.updated_at = now;
+}
+
+fn advance(
+    state: &OrderState,
+    now: DateTime<Utc>,
+    to: OrderStatus,
+    reason: Option<&str>,
+) -> OrderState {
+    let mut next = state.clone();
+    bump(&mut next, now);
+    next.status = to;
+    next.history.push(HistoryEntry {
+        status: to,
+        at: now,
+        reason: reason.map(str::to_owned),
+    });
+    next
+}
+
+fn set_payment(
+    next: &mut OrderState,
+    status: PaymentStatus,
+    reference: Option<&String>,
+    failure: Option<PaymentFailure>,
+) {
+    let info = next.payment.get_or_insert(PaymentInfo {
+        status,
+        attempt: 1,
+        reference: None,
+        failure: None,
+    });
+    info.status = status;
+    if let Some(r) = reference {
+        info.reference = Some(r.clone());
+    }
+    if failure.is_some() {
+        info.failure = failure;
+    }
+}
+
+fn record_late_payment(state: &OrderState, reference: &str, now: DateTime<Utc>) -> Decision {
+    if state.late_payment.is_some() {
+        return Decision::Ignore("late payment already recorded");
+    }
+    let mut next = state.clone();
+    bump(&mut next, now);
+    next.late_payment = Some(LatePayment {
+        reference: reference.to_owned(),
+        at: now,
+    });
+    next.history.push(HistoryEntry {
+        status: next.status,
+        at: now,
+        reason: Some(format!(
+            "payment {reference} succeeded after cancellation; recorded for refund"
+        )),
+    });
+    apply(next, vec![])
+}
+
+fn out_of_stock_reason(shortages: &[Shortage]) -> String {
+    let detail: Vec<String> = shortages
+        .iter()
+        .map(|s| {
+            format!(
+                "{} (requested {}, available {})",
+                s.sku, s.requested, s.available
+            )
+        })
+        .collect();
+    format!("out of stock: {}", detail.join(", "))
+}

@@ -1,0 +1,301 @@
+//! Table tests of the transition function, including duplicates, late and out-of-order events.
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::domain::{
+    CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, PricedLine, Quantity, Sku,
+};
+use crate::events::{EventBody, Shortage};
+
+fn t(sec: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + sec, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn placed() -> OrderState {
+    let eur = Currency::parse("EUR").unwrap_or_else(|e| panic!("{e}"));
+    let order = NewOrder {
+        order_id: OrderId::new(),
+        correlation_id: CorrelationId::new(),
+        customer_id: CustomerId::parse("c-1").unwrap_or_else(|e| panic!("{e}")),
+        lines: vec![PricedLine {
+            sku: Sku::parse("SKU-1").unwrap_or_else(|e| panic!("{e}")),
+            quantity: Quantity::try_from(2).unwrap_or_else(|e| panic!("{e}")),
+            unit_price: Money::new(500, eur).unwrap_or_else(|e| panic!("{e}")),
+        }],
+        amount: Money::new(1000, eur).unwrap_or_else(|e| panic!("{e}")),
+        payment_method: PaymentMethod::parse("pm_card_visa").unwrap_or_else(|e| panic!("{e}")),
+    };
+    start(order, t(0)).next
+}
+
+fn reserved() -> SagaEvent {
+    SagaEvent::StockReserved
+}
+fn out_of_stock() -> SagaEvent {
+    SagaEvent::OutOfStock {
+        shortages: vec![Shortage {
+            sku: Sku::parse("SKU-1").unwrap_or_else(|e| panic!("{e}")),
+            requested: 2,
+            available: 1,
+        }],
+    }
+}
+fn pending() -> SagaEvent {
+    SagaEvent::PaymentPending {
+        reference: "pi_1".into(),
+    }
+}
+fn succeeded() -> SagaEvent {
+    SagaEvent::PaymentSucceeded {
+        reference: "pi_1".into(),
+    }
+}
+fn failed() -> SagaEvent {
+    SagaEvent::PaymentFailed {
+        reference: Some("pi_1".into()),
+        code: "card_declined".into(),
+        message: "Your card was declined.".into(),
+    }
+}
+fn released() -> SagaEvent {
+    SagaEvent::StockReleased
+}
+
+/// Feeds events in order; returns the final state and every subject published.
+fn run(events: &[SagaEvent]) -> (OrderState, Vec<&'static str>) {
+    let mut state = placed();
+    let mut published = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        if let Decision::Apply(tr) = decide(&state, event, t(i as i64 + 1)) {
+            assert_eq!(
+                tr.next.version,
+                state.version + 1,
+                "every transition bumps the version"
+            );
+            published.extend(tr.effects.iter().map(|Effect::Publish(b)| b.subject()));
+            state = tr.next;
+        }
+    }
+    (state, published)
+}
+
+fn statuses(state: &OrderState) -> Vec<OrderStatus> {
+    let mut out: Vec<OrderStatus> = Vec::new();
+    for h in &state.history {
+        if out.last() != Some(&h.status) {
+            out.push(h.status);
+        }
+    }
+    out
+}
+
+#[test]
+fn placing_an_order_starts_pending_and_asks_for_stock() {
+    let order = placed();
+    assert_eq!(order.status, OrderStatus::Pending);
+    assert_eq!(order.version, 1);
+    assert_eq!(order.history.len(), 1);
+}
+
+#[test]
+fn table_of_event_sequences() {
+    use OrderStatus::*;
+    struct Case {
+        name: &'static str,
+        events: Vec<SagaEvent>,
+        status: OrderStatus,
+        published: Vec<&'static str>,
+    }
+    let cases = vec![
+        Case {
+            name: "happy path",
+            events: vec![reserved(), pending(), succeeded()],
+            status: Completed,
+            published: vec!["payment.requested.v1", "order.confirmed.v1"],
+        },
+        Case {
+            name: "success without a pending first",
+            events: vec![reserved(), succeeded()],
+            status: Completed,
+            published: vec!["payment.requested.v1", "order.confirmed.v1"],
+        },
+        Case {
+            name: "out of stock cancels without asking for payment",
+            events: vec![out_of_stock()],
+            status: Cancelled,
+            published: vec!["order.cancelled.v1"],
+        },
+        Case {
+            name: "decline compensates, then cancels once stock is released",
+            events: vec![reserved(), pending(), failed(), released()],
+            status: Cancelled,
+            published: vec![
+                "payment.requested.v1",
+                "inventory.release_requested.v1",
+                "order.cancelled.v1",
+            ],
+        },
+        Case {
+            name: "decline straight after reservation",
+            events: vec![reserved(), failed(), released()],
+            status: Cancelled,
+            published: vec![
+                "payment.requested.v1",
+                "inventory.release_requested.v1",
+                "order.cancelled.v1",
+            ],
+        },
+        Case {
+            name: "a decline is not cancelled until the stock is back",
+            events: vec![reserved(), failed()],
+            status: StockReserved,
+            published: vec!["payment.requested.v1", "inventory.release_requested.v1"],
+        },
+        Case {
+            name: "duplicate reservation is a no-op",
+            events: vec![
+                reserved(),
+                reserved(),
+                pending(),
+                pending(),
+                succeeded(),
+                succeeded(),
+            ],
+            status: Completed,
+            published: vec!["payment.requested.v1", "order.confirmed.v1"],
+        },
+        Case {
+            name: "pending after success does not regress",
+            events: vec![reserved(), succeeded(), pending()],
+            status: Completed,
+            published: vec!["payment.requested.v1", "order.confirmed.v1"],
+        },
+        Case {
+            name: "failure after success changes nothing",
+            events: vec![reserved(), succeeded(), failed(), released()],
+            status: Completed,
+            published: vec!["payment.requested.v1", "order.confirmed.v1"],
+        },
+        Case {
+            name: "payment events before the reservation are ignored",
+            events: vec![succeeded(), failed(), pending(), reserved()],
+            status: StockReserved,
+            published: vec!["payment.requested.v1"],
+        },
+        Case {
+            name: "a late reservation after out-of-stock does not resurrect",
+            events: vec![out_of_stock(), reserved(), pending()],
+            status: Cancelled,
+            published: vec!["order.cancelled.v1"],
+        },
+        Case {
+            name: "release without compensation is ignored",
+            events: vec![reserved(), released(), succeeded()],
+            status: Completed,
+            published: vec!["payment.requested.v1", "order.confirmed.v1"],
+        },
+        Case {
+            name: "duplicate decline releases once",
+            events: vec![reserved(), failed(), failed(), released(), released()],
+            status: Cancelled,
+            published: vec![
+                "payment.requested.v1",
+                "inventory.release_requested.v1",
+                "order.cancelled.v1",
+            ],
+        },
+    ];
+    for case in cases {
+        let (state, published) = run(&case.events);
+        assert_eq!(state.status, case.status, "{}", case.name);
+        assert_eq!(published, case.published, "{}", case.name);
+    }
+}
+
+#[test]
+fn the_happy_path_walks_every_status_in_order() {
+    let (state, _) = run(&[reserved(), pending(), succeeded()]);
+    use OrderStatus::*;
+    assert_eq!(
+        statuses(&state),
+        vec![Pending, StockReserved, PaymentProcessing, Completed]
+    );
+    let payment = state.payment.unwrap_or_else(|| panic!("payment info"));
+    assert_eq!(payment.status, PaymentStatus::Succeeded);
+    assert_eq!(payment.reference.as_deref(), Some("pi_1"));
+}
+
+#[test]
+fn a_decline_keeps_the_providers_code_and_message_as_the_cancel_reason() {
+    let (state, _) = run(&[reserved(), pending(), failed(), released()]);
+    assert_eq!(
+        state.cancel_reason.as_deref(),
+        Some("payment failed: card_declined: Your card was declined.")
+    );
+    let failure = state
+        .payment
+        .and_then(|p| p.failure)
+        .unwrap_or_else(|| panic!("failure"));
+    assert_eq!(failure.code, "card_declined");
+}
+
+#[test]
+fn out_of_stock_names_the_short_sku() {
+    let (state, _) = run(&[out_of_stock()]);
+    let reason = state.cancel_reason.unwrap_or_default();
+    assert!(
+        reason.contains("SKU-1 (requested 2, available 1)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn payment_success_after_cancellation_is_recorded_for_refund_once() {
+    let (state, published) = run(&[out_of_stock(), succeeded(), succeeded()]);
+    assert_eq!(state.status, OrderStatus::Cancelled);
+    assert_eq!(
+        state.late_payment.map(|l| l.reference),
+        Some("pi_1".to_owned())
+    );
+    assert_eq!(published, vec!["order.cancelled.v1"]);
+}
+
+#[test]
+fn payment_success_during_compensation_is_recorded_for_refund() {
+    let (state, _) = run(&[reserved(), failed(), succeeded(), released()]);
+    assert_eq!(state.status, OrderStatus::Cancelled);
+    assert!(state.late_payment.is_some());
+}
+
+#[test]
+fn ignored_events_change_nothing() {
+    let (done, _) = run(&[reserved(), succeeded()]);
+    for event in [
+        reserved(),
+        out_of_stock(),
+        pending(),
+        succeeded(),
+        failed(),
+        released(),
+    ] {
+        assert!(matches!(decide(&done, &event, t(99)), Decision::Ignore(_)));
+    }
+}
+
+#[test]
+fn every_event_body_the_saga_consumes_maps_to_a_saga_event() {
+    let body = EventBody::PaymentSucceeded(crate::events::PaymentSucceeded {
+        payment_reference: "pi_9".into(),
+    });
+    assert_eq!(
+        SagaEvent::from_body(&body),
+        Some(SagaEvent::PaymentSucceeded {
+            reference: "pi_9".into()
+        })
+    );
+    let created = EventBody::OrderCancelled(crate::events::OrderCancelled { reason: "x".into() });
+    assert_eq!(SagaEvent::from_body(&created), None);
+}
