@@ -9,5 +9,6 @@ pub mod domain;
 pub mod events;
 pub mod inventory;
 pub mod orders;
+pub mod payments;
 pub mod ports;
 pub mod saga;

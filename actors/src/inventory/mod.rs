@@ -1,1 +1,159 @@
-//! placeholder
+//! Inventory: SKUs hash to N shard actors, and each shard handles its requests one at a time, so
+//! reservations of one SKU are serialised inside a process without any lock. Postgres (row locks
+//! and CHECK constraints) keeps the same promise across processes.
+//!
+//! An order's reservation goes to the shard that owns its smallest SKU and is decided in one
+//! transaction over all its lines (all or nothing). Commit and release are keyed by order only, so
+//! they go to the shard picked by the order id.
+
+mod outcomes;
+mod shard;
+
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, RpcReplyPort};
+
+pub use outcomes::{ReleaseCause, release_messages, reservation_messages};
+pub use shard::{InventoryShard, ShardMessage};
+
+use crate::domain::{OrderId, Sku};
+use crate::events::{Envelope, EventBody};
+use crate::ports::{ReservationLedger, ReservationRequest, SharedClock, StoreError};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("inventory shard unavailable: {0}")]
+    ShardUnavailable(String),
+}
+
+/// The inventory role's entry point: turns messages into shard requests.
+#[derive(Clone)]
+pub struct InventoryShards {
+    shards: Vec<ActorRef<ShardMessage>>,
+    clock: SharedClock,
+    reservation_ttl: chrono::Duration,
+    timeout: Duration,
+}
+
+impl InventoryShards {
+    /// Spawns `count` shard actors (at least one) sharing one ledger.
+    pub async fn spawn(
+        count: usize,
+        ledger: Arc<dyn ReservationLedger>,
+        clock: SharedClock,
+        reservation_ttl: Duration,
+    ) -> Result<Self, ractor::SpawnErr> {
+        let mut shards = Vec::with_capacity(count.max(1));
+        for index in 0..count.max(1) {
+            let (shard, _join) =
+                Actor::spawn(None, InventoryShard, (index, ledger.clone())).await?;
+            shards.push(shard);
+        }
+        Ok(Self {
+            shards,
+            clock,
+            reservation_ttl: chrono::Duration::from_std(reservation_ttl)
+                .unwrap_or_else(|_| chrono::Duration::minutes(15)),
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn shard_of(&self, sku: &Sku) -> usize {
+        (sku.shard_hash() % self.shards.len() as u64) as usize
+    }
+
+    fn shard_of_order(&self, order_id: OrderId) -> usize {
+        (order_id.as_uuid().as_u128() % self.shards.len() as u128) as usize
+    }
+
+    pub fn stop(&self) {
+        for shard in &self.shards {
+            shard.stop(None);
+        }
+    }
+
+    /// Handles one message from the bus. Messages inventory does not care about are accepted.
+    pub async fn on_message(&self, envelope: &Envelope) -> Result<(), InventoryError> {
+        match &envelope.body {
+            EventBody::OrderCreated(created) => {
+                let lines = created.order_lines();
+                let Some(first) = lines.iter().map(|l| &l.sku).min() else {
+                    return Ok(());
+                };
+                let shard = self.shard_of(first);
+                let request = ReservationRequest {
+                    order_id: envelope.order_id,
+                    correlation_id: envelope.correlation_id.clone(),
+                    lines,
+                    expires_at: self.clock.now() + self.reservation_ttl,
+                };
+                self.call(shard, |reply| ShardMessage::Reserve(request, reply))
+                    .await?;
+            }
+            EventBody::OrderConfirmed(_) => {
+                let order_id = envelope.order_id;
+                self.call(self.shard_of_order(order_id), |reply| {
+                    ShardMessage::Commit(order_id, reply)
+                })
+                .await?;
+            }
+            EventBody::OrderCancelled(e) => {
+                self.release(envelope, ReleaseCause::OrderCancelled(e.reason.clone()))
+                    .await?
+            }
+            EventBody::InventoryReleaseRequested(e) => {
+                self.release(envelope, ReleaseCause::Requested(e.reason.clone()))
+                    .await?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        envelope: &Envelope,
+        cause: ReleaseCause,
+    ) -> Result<(), InventoryError> {
+        let order_id = envelope.order_id;
+        let correlation_id = envelope.correlation_id.clone();
+        self.call(self.shard_of_order(order_id), |reply| {
+            ShardMessage::Release {
+                order_id,
+                correlation_id,
+                cause,
+                reply,
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        shard: usize,
+        build: impl FnOnce(RpcReplyPort<Result<T, StoreError>>) -> ShardMessage,
+    ) -> Result<T, InventoryError> {
+        let Some(actor) = self.shards.get(shard) else {
+            return Err(InventoryError::ShardUnavailable(format!(
+                "no shard {shard}"
+            )));
+        };
+        match actor.call(build, Some(self.timeout)).await {
+            Ok(CallResult::Success(result)) => Ok(result?),
+            Ok(CallResult::Timeout) => Err(InventoryError::ShardUnavailable("timed out".into())),
+            Ok(CallResult::SenderError) => {
+                Err(InventoryError::ShardUnavailable("no answer".into()))
+            }
+            Err(e) => Err(InventoryError::ShardUnavailable(e.to_string())),
+        }
+    }
+}

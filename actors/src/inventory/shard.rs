@@ -1,0 +1,84 @@
+//! One inventory shard actor. Its mailbox is the serialisation point for the SKUs it owns; the
+//! ledger behind it does the durable work (stock, reservations and outbox in one transaction).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::debug;
+
+use super::outcomes::{ReleaseCause, release_messages, reservation_messages};
+use crate::domain::{CorrelationId, OrderId};
+use crate::ports::{
+    ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome, StoreError,
+};
+
+pub struct InventoryShard;
+
+pub enum ShardMessage {
+    Reserve(
+        ReservationRequest,
+        RpcReplyPort<Result<ReservationOutcome, StoreError>>,
+    ),
+    Commit(OrderId, RpcReplyPort<Result<SettleOutcome, StoreError>>),
+    Release {
+        order_id: OrderId,
+        correlation_id: CorrelationId,
+        cause: ReleaseCause,
+        reply: RpcReplyPort<Result<SettleOutcome, StoreError>>,
+    },
+}
+
+pub struct ShardState {
+    index: usize,
+    ledger: Arc<dyn ReservationLedger>,
+}
+
+impl Actor for InventoryShard {
+    type Msg = ShardMessage;
+    type State = ShardState;
+    type Arguments = (usize, Arc<dyn ReservationLedger>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (index, ledger): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ShardState { index, ledger })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMessage::Reserve(request, reply) => {
+                let messages = |outcome: &ReservationOutcome| {
+                    reservation_messages(&request, outcome, Utc::now())
+                };
+                let result = state.ledger.reserve(&request, &messages).await;
+                debug!(shard = state.index, order_id = %request.order_id, ?result, "reservation decided");
+                let _ = reply.send(result);
+            }
+            ShardMessage::Commit(order_id, reply) => {
+                let result = state.ledger.commit(order_id, &|_| Vec::new()).await;
+                let _ = reply.send(result);
+            }
+            ShardMessage::Release {
+                order_id,
+                correlation_id,
+                cause,
+                reply,
+            } => {
+                let messages = |outcome: &SettleOutcome| {
+                    release_messages(order_id, &correlation_id, &cause, outcome, Utc::now())
+                };
+                let result = state.ledger.release(order_id, &messages).await;
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! A typed front door to the order supervisor for the adapters (HTTP, NATS consumers), so they
+//! never build actor messages or deal with reply ports themselves.
+
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, RpcReplyPort};
+
+use super::saga_actor::OrderSagaMessage;
+use super::supervisor::SupervisorMessage;
+use super::{Delivery, SagaError};
+use crate::domain::OrderId;
+use crate::saga::{NewOrder, OrderState, SagaEvent};
+
+#[derive(Clone)]
+pub struct OrderSupervisorHandle {
+    supervisor: ActorRef<SupervisorMessage>,
+    /// Upper bound on one call, covering the actor's store round-trips.
+    timeout: Duration,
+}
+
+impl OrderSupervisorHandle {
+    pub fn new(supervisor: ActorRef<SupervisorMessage>, timeout: Duration) -> Self {
+        Self {
+            supervisor,
+            timeout,
+        }
+    }
+
+    pub fn actor(&self) -> &ActorRef<SupervisorMessage> {
+        &self.supervisor
+    }
+
+    pub async fn place(&self, order: NewOrder) -> Result<OrderState, SagaError> {
+        let order_id = order.order_id;
+        self.call(move |reply: RpcReplyPort<Result<OrderState, SagaError>>| {
+            SupervisorMessage::Route(order_id, OrderSagaMessage::Start(order, reply))
+        })
+        .await?
+    }
+
+    pub async fn deliver(
+        &self,
+        order_id: OrderId,
+        event: SagaEvent,
+    ) -> Result<Delivery, SagaError> {
+        self.call(move |reply| {
+            SupervisorMessage::Route(order_id, OrderSagaMessage::Handle(event, reply))
+        })
+        .await?
+    }
+
+    pub async fn live_orders(&self) -> Result<usize, SagaError> {
+        self.call(SupervisorMessage::LiveOrders).await
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(RpcReplyPort<T>) -> SupervisorMessage,
+    ) -> Result<T, SagaError> {
+        match self.supervisor.call(build, Some(self.timeout)).await {
+            Ok(CallResult::Success(value)) => Ok(value),
+            Ok(CallResult::Timeout) => Err(SagaError::ActorUnavailable("timed out".into())),
+            Ok(CallResult::SenderError) => Err(SagaError::ActorUnavailable(
+                "the order actor stopped before answering".into(),
+            )),
+            Err(e) => Err(SagaError::ActorUnavailable(e.to_string())),
+        }
+    }
+}

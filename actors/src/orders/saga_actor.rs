@@ -1,0 +1,165 @@
+//! One order's saga actor. It is the only writer of its order within this process: messages are
+//! handled one at a time, each decided by the pure `saga::decide`, committed with its outbox
+//! messages, and only then answered. Across processes, the snapshot version arbitrates: a commit
+//! on a stale version fails, the actor reloads and decides again on the fresh state.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{debug, warn};
+
+use super::{Delivery, SagaDeps, SagaError, StatusChange};
+use crate::domain::OrderId;
+use crate::events::Envelope;
+use crate::ports::StoreError;
+use crate::saga::{self, Decision, Effect, NewOrder, OrderState, SagaEvent, Transition};
+
+/// How often a commit that lost an optimistic-concurrency race is re-decided before giving up
+/// (the message is then redelivered by the broker).
+const MAX_CONFLICT_RETRIES: usize = 5;
+
+pub struct OrderSagaActor;
+
+pub enum OrderSagaMessage {
+    /// Place the order (idempotent: an existing order is returned unchanged).
+    Start(NewOrder, RpcReplyPort<Result<OrderState, SagaError>>),
+    /// React to an event about this order.
+    Handle(SagaEvent, RpcReplyPort<Result<Delivery, SagaError>>),
+}
+
+pub struct OrderSagaState {
+    order_id: OrderId,
+    deps: SagaDeps,
+    /// `None` until the first message loads it: spawning stays cheap and never touches the store.
+    snapshot: Option<OrderState>,
+}
+
+impl Actor for OrderSagaActor {
+    type Msg = OrderSagaMessage;
+    type State = OrderSagaState;
+    type Arguments = (OrderId, SagaDeps);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (order_id, deps): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(OrderSagaState {
+            order_id,
+            deps,
+            snapshot: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            OrderSagaMessage::Start(order, reply) => {
+                let result = state.start(order).await;
+                let _ = reply.send(result);
+            }
+            OrderSagaMessage::Handle(event, reply) => {
+                let result = state.handle(&event).await;
+                let _ = reply.send(result);
+            }
+        }
+        if state.snapshot.as_ref().is_some_and(OrderState::is_terminal) {
+            // Finished orders need no actor; a late event rehydrates one from the snapshot.
+            myself.stop(Some("order finished".into()));
+        }
+        Ok(())
+    }
+}
+
+impl OrderSagaState {
+    async fn ensure_loaded(&mut self) -> Result<(), SagaError> {
+        if self.snapshot.is_none() {
+            self.snapshot = self.deps.store.load(self.order_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self, order: NewOrder) -> Result<OrderState, SagaError> {
+        self.ensure_loaded().await?;
+        if let Some(existing) = &self.snapshot {
+            return Ok(existing.clone());
+        }
+        let Transition { next, effects } = saga::start(order, self.deps.clock.now());
+        let outbox = envelopes(&next, &effects);
+        if !self.deps.store.create(&next, &outbox).await? {
+            // Another process placed it between our load and our insert: theirs wins.
+            self.snapshot = None;
+            self.ensure_loaded().await?;
+            return self
+                .snapshot
+                .clone()
+                .ok_or(SagaError::UnknownOrder(self.order_id));
+        }
+        self.publish_status(&next);
+        self.snapshot = Some(next.clone());
+        Ok(next)
+    }
+
+    async fn handle(&mut self, event: &SagaEvent) -> Result<Delivery, SagaError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            self.ensure_loaded().await?;
+            let Some(current) = self.snapshot.as_ref() else {
+                return Err(SagaError::UnknownOrder(self.order_id));
+            };
+            let now = self.deps.clock.now();
+            let transition = match saga::decide(current, event, now) {
+                Decision::Ignore(why) => {
+                    debug!(order_id = %self.order_id, event = event.name(), why, "event ignored");
+                    return Ok(Delivery::Ignored(why));
+                }
+                Decision::Apply(transition) => transition,
+            };
+            let outbox = envelopes(&transition.next, &transition.effects);
+            match self.deps.store.commit(&transition.next, &outbox).await {
+                Ok(()) => {
+                    let status = transition.next.status;
+                    self.publish_status(&transition.next);
+                    self.snapshot = Some(transition.next);
+                    return Ok(Delivery::Applied(status));
+                }
+                Err(StoreError::VersionConflict { expected }) => {
+                    warn!(order_id = %self.order_id, expected, "snapshot moved on elsewhere; reloading");
+                    self.snapshot = None;
+                }
+                Err(other) => {
+                    // The in-memory state may be ahead of nothing: drop it and reload next time.
+                    self.snapshot = None;
+                    return Err(other.into());
+                }
+            }
+        }
+        Err(SagaError::Store(StoreError::Unavailable(
+            "too many concurrent writers for one order".into(),
+        )))
+    }
+
+    fn publish_status(&self, next: &OrderState) {
+        // No receivers is normal (nobody waiting); ignore.
+        let _ = self.deps.status_changes.send(StatusChange {
+            order_id: next.order_id,
+            status: next.status,
+        });
+    }
+}
+
+/// Wraps each effect in an envelope stamped with the order's ids and the transition time.
+fn envelopes(next: &OrderState, effects: &[Effect]) -> Vec<Envelope> {
+    effects
+        .iter()
+        .map(|Effect::Publish(body)| {
+            Envelope::new(
+                next.order_id,
+                next.correlation_id.clone(),
+                next.updated_at,
+                body.clone(),
+            )
+        })
+        .collect()
+}
