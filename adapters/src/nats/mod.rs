@@ -1,0 +1,101 @@
+//! NATS JetStream: connection, the three streams, the durable consumers and the outbox relay.
+//!
+//! Streams keep events for a week (limits retention) so several consumers can read the same
+//! subjects and an operator can replay; dedup by `Nats-Msg-Id` within a two-minute window makes a
+//! re-published outbox row harmless. Consumers are durable pull consumers with explicit acks.
+
+mod consumer;
+mod relay;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+pub use consumer::{ConsumerSpec, MessageHandler, run_consumer};
+pub use relay::OutboxRelay;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot reach NATS at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("JetStream setup failed for {what}: {reason}")]
+    Setup { what: String, reason: String },
+}
+
+/// The streams ordersaga owns, with the subjects each one captures.
+pub const STREAMS: [(&str, &str); 3] = [
+    ("orders", "order.>"),
+    ("payments", "payment.>"),
+    ("inventory", "inventory.>"),
+];
+
+/// The saga's inbound events from inventory (it ignores the release requests it sent itself).
+pub const ORDER_SAGA_INVENTORY: ConsumerSpec = ConsumerSpec {
+    stream: "inventory",
+    durable: "order-saga-inventory",
+    filter: "inventory.>",
+};
+/// The saga's inbound payment outcomes (it ignores the payment requests it sent itself).
+pub const ORDER_SAGA_PAYMENTS: ConsumerSpec = ConsumerSpec {
+    stream: "payments",
+    durable: "order-saga-payments",
+    filter: "payment.>",
+};
+/// Inventory reserves on order.created, commits on order.confirmed, releases on order.cancelled.
+pub const INVENTORY_ORDERS: ConsumerSpec = ConsumerSpec {
+    stream: "orders",
+    durable: "inventory-orders",
+    filter: "order.>",
+};
+/// Inventory's compensation commands from the saga.
+pub const INVENTORY_COMMANDS: ConsumerSpec = ConsumerSpec {
+    stream: "inventory",
+    durable: "inventory-commands",
+    filter: "inventory.release_requested.v1",
+};
+/// The payment role's charge requests.
+pub const PAYMENT_REQUESTS: ConsumerSpec = ConsumerSpec {
+    stream: "payments",
+    durable: "payment-requests",
+    filter: "payment.requested.v1",
+};
+
+/// Connects, failing fast with the address in the message if the server is not there; once
+/// connected, the client reconnects on its own forever.
+pub async fn connect(url: &str) -> Result<(async_nats::Client, jetstream::Context), NatsError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("ordersaga")
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .map_err(|e| NatsError::Unreachable {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let js = jetstream::new(client.clone());
+    Ok((client, js))
+}
+
+/// Creates the streams, or updates them to this configuration. Safe to run at every start and
+/// from several processes at once.
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), NatsError> {
+    for (name, subjects) in STREAMS {
+        let config = stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| NatsError::Setup {
+                what: format!("stream {name}"),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Payment gateways behind the `PaymentGateway` port.
+
+mod simulated;
+
+pub use simulated::SimulatedGateway;

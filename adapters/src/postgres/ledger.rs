@@ -1,0 +1,227 @@
+//! `ReservationLedger` on Postgres. Each operation is one transaction that touches rows in a fixed
+//! order (decision, reservations, products sorted by SKU), so concurrent transactions from any
+//! number of processes queue on row locks instead of deadlocking, and the CHECK constraints on
+//! `products` make an oversell impossible even if this code were wrong.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use actors::domain::OrderId;
+use actors::events::Shortage;
+use actors::ports::{
+    OutcomeMessages, ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome,
+    StoreError,
+};
+
+use super::{OutboxSignal, outbox, unavailable};
+
+#[derive(Clone)]
+pub struct PgReservationLedger {
+    pool: PgPool,
+    signal: OutboxSignal,
+}
+
+impl PgReservationLedger {
+    pub fn new(pool: PgPool, signal: OutboxSignal) -> Self {
+        Self { pool, signal }
+    }
+
+    async fn finish(
+        &self,
+        mut tx: Transaction<'_, Postgres>,
+        messages: Vec<actors::events::Envelope>,
+    ) -> Result<(), StoreError> {
+        outbox::insert(&mut tx, &messages)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        if !messages.is_empty() {
+            self.signal.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Claims the order's single decision row; `false` means an earlier delivery already decided.
+async fn claim_decision(
+    tx: &mut Transaction<'_, Postgres>,
+    order_id: OrderId,
+    outcome: &str,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query("INSERT INTO inventory_decisions (order_id, outcome) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(order_id.as_uuid())
+        .bind(outcome)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Locks the products rows in SKU order and returns what is available of each.
+async fn lock_available(
+    tx: &mut Transaction<'_, Postgres>,
+    skus: &[String],
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sku, on_hand - reserved FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(skus)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Moves an order's RESERVED rows to `to` and returns (sku, quantity) of the rows moved.
+async fn settle_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    order_id: OrderId,
+    to: &str,
+) -> Result<(Vec<String>, Vec<i64>), sqlx::Error> {
+    let mut rows: Vec<(String, i32)> = sqlx::query_as(
+        "UPDATE stock_reservations SET status = $2, updated_at = now()
+         WHERE order_id = $1 AND status = 'RESERVED' RETURNING sku, quantity",
+    )
+    .bind(order_id.as_uuid())
+    .bind(to)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.sort();
+    Ok(rows.into_iter().map(|(s, q)| (s, i64::from(q))).unzip())
+}
+
+#[async_trait]
+impl ReservationLedger for PgReservationLedger {
+    async fn reserve(
+        &self,
+        request: &ReservationRequest,
+        messages: OutcomeMessages<'_, ReservationOutcome>,
+    ) -> Result<ReservationOutcome, StoreError> {
+        // Merge repeated SKUs so "2 + 3 of A" is checked as "5 of A".
+        let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
+        for line in &request.lines {
+            *wanted.entry(line.sku.as_str().to_owned()).or_default() += i64::from(line.quantity);
+        }
+        let skus: Vec<String> = wanted.keys().cloned().collect();
+        let quantities: Vec<i64> = wanted.values().copied().collect();
+
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if !claim_decision(&mut tx, request.order_id, "RESERVED")
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(ReservationOutcome::AlreadyDecided);
+        }
+        let available = lock_available(&mut tx, &skus).await.map_err(unavailable)?;
+        let shortages: Vec<Shortage> = request
+            .lines
+            .iter()
+            .filter_map(|line| {
+                let have = available.get(line.sku.as_str()).copied().unwrap_or(0);
+                let want = wanted.get(line.sku.as_str()).copied().unwrap_or(0);
+                (want > have).then(|| Shortage {
+                    sku: line.sku.clone(),
+                    requested: u32::try_from(want).unwrap_or(u32::MAX),
+                    available: have.max(0),
+                })
+            })
+            .collect();
+
+        let outcome = if shortages.is_empty() {
+            sqlx::query(
+                "UPDATE products p SET reserved = p.reserved + w.qty, updated_at = now()
+                 FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+            )
+            .bind(&skus)
+            .bind(&quantities)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO stock_reservations (order_id, sku, quantity, status, expires_at)
+                 SELECT $1, w.sku, w.qty::integer, 'RESERVED', $4 FROM unnest($2::text[], $3::bigint[]) AS w(sku, qty)",
+            )
+            .bind(request.order_id.as_uuid())
+            .bind(&skus)
+            .bind(&quantities)
+            .bind(request.expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            ReservationOutcome::Reserved
+        } else {
+            sqlx::query(
+                "UPDATE inventory_decisions SET outcome = 'OUT_OF_STOCK' WHERE order_id = $1",
+            )
+            .bind(request.order_id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            ReservationOutcome::OutOfStock(shortages)
+        };
+        self.finish(tx, messages(&outcome)).await?;
+        Ok(outcome)
+    }
+
+    async fn commit(
+        &self,
+        order_id: OrderId,
+        messages: OutcomeMessages<'_, SettleOutcome>,
+    ) -> Result<SettleOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (skus, quantities) = settle_rows(&mut tx, order_id, "COMMITTED")
+            .await
+            .map_err(unavailable)?;
+        if !skus.is_empty() {
+            lock_available(&mut tx, &skus).await.map_err(unavailable)?;
+            sqlx::query(
+                "UPDATE products p SET on_hand = p.on_hand - w.qty, reserved = p.reserved - w.qty, updated_at = now()
+                 FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+            )
+            .bind(&skus)
+            .bind(&quantities)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        let outcome = SettleOutcome {
+            rows_changed: skus.len() as u64,
+        };
+        self.finish(tx, messages(&outcome)).await?;
+        Ok(outcome)
+    }
+
+    async fn release(
+        &self,
+        order_id: OrderId,
+        messages: OutcomeMessages<'_, SettleOutcome>,
+    ) -> Result<SettleOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Decision first (same lock order as reserve): a reservation request that arrives after
+        // this release finds the order decided and reserves nothing.
+        claim_decision(&mut tx, order_id, "CANCELLED")
+            .await
+            .map_err(unavailable)?;
+        let (skus, quantities) = settle_rows(&mut tx, order_id, "RELEASED")
+            .await
+            .map_err(unavailable)?;
+        if !skus.is_empty() {
+            lock_available(&mut tx, &skus).await.map_err(unavailable)?;
+            sqlx::query(
+                "UPDATE products p SET reserved = p.reserved - w.qty, updated_at = now()
+                 FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+            )
+            .bind(&skus)
+            .bind(&quantities)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        let outcome = SettleOutcome {
+            rows_changed: skus.len() as u64,
+        };
+        self.finish(tx, messages(&outcome)).await?;
+        Ok(outcome)
+    }
+}
