@@ -1,1 +1,37 @@
-fn main() {}
+//! The `ordersaga` binary: parse the command line, set up logging, start the application and
+//! report failures as one readable sentence (no stack trace) with what to do about them.
+
+use clap::Parser;
+
+use ordersaga::configuration::{Cli, Command};
+use ordersaga::startup::Application;
+use ordersaga::telemetry;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    ordersaga::install_crypto_provider();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(settings) => {
+            telemetry::init(settings.log_format);
+            let app = match Application::build(settings).await {
+                Ok(app) => app,
+                Err(e) => {
+                    eprintln!("ordersaga could not start: {e}");
+                    if let Some(hint) = e.hint() {
+                        eprintln!("\n{hint}");
+                    }
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            eprintln!("ordersaga listening on http://{}", app.address());
+            match app.run_until_stopped().await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ordersaga stopped: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

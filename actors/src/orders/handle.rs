@@ -44,10 +44,36 @@ impl OrderSupervisorHandle {
         order_id: OrderId,
         event: SagaEvent,
     ) -> Result<Delivery, SagaError> {
-        self.call(move |reply| {
-            SupervisorMessage::Route(order_id, OrderSagaMessage::Handle(event, reply))
-        })
-        .await?
+        self.enqueue(order_id, event).await
+    }
+
+    /// Enqueues the event *now* (so events enqueued one after another reach the order's actor in
+    /// that order) and returns a future for the answer.
+    pub fn enqueue(
+        &self,
+        order_id: OrderId,
+        event: SagaEvent,
+    ) -> impl Future<Output = Result<Delivery, SagaError>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply: RpcReplyPort<Result<Delivery, SagaError>> = tx.into();
+        let sent = self
+            .supervisor
+            .send_message(SupervisorMessage::Route(
+                order_id,
+                OrderSagaMessage::Handle(event, reply),
+            ))
+            .map_err(|e| SagaError::ActorUnavailable(e.to_string()));
+        let timeout = self.timeout;
+        async move {
+            sent?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(SagaError::ActorUnavailable(
+                    "the order actor stopped before answering".into(),
+                )),
+                Err(_) => Err(SagaError::ActorUnavailable("timed out".into())),
+            }
+        }
     }
 
     pub async fn live_orders(&self) -> Result<usize, SagaError> {

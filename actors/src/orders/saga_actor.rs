@@ -67,7 +67,8 @@ impl Actor for OrderSagaActor {
         }
         if state.snapshot.as_ref().is_some_and(OrderState::is_terminal) {
             // Finished orders need no actor; a late event rehydrates one from the snapshot.
-            myself.stop(Some("order finished".into()));
+            // Drain rather than stop, so events already queued (duplicates) are answered.
+            let _ = myself.drain();
         }
         Ok(())
     }

@@ -121,9 +121,13 @@ pub async fn run_consumer(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let handler = handler.clone();
+            // The handler is *called* here, in delivery order, and only awaited in the task: a
+            // handler that enqueues synchronously (the saga's) thereby keeps per-order order.
+            let Some((envelope, work)) = start_one(&spec, &message, &handler).await else {
+                continue;
+            };
             tokio::spawn(async move {
-                handle_one(spec, message, handler).await;
+                finish_one(spec, message, envelope, work).await;
                 drop(permit);
             });
         }
@@ -133,20 +137,36 @@ pub async fn run_consumer(
     }
 }
 
-async fn handle_one(spec: ConsumerSpec, message: jetstream::Message, handler: MessageHandler) {
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    let envelope = match Envelope::from_json(&message.payload) {
-        Ok(envelope) => envelope,
+/// Decodes a message and starts its handler; `None` if the message was undecodable (terminated).
+async fn start_one(
+    spec: &ConsumerSpec,
+    message: &jetstream::Message,
+    handler: &MessageHandler,
+) -> Option<(Envelope, HandlerFuture)> {
+    match Envelope::from_json(&message.payload) {
+        Ok(envelope) => {
+            let work = handler(envelope.clone());
+            Some((envelope, work))
+        }
         Err(e) => {
             // Redelivering an undecodable message can never succeed.
             error!(consumer = spec.durable, subject = %message.subject, error = %e, "undecodable message terminated");
             let _ = message.ack_with(AckKind::Term).await;
-            return;
+            None
         }
-    };
+    }
+}
+
+async fn finish_one(
+    spec: ConsumerSpec,
+    message: jetstream::Message,
+    envelope: Envelope,
+    work: HandlerFuture,
+) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let order_id = envelope.order_id;
-    let correlation_id = envelope.correlation_id.clone();
-    match handler(envelope).await {
+    let correlation_id = envelope.correlation_id;
+    match work.await {
         Ok(()) => {
             if let Err(e) = message.ack().await {
                 warn!(consumer = spec.durable, %order_id, error = %e, "ack failed; the message will be redelivered and deduplicated");

@@ -5,6 +5,7 @@
 //! re-published outbox row harmless. Consumers are durable pull consumers with explicit acks.
 
 mod consumer;
+pub use consumer::ensure_consumer;
 mod relay;
 
 use std::time::Duration;

@@ -1,0 +1,39 @@
+//! `GET /health` (the process is up) and `GET /health/ready` (its dependencies answer).
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let started = Instant::now();
+    let postgres = sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&state.pool)
+        .await;
+    let postgres_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let started = Instant::now();
+    let nats = state.nats.flush().await;
+    let nats_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let check =
+        |ok: bool, ms: f64| json!({"status": if ok { "up" } else { "down" }, "latency_ms": ms});
+    let ready = postgres.is_ok() && nats.is_ok();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {"postgres": check(postgres.is_ok(), postgres_ms), "nats": check(nats.is_ok(), nats_ms)},
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,389 @@
+//! `POST /orders` and `GET /orders/{id}`.
+//!
+//! Placing an order prices it from the catalog (never from the client), claims the
+//! `Idempotency-Key` if one is given, and hands the order to its saga actor, which commits the
+//! PENDING snapshot and `order.created.v1` together. The answer is 202: the saga runs on.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast::error::RecvError;
+
+use actors::domain::{
+    CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, PricedLine, Quantity, Sku,
+};
+use actors::saga::{HistoryEntry, NewOrder, OrderState, PaymentInfo};
+use adapters::postgres::IdempotencyClaim;
+use adapters::postgres::snapshots::read_snapshot;
+
+use super::json::JsonBody;
+use super::{ApiError, AppState};
+
+/// Lines per order: enough for any real basket, small enough to bound a snapshot.
+pub const MAX_LINES: usize = 100;
+/// Longest `?wait=` a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderBody {
+    customer_id: String,
+    items: Vec<ItemBody>,
+    currency: String,
+    payment_method: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemBody {
+    sku: String,
+    quantity: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlacedOrder {
+    order_id: OrderId,
+    status: &'static str,
+    correlation_id: String,
+}
+
+pub async fn place_order(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PlaceOrderBody>,
+) -> Result<Response, ApiError> {
+    let Some(orders) = state.orders.clone() else {
+        return Err(ApiError::unavailable(
+            "this process does not run the order role",
+        ));
+    };
+    let correlation_id = correlation_id(&headers)?;
+    let idempotency_key = idempotency_key(&headers)?;
+
+    let customer_id = CustomerId::parse(&body.customer_id)
+        .map_err(|e| ApiError::invalid("customer_id", e.to_string()))?;
+    let currency = Currency::parse(&body.currency)
+        .map_err(|e| ApiError::invalid("currency", e.to_string()))?;
+    let payment_method = PaymentMethod::parse(&body.payment_method)
+        .map_err(|e| ApiError::invalid("payment_method", e.to_string()))?;
+    let requested = parse_items(&body.items)?;
+
+    let skus: Vec<Sku> = requested.iter().map(|(s, _)| s.clone()).collect();
+    let prices = state.catalog.prices(&skus).await?;
+    let mut lines = Vec::with_capacity(requested.len());
+    let mut amount = Money::zero(currency);
+    for (i, (sku, quantity)) in requested.into_iter().enumerate() {
+        let field = format!("items[{i}].sku");
+        let Some(unit_price) = prices.get(&sku).copied() else {
+            return Err(ApiError::invalid(field, format!("unknown SKU {sku}")).coded("unknown_sku"));
+        };
+        if unit_price.currency() != currency {
+            return Err(ApiError::invalid(
+                "currency",
+                format!("{sku} is sold in {}, not {currency}", unit_price.currency()),
+            ));
+        }
+        let line_total = unit_price
+            .checked_mul(quantity.get())
+            .and_then(|t| amount.checked_add(t))
+            .map_err(|_| ApiError::invalid("items", "the order total is too large"))?;
+        amount = line_total;
+        lines.push(PricedLine {
+            sku,
+            quantity,
+            unit_price,
+        });
+    }
+
+    let mut order_id = OrderId::new();
+    let mut replayed = false;
+    if let Some(key) = &idempotency_key {
+        let hash = request_hash(&body);
+        match state.idempotency.claim(key, &hash, order_id).await? {
+            IdempotencyClaim::New(id) => order_id = id,
+            IdempotencyClaim::Existing {
+                order_id: id,
+                same_request: true,
+            } => {
+                order_id = id;
+                replayed = true;
+            }
+            IdempotencyClaim::Existing {
+                same_request: false,
+                ..
+            } => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request body",
+                )
+                .with_field("Idempotency-Key"));
+            }
+        }
+    }
+
+    let placed = orders
+        .place(NewOrder {
+            order_id,
+            correlation_id: correlation_id.clone(),
+            customer_id,
+            lines,
+            amount,
+            payment_method,
+        })
+        .await?;
+
+    let body = PlacedOrder {
+        order_id: placed.order_id,
+        status: placed.status.as_str(),
+        correlation_id: placed.correlation_id.to_string(),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/orders/{}", placed.order_id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    if let Ok(value) = HeaderValue::from_str(placed.correlation_id.as_str()) {
+        headers.insert("x-correlation-id", value);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn parse_items(items: &[ItemBody]) -> Result<Vec<(Sku, Quantity)>, ApiError> {
+    if items.is_empty() {
+        return Err(ApiError::invalid(
+            "items",
+            "an order needs at least one item",
+        ));
+    }
+    if items.len() > MAX_LINES {
+        return Err(ApiError::invalid(
+            "items",
+            format!("an order has at most {MAX_LINES} items"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let sku = Sku::parse(&item.sku)
+                .map_err(|e| ApiError::invalid(format!("items[{i}].sku"), e.to_string()))?;
+            let quantity = Quantity::try_from(item.quantity)
+                .map_err(|e| ApiError::invalid(format!("items[{i}].quantity"), e.to_string()))?;
+            if !seen.insert(sku.clone()) {
+                return Err(ApiError::invalid(
+                    format!("items[{i}].sku"),
+                    format!("{sku} appears twice; put its whole quantity on one line"),
+                ));
+            }
+            Ok((sku, quantity))
+        })
+        .collect()
+}
+
+fn correlation_id(headers: &HeaderMap) -> Result<CorrelationId, ApiError> {
+    match headers.get("x-correlation-id") {
+        None => Ok(CorrelationId::new()),
+        Some(raw) => raw
+            .to_str()
+            .ok()
+            .and_then(|s| CorrelationId::parse(s).ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    "X-Correlation-Id must be 1 to 128 characters of letters, digits, '-', '_', '.' or ':'",
+                )
+                .with_field("X-Correlation-Id")
+            }),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match raw.to_str() {
+        Ok(key)
+            if !key.is_empty() && key.len() <= 255 && key.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+        .with_field("Idempotency-Key")),
+    }
+}
+
+/// Hash of the request as parsed (not as sent), so whitespace or key order do not matter.
+fn request_hash(body: &PlaceOrderBody) -> String {
+    let canonical = serde_json::to_vec(body).unwrap_or_default();
+    hex::encode(Sha256::digest(&canonical))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GetOrderQuery {
+    wait: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    order_id: OrderId,
+    status: &'static str,
+    customer_id: String,
+    lines: Vec<LineView>,
+    amount_cents: i64,
+    currency: String,
+    payment_method: String,
+    payment_reference: Option<String>,
+    payment: Option<PaymentInfo>,
+    cancel_reason: Option<String>,
+    compensating: bool,
+    refund_due: Option<actors::saga::LatePayment>,
+    correlation_id: String,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LineView {
+    sku: String,
+    quantity: u32,
+    unit_price_cents: i64,
+    line_total_cents: i64,
+}
+
+impl From<OrderState> for OrderView {
+    fn from(s: OrderState) -> Self {
+        OrderView {
+            order_id: s.order_id,
+            status: s.status.as_str(),
+            customer_id: s.customer_id.to_string(),
+            lines: s
+                .lines
+                .iter()
+                .map(|l| LineView {
+                    sku: l.sku.to_string(),
+                    quantity: l.quantity.get(),
+                    unit_price_cents: l.unit_price.amount_cents(),
+                    line_total_cents: l.unit_price.amount_cents() * i64::from(l.quantity.get()),
+                })
+                .collect(),
+            amount_cents: s.amount.amount_cents(),
+            currency: s.amount.currency().to_string(),
+            payment_method: s.payment_method.as_str().to_owned(),
+            payment_reference: s.payment.as_ref().and_then(|p| p.reference.clone()),
+            payment: s.payment,
+            cancel_reason: s.cancel_reason,
+            compensating: s.compensation.is_some() && !s.status.is_terminal(),
+            refund_due: s.late_payment,
+            correlation_id: s.correlation_id.to_string(),
+            version: s.version,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            history: s.history,
+        }
+    }
+}
+
+pub async fn get_order(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    Query(query): Query<GetOrderQuery>,
+) -> Result<Json<OrderView>, ApiError> {
+    let order_id = OrderId::parse(&raw_id).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()).with_field("order_id")
+    })?;
+    let wait = match query.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(raw) => parse_wait(raw).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "wait must be a duration such as 5s or 500ms, at most 30s",
+            )
+            .with_field("wait")
+        })?,
+    };
+    // Subscribe before the first read so a change between read and wait is not missed.
+    let mut changes = state.status_changes.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let order = read_snapshot(&state.pool, order_id).await?.ok_or_else(|| {
+            ApiError::not_found("order", format!("order {order_id} does not exist"))
+        })?;
+        if order.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(order.into()));
+        }
+        // Changes made by this process arrive on the channel; a short tick catches those made by
+        // other processes.
+        let tick = tokio::time::sleep(
+            Duration::from_millis(100).min(deadline - tokio::time::Instant::now()),
+        );
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                _ = &mut tick => break,
+                change = changes.recv() => match change {
+                    Ok(c) if c.order_id == order_id => break,
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => { tick.as_mut().await; break }
+                }
+            }
+        }
+    }
+}
+
+/// `5s`, `500ms`, `2` (seconds) → a duration up to `MAX_WAIT`.
+fn parse_wait(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let duration = if let Some(ms) = raw.strip_suffix("ms") {
+        Duration::from_millis(ms.parse::<u64>().ok().filter(|v| *v <= 30_000)?)
+    } else if let Some(s) = raw.strip_suffix('s') {
+        Duration::from_secs_f64(
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| (0.0..=MAX_WAIT.as_secs_f64()).contains(v))?,
+        )
+    } else {
+        Duration::from_secs_f64(
+            raw.parse::<f64>()
+                .ok()
+                .filter(|v| (0.0..=MAX_WAIT.as_secs_f64()).contains(v))?,
+        )
+    };
+    (duration <= MAX_WAIT).then_some(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_parse_in_seconds_or_milliseconds_and_are_capped() {
+        assert_eq!(parse_wait("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_wait("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_wait("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_wait("31s"), None);
+        assert_eq!(parse_wait("-1s"), None);
+        assert_eq!(parse_wait("soon"), None);
+        assert_eq!(parse_wait("NaN"), None);
+    }
+}

@@ -1,0 +1,335 @@
+//! Wiring: connect to PostgreSQL and NATS, start the roles this process runs, serve HTTP.
+//!
+//! `Application::build` does everything that can fail up front and reports which dependency is
+//! missing; `run_until_stopped` then runs until Ctrl-C/SIGTERM or until a task dies, and drains.
+//! Tests build the same `Application` on a random port against their own database and NATS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::Actor;
+use sqlx::PgPool;
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use actors::events::Envelope;
+use actors::inventory::InventoryShards;
+use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps, SagaError};
+use actors::payments::PaymentService;
+use actors::ports::{SharedClock, SystemClock};
+use actors::saga::SagaEvent;
+use adapters::nats::{self as bus, ConsumerSpec, MessageHandler};
+use adapters::payment::SimulatedGateway;
+use adapters::postgres::{self as pg, Catalog, IdempotencyKeys, OutboxSignal};
+
+use crate::configuration::{Role, Settings};
+use crate::http::{self, AppState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Postgres(#[from] pg::ConnectError),
+    #[error("{0}")]
+    Nats(#[from] bus::NatsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start actors: {0}")]
+    Actors(String),
+    #[error("database error while starting: {0}")]
+    Catalog(#[from] pg::CatalogError),
+}
+
+impl StartupError {
+    /// What a newcomer should do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            StartupError::Postgres(pg::ConnectError::Unreachable { .. }) => Some(
+                "PostgreSQL is needed. Install and start it (Debian: `apt-get install postgresql && \
+                 pg_ctlcluster 15 main start`), or run `docker compose up -d postgres nats`; \
+                 then set DATABASE_URL if it is not at postgres://postgres@127.0.0.1:5432.",
+            ),
+            StartupError::Nats(bus::NatsError::Unreachable { .. }) => Some(
+                "NATS with JetStream is needed. Install and start it (Debian: `apt-get install \
+                 nats-server && nats-server -js &`), or run `docker compose up -d postgres nats`; \
+                 then set NATS_URL if it is not at nats://127.0.0.1:4222.",
+            ),
+            StartupError::Nats(bus::NatsError::Setup { .. }) => {
+                Some("Is JetStream enabled on the NATS server? Start it with `-js`.")
+            }
+            _ => None,
+        }
+    }
+}
+
+pub struct Application {
+    address: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, Result<(), String>)>,
+    pool: PgPool,
+    orders: Option<OrderSupervisorHandle>,
+    shards: Option<InventoryShards>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let pool =
+            pg::connect_and_migrate(&settings.database_url, settings.database_max_connections)
+                .await?;
+        let (nats, js) = bus::connect(&settings.nats_url).await?;
+        bus::ensure_streams(&js).await?;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let signal: OutboxSignal = Arc::new(Notify::new());
+        let clock: SharedClock = Arc::new(SystemClock);
+        let (status_changes, _) = broadcast::channel(4096);
+
+        let catalog = Catalog::new(pool.clone());
+        if settings.seed_demo_catalog && catalog.seed_demo_if_empty().await? {
+            info!("seeded the demo catalog");
+        }
+
+        // Every role writes to the outbox, so every process relays it.
+        let relay = bus::OutboxRelay::new(pool.clone(), js.clone(), signal.clone());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            relay.run(token).await;
+            ("outbox relay", Ok(()))
+        });
+
+        let orders = if settings.runs(Role::Order) {
+            let deps = SagaDeps {
+                store: Arc::new(pg::PgOrderSnapshotStore::new(pool.clone(), signal.clone())),
+                clock: clock.clone(),
+                status_changes: status_changes.clone(),
+            };
+            let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
+                .await
+                .map_err(|e| StartupError::Actors(e.to_string()))?;
+            let handle = OrderSupervisorHandle::new(supervisor, Duration::from_secs(30));
+            for spec in [bus::ORDER_SAGA_INVENTORY, bus::ORDER_SAGA_PAYMENTS] {
+                spawn_consumer(
+                    &mut tasks,
+                    &js,
+                    spec,
+                    saga_handler(handle.clone()),
+                    &shutdown,
+                )
+                .await?;
+            }
+            Some(handle)
+        } else {
+            None
+        };
+
+        let shards = if settings.runs(Role::Inventory) {
+            let ledger = Arc::new(pg::PgReservationLedger::new(pool.clone(), signal.clone()));
+            let shards = InventoryShards::spawn(
+                usize::from(settings.inventory_shards),
+                ledger,
+                clock.clone(),
+                settings.reservation_ttl(),
+            )
+            .await
+            .map_err(|e| StartupError::Actors(e.to_string()))?;
+            for spec in [bus::INVENTORY_ORDERS, bus::INVENTORY_COMMANDS] {
+                let shards = shards.clone();
+                let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
+                    let shards = shards.clone();
+                    Box::pin(async move {
+                        shards
+                            .on_message(&envelope)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                });
+                spawn_consumer(&mut tasks, &js, spec, handler, &shutdown).await?;
+            }
+            Some(shards)
+        } else {
+            None
+        };
+
+        if settings.runs(Role::Payment) {
+            let service = PaymentService::new(
+                Arc::new(SimulatedGateway::new()),
+                Arc::new(pg::PgPaymentRecords::new(pool.clone(), signal.clone())),
+                clock.clone(),
+            );
+            let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
+                let service = service.clone();
+                Box::pin(async move {
+                    service
+                        .on_message(&envelope)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            });
+            spawn_consumer(&mut tasks, &js, bus::PAYMENT_REQUESTS, handler, &shutdown).await?;
+        }
+
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|source| StartupError::Listen {
+                addr: settings.http_addr,
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                addr: settings.http_addr,
+                source,
+            })?;
+        let state = AppState {
+            pool: pool.clone(),
+            catalog,
+            idempotency: IdempotencyKeys::new(pool.clone()),
+            orders: orders.clone(),
+            status_changes,
+            nats,
+        };
+        let router = http::router(state);
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await;
+            ("http server", served.map_err(|e| e.to_string()))
+        });
+
+        info!(%address, roles = ?settings.roles, "ordersaga started");
+        Ok(Self {
+            address,
+            shutdown,
+            tasks,
+            pool,
+            orders,
+            shards,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn orders(&self) -> Option<&OrderSupervisorHandle> {
+        self.orders.as_ref()
+    }
+
+    /// Cancel this to stop the application (tests use it; `main` relies on signals).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until a shutdown signal or until any task ends, then stops everything and drains.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let token = self.shutdown.clone();
+        let first = tokio::select! {
+            _ = token.cancelled() => None,
+            _ = shutdown_signal() => None,
+            ended = self.tasks.join_next() => ended,
+        };
+        let failure = match first {
+            Some(Ok((task, Err(e)))) => Some(format!("{task} failed: {e}")),
+            Some(Ok((task, Ok(())))) if !token.is_cancelled() => {
+                Some(format!("{task} stopped unexpectedly"))
+            }
+            Some(Err(e)) => Some(format!("a task panicked: {e}")),
+            _ => None,
+        };
+        info!("shutting down");
+        self.shutdown.cancel();
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_secs(10), self.tasks.join_next()).await
+        {}
+        if let Some(orders) = &self.orders {
+            orders.actor().stop(None);
+        }
+        if let Some(shards) = &self.shards {
+            shards.stop();
+        }
+        self.pool.close().await;
+        match failure {
+            Some(f) => {
+                warn!(failure = %f, "stopped after a failure");
+                Err(anyhow::anyhow!(f))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+async fn spawn_consumer(
+    tasks: &mut JoinSet<(&'static str, Result<(), String>)>,
+    js: &async_nats::jetstream::Context,
+    spec: ConsumerSpec,
+    handler: MessageHandler,
+    shutdown: &CancellationToken,
+) -> Result<(), StartupError> {
+    // Create it now so a misconfigured server fails the start, not some later moment.
+    bus::ensure_consumer(js, &spec).await?;
+    let js = js.clone();
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        bus::run_consumer(js, spec, handler, token).await;
+        (spec.durable, Ok(()))
+    });
+    Ok(())
+}
+
+/// Routes saga-relevant messages to the order's actor; acknowledges the rest.
+fn saga_handler(orders: OrderSupervisorHandle) -> MessageHandler {
+    Arc::new(move |envelope: Envelope| {
+        let Some(event) = SagaEvent::from_body(&envelope.body) else {
+            return Box::pin(async { Ok(()) });
+        };
+        let answer = orders.enqueue(envelope.order_id, event);
+        Box::pin(async move {
+            match answer.await {
+                Ok(_) => Ok(()),
+                Err(SagaError::UnknownOrder(id)) => {
+                    warn!(order_id = %id, subject = envelope.subject(), "event for an unknown order ignored");
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
