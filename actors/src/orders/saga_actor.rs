@@ -4,7 +4,7 @@
 //! on a stale version fails, the actor reloads and decides again on the fresh state.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{Delivery, SagaDeps, SagaError, StatusChange};
 use crate::domain::OrderId;
@@ -104,6 +104,10 @@ impl OrderSagaState {
     }
 
     async fn handle(&mut self, event: &SagaEvent) -> Result<Delivery, SagaError> {
+        // Whether `snapshot` was read from the store during this call. A cached snapshot can be
+        // stale when another process advanced the order, so an event is only ever dropped after
+        // it was judged against a fresh read.
+        let mut fresh = self.snapshot.is_none();
         for _ in 0..MAX_CONFLICT_RETRIES {
             self.ensure_loaded().await?;
             let Some(current) = self.snapshot.as_ref() else {
@@ -111,9 +115,14 @@ impl OrderSagaState {
             };
             let now = self.deps.clock.now();
             let transition = match saga::decide(current, event, now) {
-                Decision::Ignore(why) => {
+                Decision::Ignore(why) if fresh => {
                     debug!(order_id = %self.order_id, event = event.name(), why, "event ignored");
                     return Ok(Delivery::Ignored(why));
+                }
+                Decision::Ignore(_) => {
+                    self.snapshot = None;
+                    fresh = true;
+                    continue;
                 }
                 Decision::Apply(transition) => transition,
             };
@@ -126,11 +135,12 @@ impl OrderSagaState {
                     return Ok(Delivery::Applied(status));
                 }
                 Err(StoreError::VersionConflict { expected }) => {
-                    warn!(order_id = %self.order_id, expected, "snapshot moved on elsewhere; reloading");
+                    debug!(order_id = %self.order_id, expected, "snapshot moved on elsewhere; reloading");
                     self.snapshot = None;
+                    fresh = true;
                 }
                 Err(other) => {
-                    // The in-memory state may be ahead of nothing: drop it and reload next time.
+                    // Whether the commit landed is unknown: reload before the next decision.
                     self.snapshot = None;
                     return Err(other.into());
                 }

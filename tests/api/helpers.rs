@@ -1,0 +1,318 @@
+//! Test fixtures: a private `nats-server` (free port, own store dir), a fresh database, and the
+//! application spawned on a random port, all torn down when the test ends. Nothing here touches
+//! the machine's shared NATS streams or other tests' databases.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use ordersaga::configuration::Settings;
+use ordersaga::startup::Application;
+
+/// Admin connection used to create and drop per-test databases.
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A private JetStream server; killed (and its store removed) on drop.
+pub struct TestNats {
+    pub url: String,
+    pub port: u16,
+    child: Option<Child>,
+    store: PathBuf,
+}
+
+impl TestNats {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let store =
+            std::env::temp_dir().join(format!("ordersaga-nats-{}", uuid::Uuid::new_v4().simple()));
+        let mut nats = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            child: None,
+            store,
+        };
+        nats.spawn();
+        nats
+    }
+
+    fn binary() -> String {
+        if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+            return bin;
+        }
+        for candidate in [
+            "/usr/sbin/nats-server",
+            "/usr/local/bin/nats-server",
+            "/usr/bin/nats-server",
+        ] {
+            if std::path::Path::new(candidate).exists() {
+                return candidate.into();
+            }
+        }
+        "nats-server".into()
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(Self::binary())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nats-server ({}): {e}; install it (apt-get install nats-server) or set NATS_SERVER_BIN", Self::binary()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// A database of its own, dropped at the end of the test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("ordersaga_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = admin_database_url();
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {admin}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("create database: {e}"));
+        let _ = conn.close().await;
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or(admin);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context; a short-lived runtime on its own thread does the I/O.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
+    pub shutdown: CancellationToken,
+    // Held for their Drop: the private servers live exactly as long as the app.
+    _nats: TestNats,
+    _db: TestDb,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    ordersaga::install_crypto_provider();
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let mut settings = Settings::for_servers(&db.url, &nats.url);
+    settings.seed_demo_catalog = false;
+    settings.database_max_connections = 10;
+    configure(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .unwrap_or_else(|e| panic!("app failed to start: {e}"));
+    let base = format!("http://{}", app.address());
+    let pool = app.pool().clone();
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        let _ = app.run_until_stopped().await;
+    });
+    TestApp {
+        base,
+        http: reqwest::Client::new(),
+        pool,
+        shutdown,
+        _nats: nats,
+        _db: db,
+    }
+}
+
+impl TestApp {
+    pub async fn put_product(&self, sku: &str, on_hand: i64, unit_price_cents: i64) -> Value {
+        let response = self
+            .http
+            .put(format!("{}/inventory/products/{sku}", self.base))
+            .json(&json!({"name": format!("Product {sku}"), "unit_price_cents": unit_price_cents, "currency": "EUR", "on_hand": on_hand}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT product: {e}"));
+        assert_eq!(response.status(), 200, "PUT product {sku}");
+        response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("product json: {e}"))
+    }
+
+    pub async fn product(&self, sku: &str) -> Value {
+        self.get_json(&format!("/inventory/products/{sku}")).await.1
+    }
+
+    /// The product once nothing is reserved any more (completion commits stock asynchronously).
+    pub async fn settled_product(&self, sku: &str) -> Value {
+        eventually(
+            Duration::from_secs(15),
+            &format!("{sku} to have nothing reserved"),
+            || async {
+                let product = self.product(sku).await;
+                (product["reserved"] == 0).then_some(product)
+            },
+        )
+        .await
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_order(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/orders", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /orders: {e}"))
+    }
+
+    /// Places an order and returns its id (asserting 202).
+    pub async fn place(&self, items: &[(&str, i64)], payment_method: &str) -> String {
+        let response = self.post_order(&order_body(items, payment_method)).await;
+        assert_eq!(response.status(), 202, "placing an order");
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        body["order_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no order_id in {body}"))
+            .to_owned()
+    }
+
+    /// Waits (with a deadline) until the order is COMPLETED or CANCELLED and returns it.
+    pub async fn wait_terminal(&self, order_id: &str) -> Value {
+        let path = format!("/orders/{order_id}?wait=5s");
+        eventually(
+            Duration::from_secs(30),
+            &format!("order {order_id} to finish"),
+            || async {
+                let (status, order) = self.get_json(&path).await;
+                assert_eq!(status, 200, "GET order: {order}");
+                matches!(order["status"].as_str(), Some("COMPLETED" | "CANCELLED")).then_some(order)
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn order_body(items: &[(&str, i64)], payment_method: &str) -> Value {
+    json!({
+        "customer_id": "customer-1",
+        "items": items.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q})).collect::<Vec<_>>(),
+        "currency": "EUR",
+        "payment_method": payment_method,
+    })
+}
+
+/// Statuses the order passed through, in order, without repeats.
+pub fn statuses(order: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in order["history"].as_array().cloned().unwrap_or_default() {
+        let s = entry["status"].as_str().unwrap_or_default().to_owned();
+        if out.last() != Some(&s) {
+            out.push(s);
+        }
+    }
+    out
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real application (or the real binary) over HTTP, against a fresh
+//! PostgreSQL database and a private JetStream server per test.
+
+mod helpers;
+
+mod inventory;
+mod orders;
+mod stores;
+mod two_processes;
+mod validation;

@@ -1,0 +1,297 @@
+//! Adapter integration tests against the real servers: snapshot store, reservation ledger, outbox
+//! relay and consumer redelivery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use actors::domain::{
+    CorrelationId, Currency, CustomerId, Money, OrderId, OrderLine, PaymentMethod, PricedLine,
+    Quantity, Sku,
+};
+use actors::events::{Envelope, EventBody, OrderCancelled};
+use actors::ports::{
+    OrderSnapshotStore, ReservationLedger, ReservationOutcome, ReservationRequest, StoreError,
+};
+use actors::saga::{self, Decision, NewOrder, SagaEvent};
+use adapters::nats::{self as bus, ConsumerSpec, MessageHandler};
+use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgReservationLedger};
+
+use crate::helpers::{TestDb, TestNats, eventually};
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn new_order() -> NewOrder {
+    let eur = ok(Currency::parse("EUR"));
+    NewOrder {
+        order_id: OrderId::new(),
+        correlation_id: CorrelationId::new(),
+        customer_id: ok(CustomerId::parse("c")),
+        lines: vec![PricedLine {
+            sku: ok(Sku::parse("A")),
+            quantity: ok(Quantity::try_from(1)),
+            unit_price: ok(Money::new(100, eur)),
+        }],
+        amount: ok(Money::new(100, eur)),
+        payment_method: ok(PaymentMethod::parse("pm_card_visa")),
+    }
+}
+
+async fn outbox_subjects(pool: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT subject FROM outbox ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_transition_and_its_messages_commit_together_and_a_stale_version_writes_nothing() {
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
+    let store = PgOrderSnapshotStore::new(pool.clone(), Arc::new(Notify::new()));
+
+    let start = saga::start(new_order(), Utc::now());
+    let msgs: Vec<Envelope> = start
+        .effects
+        .iter()
+        .map(|saga::Effect::Publish(b)| {
+            Envelope::new(
+                start.next.order_id,
+                start.next.correlation_id.clone(),
+                Utc::now(),
+                b.clone(),
+            )
+        })
+        .collect();
+    assert!(ok(store.create(&start.next, &msgs).await));
+    assert!(
+        !ok(store.create(&start.next, &msgs).await),
+        "placing twice is a no-op"
+    );
+    assert_eq!(outbox_subjects(&pool).await, ["order.created.v1"]);
+
+    let Decision::Apply(step) = saga::decide(&start.next, &SagaEvent::StockReserved, Utc::now())
+    else {
+        panic!("reservation must apply");
+    };
+    let request = Envelope::new(
+        step.next.order_id,
+        step.next.correlation_id.clone(),
+        Utc::now(),
+        match &step.effects[0] {
+            saga::Effect::Publish(b) => b.clone(),
+        },
+    );
+    ok(store
+        .commit(&step.next, std::slice::from_ref(&request))
+        .await);
+    assert_eq!(
+        outbox_subjects(&pool).await,
+        ["order.created.v1", "payment.requested.v1"]
+    );
+
+    // A second writer that still holds version 1 loses, and leaves no message behind.
+    let stale = saga::decide(
+        &start.next,
+        &SagaEvent::OutOfStock { shortages: vec![] },
+        Utc::now(),
+    );
+    let Decision::Apply(stale) = stale else {
+        panic!("must apply")
+    };
+    let cancel = Envelope::new(
+        stale.next.order_id,
+        stale.next.correlation_id.clone(),
+        Utc::now(),
+        EventBody::OrderCancelled(OrderCancelled { reason: "x".into() }),
+    );
+    assert_eq!(
+        store.commit(&stale.next, &[cancel]).await,
+        Err(StoreError::VersionConflict { expected: 1 })
+    );
+    assert_eq!(
+        outbox_subjects(&pool).await,
+        ["order.created.v1", "payment.requested.v1"]
+    );
+    let loaded = ok(store.load(start.next.order_id).await).unwrap_or_else(|| panic!("snapshot"));
+    assert_eq!(
+        (loaded.version, loaded.status.as_str()),
+        (2, "STOCK_RESERVED")
+    );
+}
+
+#[tokio::test]
+async fn concurrent_reservations_from_two_ledgers_never_oversell_and_the_database_refuses_to() {
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 16).await);
+    sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand) VALUES ('HOT', 'hot', 1, 'EUR', 25)")
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Two ledgers stand for two processes: nothing but Postgres coordinates them.
+    let ledgers = [
+        Arc::new(PgReservationLedger::new(
+            pool.clone(),
+            Arc::new(Notify::new()),
+        )),
+        Arc::new(PgReservationLedger::new(
+            pool.clone(),
+            Arc::new(Notify::new()),
+        )),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let ledger = ledgers[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let request = ReservationRequest {
+                order_id: OrderId::new(),
+                correlation_id: CorrelationId::new(),
+                lines: vec![OrderLine {
+                    sku: ok(Sku::parse("HOT")),
+                    quantity: ok(Quantity::try_from(1)),
+                }],
+                expires_at: Utc::now() + chrono::Duration::minutes(15),
+            };
+            let outcome = ok(ledger.reserve(&request, &|_| Vec::new()).await);
+            // A redelivered request changes nothing.
+            assert_eq!(
+                ok(ledger.reserve(&request, &|_| Vec::new()).await),
+                ReservationOutcome::AlreadyDecided
+            );
+            outcome
+        }));
+    }
+    let mut reserved = 0;
+    for t in tasks {
+        if ok(t.await) == ReservationOutcome::Reserved {
+            reserved += 1;
+        }
+    }
+    assert_eq!(reserved, 25, "exactly the units on hand were reserved");
+    let (on_hand, held): (i64, i64) = ok(sqlx::query_as(
+        "SELECT on_hand, reserved FROM products WHERE sku = 'HOT'",
+    )
+    .fetch_one(&pool)
+    .await);
+    assert_eq!((on_hand, held), (25, 25));
+    let rows: i64 = ok(sqlx::query_scalar("SELECT coalesce(sum(quantity), 0)::bigint FROM stock_reservations WHERE sku = 'HOT' AND status = 'RESERVED'").fetch_one(&pool).await);
+    assert_eq!(rows, 25);
+
+    // The last line of defence: even a direct write cannot reserve more than is on hand.
+    let oversell = sqlx::query("UPDATE products SET reserved = reserved + 1 WHERE sku = 'HOT'")
+        .execute(&pool)
+        .await;
+    assert!(
+        oversell.is_err(),
+        "the CHECK constraint must refuse an oversell"
+    );
+}
+
+#[tokio::test]
+async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_again() {
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
+    let (_client, js) = ok(bus::connect(&nats.url).await);
+    ok(bus::ensure_streams(&js).await);
+
+    let order_id = OrderId::new();
+    let message = Envelope::new(
+        order_id,
+        CorrelationId::new(),
+        Utc::now(),
+        EventBody::OrderCancelled(OrderCancelled {
+            reason: "test".into(),
+        }),
+    );
+    let mut tx = ok(pool.begin().await);
+    ok(pg::outbox::insert(&mut tx, std::slice::from_ref(&message)).await);
+    ok(tx.commit().await);
+    let relay = bus::OutboxRelay::new(pool.clone(), js.clone(), Arc::new(Notify::new()));
+    assert_eq!(ok(relay.relay_once().await), 1);
+    assert_eq!(
+        ok(pg::outbox::pending_count(&pool).await),
+        0,
+        "published rows are deleted"
+    );
+
+    // A crash between publish and delete re-publishes the row: JetStream drops the copy.
+    let mut tx = ok(pool.begin().await);
+    ok(pg::outbox::insert(&mut tx, std::slice::from_ref(&message)).await);
+    ok(tx.commit().await);
+    assert_eq!(ok(relay.relay_once().await), 1);
+    let mut stream = ok(js.get_stream("orders").await);
+    assert_eq!(
+        ok(stream.info().await).state.messages,
+        1,
+        "deduplicated by Nats-Msg-Id"
+    );
+
+    // The handler fails on the first delivery; the message comes back and succeeds once.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let successes = Arc::new(AtomicUsize::new(0));
+    let (a, s) = (attempts.clone(), successes.clone());
+    let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
+        let (a, s) = (a.clone(), s.clone());
+        Box::pin(async move {
+            assert_eq!(envelope.order_id, order_id);
+            if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err("transient failure".to_owned())
+            } else {
+                s.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    });
+    let spec = ConsumerSpec {
+        stream: "orders",
+        durable: "test-redelivery",
+        filter: "order.>",
+    };
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(bus::run_consumer(
+        js.clone(),
+        spec,
+        handler,
+        shutdown.clone(),
+    ));
+    eventually(
+        Duration::from_secs(15),
+        "the redelivered message to succeed",
+        || {
+            let s = successes.clone();
+            async move { (s.load(Ordering::SeqCst) == 1).then_some(()) }
+        },
+    )
+    .await;
+    // Acked: the consumer has nothing pending.
+    let info = eventually(Duration::from_secs(5), "the ack to land", || {
+        let js = js.clone();
+        async move {
+            let mut consumer = js
+                .get_stream("orders")
+                .await
+                .ok()?
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("test-redelivery")
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?.clone();
+            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(info)
+        }
+    })
+    .await;
+    assert_eq!(info.delivered.stream_sequence, 1);
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "delivered twice: failed once, then handled"
+    );
+    shutdown.cancel();
+    let _ = consumer.await;
+}

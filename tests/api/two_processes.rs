@@ -1,0 +1,92 @@
+//! Two real `ordersaga serve` processes against one database and one JetStream: orders placed on
+//! either are processed by whichever process gets each message, and the invariants still hold.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::{TestDb, TestNats, eventually, free_port};
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(db: &TestDb, nats: &TestNats, port: u16) -> Serve {
+    let child = Command::new(env!("CARGO_BIN_EXE_ordersaga"))
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("NATS_URL", &nats.url)
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("SEED_DEMO_CATALOG", "false")
+        .env("DATABASE_MAX_CONNECTIONS", "10")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start ordersaga: {e}"));
+    Serve(child)
+}
+
+async fn wait_healthy(port: u16) {
+    let client = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(30),
+        "ordersaga to answer /health",
+        || {
+            let client = client.clone();
+            async move {
+                let r = client
+                    .get(format!("http://127.0.0.1:{port}/health"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn two_processes_share_the_work_without_breaking_invariants() {
+    ordersaga::install_crypto_provider();
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    // Start one first so migrations and streams are created once, then the second.
+    let _a = serve(&db, &nats, port_a);
+    wait_healthy(port_a).await;
+    let _b = serve(&db, &nats, port_b);
+    wait_healthy(port_b).await;
+
+    // Both processes take orders at once. Whatever process an order was placed on, its
+    // inventory, payment and saga messages are handled by whichever process the shared durable
+    // consumers hand them to, so both processes advance the same orders and touch the same rows.
+    let run = |port: u16| {
+        load_tests::run(load_tests::LoadConfig {
+            base_url: format!("http://127.0.0.1:{port}"),
+            orders: 100,
+            concurrency: 50,
+            skus: 4,
+            stock_per_sku: 60,
+            hot_share: 0.4,
+            decline_share: 0.1,
+            max_quantity: 2,
+            order_timeout: Duration::from_secs(60),
+        })
+    };
+    let (ra, rb) = tokio::join!(run(port_a), run(port_b));
+    let ra = ra.unwrap_or_else(|e| panic!("{e:#}"));
+    let rb = rb.unwrap_or_else(|e| panic!("{e:#}"));
+    println!("process A:\n{ra}\nprocess B:\n{rb}");
+    assert!(ra.invariants_hold(), "{ra}");
+    assert!(rb.invariants_hold(), "{rb}");
+    assert_eq!(
+        ra.completed + ra.cancelled + rb.completed + rb.cancelled,
+        200
+    );
+}
