@@ -140,6 +140,13 @@ pub async fn place_order(
         })
         .await?;
 
+    tracing::info!(
+        order_id = %placed.order_id,
+        correlation_id = %placed.correlation_id,
+        amount_cents = placed.amount.amount_cents(),
+        replayed,
+        "order placed"
+    );
     let body = PlacedOrder {
         order_id: placed.order_id,
         status: placed.status.as_str(),

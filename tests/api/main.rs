@@ -5,6 +5,6 @@ mod helpers;
 
 mod inventory;
 mod orders;
+mod processes;
 mod stores;
-mod two_processes;
 mod validation;

@@ -4,7 +4,7 @@
 //! on a stale version fails, the actor reloads and decides again on the fresh state.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{Delivery, SagaDeps, SagaError, StatusChange};
 use crate::domain::OrderId;
@@ -152,6 +152,15 @@ impl OrderSagaState {
     }
 
     fn publish_status(&self, next: &OrderState) {
+        if next.is_terminal() {
+            info!(
+                order_id = %next.order_id,
+                correlation_id = %next.correlation_id,
+                status = next.status.as_str(),
+                reason = next.cancel_reason.as_deref().unwrap_or(""),
+                "order finished"
+            );
+        }
         // No receivers is normal (nobody waiting); ignore.
         let _ = self.deps.status_changes.send(StatusChange {
             order_id: next.order_id,

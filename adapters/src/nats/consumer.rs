@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use actors::events::Envelope;
 
@@ -42,7 +42,15 @@ fn config(spec: &ConsumerSpec) -> pull::Config {
         filter_subject: spec.filter.to_owned(),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
+        // A message not acked in time (a handler hung, a process died) comes back after 30 s,
+        // then later and later; the server uses the first step as the ack wait.
         ack_wait: Duration::from_secs(30),
+        backoff: vec![
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+            Duration::from_secs(120),
+            Duration::from_secs(300),
+        ],
         max_deliver: MAX_DELIVER,
         max_ack_pending: 4096,
         ..Default::default()
@@ -145,8 +153,16 @@ async fn start_one(
 ) -> Option<(Envelope, HandlerFuture)> {
     match Envelope::from_json(&message.payload) {
         Ok(envelope) => {
-            let work = handler(envelope.clone());
-            Some((envelope, work))
+            // Every log line of this message's handling carries the order and correlation ids.
+            let span = info_span!(
+                "message",
+                consumer = spec.durable,
+                subject = %message.subject,
+                order_id = %envelope.order_id,
+                correlation_id = %envelope.correlation_id,
+            );
+            let work = span.in_scope(|| handler(envelope.clone()));
+            Some((envelope, Box::pin(work.instrument(span))))
         }
         Err(e) => {
             // Redelivering an undecodable message can never succeed.

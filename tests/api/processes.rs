@@ -1,5 +1,5 @@
-//! Two real `ordersaga serve` processes against one database and one JetStream: orders placed on
-//! either are processed by whichever process gets each message, and the invariants still hold.
+//! Several real `ordersaga serve` processes against one database and one JetStream: two
+//! all-role processes sharing the work, and the three roles as three separate services.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,8 +16,13 @@ impl Drop for Serve {
 }
 
 fn serve(db: &TestDb, nats: &TestNats, port: u16) -> Serve {
+    serve_roles(db, nats, port, "order,inventory,payment")
+}
+
+fn serve_roles(db: &TestDb, nats: &TestNats, port: u16, roles: &str) -> Serve {
     let child = Command::new(env!("CARGO_BIN_EXE_ordersaga"))
         .arg("serve")
+        .env("ROLES", roles)
         .env("DATABASE_URL", &db.url)
         .env("NATS_URL", &nats.url)
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -88,5 +93,50 @@ async fn two_processes_share_the_work_without_breaking_invariants() {
     assert_eq!(
         ra.completed + ra.cancelled + rb.completed + rb.cancelled,
         200
+    );
+}
+
+#[tokio::test]
+async fn the_three_roles_run_as_three_processes() {
+    ordersaga::install_crypto_provider();
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let _order = serve_roles(&db, &nats, ports[0], "order");
+    wait_healthy(ports[0]).await;
+    let _inventory = serve_roles(&db, &nats, ports[1], "inventory");
+    let _payment = serve_roles(&db, &nats, ports[2], "payment");
+    wait_healthy(ports[1]).await;
+    wait_healthy(ports[2]).await;
+
+    let client = reqwest::Client::new();
+    // The inventory-only process does not take orders, and says so.
+    let refused = client
+        .post(format!("http://127.0.0.1:{}/orders", ports[1]))
+        .json(&crate::helpers::order_body(&[("X", 1)], "pm_card_visa"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status(), 503);
+
+    let report = load_tests::run(load_tests::LoadConfig {
+        base_url: format!("http://127.0.0.1:{}", ports[0]),
+        orders: 40,
+        concurrency: 20,
+        skus: 2,
+        stock_per_sku: 30,
+        hot_share: 0.0,
+        decline_share: 0.2,
+        max_quantity: 2,
+        order_timeout: Duration::from_secs(60),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}");
+    assert!(report.invariants_hold(), "{report}");
+    assert_eq!(report.completed + report.cancelled, 40);
+    assert!(
+        report.completed > 0,
+        "payments were taken by the payment process"
     );
 }
