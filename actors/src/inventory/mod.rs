@@ -50,7 +50,7 @@ impl InventoryShards {
         let mut shards = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
             let (shard, _join) =
-                Actor::spawn(None, InventoryShard, (index, ledger.clone())).await?;
+                Actor::spawn(None, InventoryShard, (index, ledger.clone(), clock.clone())).await?;
             shards.push(shard);
         }
         Ok(Self {

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::debug;
 
 use super::outcomes::{ReleaseCause, release_messages, reservation_messages};
 use crate::domain::{CorrelationId, OrderId};
 use crate::ports::{
-    ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome, StoreError,
+    ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome, SharedClock,
+    StoreError,
 };
 
 pub struct InventoryShard;
@@ -32,19 +32,24 @@ pub enum ShardMessage {
 pub struct ShardState {
     index: usize,
     ledger: Arc<dyn ReservationLedger>,
+    clock: SharedClock,
 }
 
 impl Actor for InventoryShard {
     type Msg = ShardMessage;
     type State = ShardState;
-    type Arguments = (usize, Arc<dyn ReservationLedger>);
+    type Arguments = (usize, Arc<dyn ReservationLedger>, SharedClock);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (index, ledger): Self::Arguments,
+        (index, ledger, clock): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ShardState { index, ledger })
+        Ok(ShardState {
+            index,
+            ledger,
+            clock,
+        })
     }
 
     async fn handle(
@@ -56,7 +61,7 @@ impl Actor for InventoryShard {
         match message {
             ShardMessage::Reserve(request, reply) => {
                 let messages = |outcome: &ReservationOutcome| {
-                    reservation_messages(&request, outcome, Utc::now())
+                    reservation_messages(&request, outcome, state.clock.now())
                 };
                 let result = state.ledger.reserve(&request, &messages).await;
                 debug!(shard = state.index, order_id = %request.order_id, ?result, "reservation decided");
@@ -73,7 +78,13 @@ impl Actor for InventoryShard {
                 reply,
             } => {
                 let messages = |outcome: &SettleOutcome| {
-                    release_messages(order_id, &correlation_id, &cause, outcome, Utc::now())
+                    release_messages(
+                        order_id,
+                        &correlation_id,
+                        &cause,
+                        outcome,
+                        state.clock.now(),
+                    )
                 };
                 let result = state.ledger.release(order_id, &messages).await;
                 let _ = reply.send(result);

@@ -65,9 +65,10 @@ impl Actor for OrderSagaActor {
                 let _ = reply.send(result);
             }
         }
-        if state.snapshot.as_ref().is_some_and(OrderState::is_terminal) {
-            // Finished orders need no actor; a late event rehydrates one from the snapshot.
-            // Drain rather than stop, so events already queued (duplicates) are answered.
+        // Finished orders need no actor, and neither do unknown orders or a state we could not
+        // load: a later event rehydrates a fresh actor from the store. Drain rather than stop, so
+        // events already queued (duplicates) are still answered.
+        if state.snapshot.as_ref().is_none_or(OrderState::is_terminal) {
             let _ = myself.drain();
         }
         Ok(())
