@@ -73,14 +73,40 @@ CREATE TABLE idempotency_keys (
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 
--- The payment role's record of each charge attempt: makes payment.requested.v1 idempotent.
+-- The payment role's record of each charge attempt: makes payment.requested.v1 idempotent, and
+-- is the state machine that keeps a charge's status from regressing when provider webhooks arrive
+-- late or twice (PROCESSING < FAILED = CANCELED < SUCCEEDED).
 CREATE TABLE payments (
     order_id        uuid NOT NULL,
     attempt         integer NOT NULL CHECK (attempt >= 1),
-    status          text NOT NULL CHECK (status IN ('SUCCEEDED', 'PROCESSING', 'FAILED')),
+    status          text NOT NULL CHECK (status IN ('PROCESSING', 'FAILED', 'CANCELED', 'SUCCEEDED')),
     reference       text,
+    correlation_id  text NOT NULL,
     failure_code    text,
     failure_message text,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (order_id, attempt)
 );
+-- Webhooks are routed by the provider's id for the charge (a PaymentIntent id); one charge, one row.
+CREATE UNIQUE INDEX payments_reference ON payments (reference) WHERE reference IS NOT NULL;
+
+-- Refunds, one per charge: a redelivered refund request never refunds twice.
+CREATE TABLE refunds (
+    payment_reference text PRIMARY KEY,
+    order_id          uuid NOT NULL,
+    refund_id         text NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+
+-- Verified Stripe webhook events, recorded by id before the endpoint answers 2xx (duplicates are
+-- acknowledged and ignored), then processed asynchronously by the payment role.
+CREATE TABLE stripe_events (
+    event_id     text PRIMARY KEY,
+    type         text NOT NULL,
+    payload      jsonb NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    processed_at timestamptz,
+    outcome      text
+);
+CREATE INDEX stripe_events_unprocessed ON stripe_events (received_at) WHERE processed_at IS NULL;

@@ -22,7 +22,54 @@ pub struct Cli {
 pub enum Command {
     /// Run the service: HTTP API plus the chosen roles (all of them by default).
     Serve(Settings),
+    /// Run the Stripe-compatible fake server on its own (`serve` starts one in-process when no
+    /// STRIPE_SECRET_KEY is configured).
+    StripeFake(FakeSettings),
 }
+
+#[derive(Debug, Clone, Parser)]
+pub struct FakeSettings {
+    /// Address to listen on.
+    #[arg(long, env = "STRIPE_FAKE_ADDR", default_value = "127.0.0.1:12111")]
+    pub addr: SocketAddr,
+    /// Where to deliver webhooks (ordersaga's POST /payments/webhook).
+    #[arg(long, env = "STRIPE_FAKE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Secret to sign webhooks with (ordersaga's STRIPE_WEBHOOK_SECRET).
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", default_value = DEV_WEBHOOK_SECRET)]
+    pub webhook_secret: String,
+}
+
+/// A configuration value that must never reach logs: `Debug` prints `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let trimmed = s.trim();
+        if trimmed.is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok(Self(trimmed.to_owned()))
+        }
+    }
+}
+
+/// The webhook secret shared by `serve` and its in-process fake when none is configured.
+pub const DEV_WEBHOOK_SECRET: &str = "whsec_ordersaga_dev_fake";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Role {
@@ -82,6 +129,45 @@ pub struct Settings {
     /// Seed a small demo catalog when the products table is empty.
     #[arg(long, env = "SEED_DEMO_CATALOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub seed_demo_catalog: bool,
+
+    /// Stripe secret key. When set, payments go to real Stripe at STRIPE_API_BASE; when not, an
+    /// in-process Stripe-compatible fake is started and used.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<Secret>,
+
+    /// Stripe API base URL (only used with STRIPE_SECRET_KEY).
+    #[arg(
+        long,
+        env = "STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
+    pub stripe_api_base: String,
+
+    /// Webhook signing secrets, comma separated (several during a secret rotation). Required
+    /// with STRIPE_SECRET_KEY; defaults to the in-process fake's secret otherwise.
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub stripe_webhook_secret: Vec<Secret>,
+
+    /// Oldest webhook signature timestamp accepted, in seconds (replay protection).
+    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    pub stripe_webhook_tolerance_secs: u64,
+
+    /// Address of the in-process Stripe fake (port 0: any free port).
+    #[arg(long, env = "STRIPE_FAKE_ADDR", default_value = "127.0.0.1:0")]
+    pub stripe_fake_addr: SocketAddr,
+
+    /// Delay unit of the in-process fake's scripted late webhooks, in milliseconds.
+    #[arg(long, env = "STRIPE_FAKE_DELAY_MS", default_value_t = 300)]
+    pub stripe_fake_delay_ms: u64,
+
+    /// Consecutive payment failures that raise an alert (error log, metric, event).
+    #[arg(long, env = "PAYMENT_FAILURE_STREAK_ALERT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub payment_failure_streak_alert: u32,
 
     /// Log output: JSON lines (default) or human-readable.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]

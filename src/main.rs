@@ -3,7 +3,7 @@
 
 use clap::Parser;
 
-use ordersaga::configuration::{Cli, Command};
+use ordersaga::configuration::{Cli, Command, LogFormat};
 use ordersaga::startup::Application;
 use ordersaga::telemetry;
 
@@ -29,6 +29,25 @@ async fn main() -> std::process::ExitCode {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ordersaga stopped: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::StripeFake(fake) => {
+            telemetry::init(LogFormat::Json);
+            let config = stripe_fake::FakeConfig {
+                webhook_url: fake.webhook_url,
+                webhook_secret: fake.webhook_secret,
+                ..Default::default()
+            };
+            match stripe_fake::StripeFake::start(fake.addr, config).await {
+                Ok(mut server) => {
+                    eprintln!("Stripe fake listening on {}", server.base_url());
+                    server.wait().await;
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("the Stripe fake could not listen on {}: {e}", fake.addr);
                     std::process::ExitCode::FAILURE
                 }
             }

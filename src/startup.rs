@@ -18,14 +18,15 @@ use tracing::{info, warn};
 use actors::events::Envelope;
 use actors::inventory::InventoryShards;
 use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps, SagaError};
-use actors::payments::PaymentService;
+use actors::payments::{FailureStreak, PaymentService};
 use actors::ports::{SharedClock, SystemClock};
 use actors::saga::SagaEvent;
 use adapters::nats::{self as bus, ConsumerSpec, MessageHandler};
-use adapters::payment::SimulatedGateway;
 use adapters::postgres::{self as pg, Catalog, IdempotencyKeys, OutboxSignal};
+use adapters::stripe::{StripeClient, StripeConfig, WebhookInbox, WebhookVerifier};
+use stripe_fake::{FakeConfig, StripeFake};
 
-use crate::configuration::{Role, Settings};
+use crate::configuration::{DEV_WEBHOOK_SECRET, Role, Settings};
 use crate::http::{self, AppState};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub enum StartupError {
     Actors(String),
     #[error("database error while starting: {0}")]
     Catalog(#[from] pg::CatalogError),
+    #[error("Stripe is misconfigured: {0}")]
+    Stripe(String),
 }
 
 impl StartupError {
@@ -75,6 +78,69 @@ pub struct Application {
     pool: PgPool,
     orders: Option<OrderSupervisorHandle>,
     shards: Option<InventoryShards>,
+    /// The in-process Stripe fake, when no real Stripe key is configured.
+    stripe_fake: Option<StripeFake>,
+}
+
+/// The payment provider this process talks to, and what verifies its webhooks.
+struct Payments {
+    client: StripeClient,
+    verifier: WebhookVerifier,
+    fake: Option<StripeFake>,
+}
+
+/// Real Stripe when a key is configured; otherwise the fake, started here, whose webhooks come
+/// back to this process's `/payments/webhook`.
+async fn payments(settings: &Settings, address: SocketAddr) -> Result<Payments, StartupError> {
+    let tolerance = Duration::from_secs(settings.stripe_webhook_tolerance_secs);
+    let secrets: Vec<String> = settings
+        .stripe_webhook_secret
+        .iter()
+        .map(|s| s.expose().to_owned())
+        .collect();
+    if let Some(key) = &settings.stripe_secret_key {
+        if secrets.is_empty() {
+            return Err(StartupError::Stripe(
+                "STRIPE_WEBHOOK_SECRET is required with STRIPE_SECRET_KEY (comma separate several during a rotation)".into(),
+            ));
+        }
+        let client = StripeClient::new(StripeConfig::new(&settings.stripe_api_base, key.expose()))
+            .map_err(|e| StartupError::Stripe(e.to_string()))?;
+        return Ok(Payments {
+            client,
+            verifier: WebhookVerifier::new(secrets, tolerance),
+            fake: None,
+        });
+    }
+    let secret = secrets
+        .first()
+        .cloned()
+        .unwrap_or_else(|| DEV_WEBHOOK_SECRET.to_owned());
+    let webhook_host = if address.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], address.port()))
+    } else {
+        address
+    };
+    let config = FakeConfig {
+        webhook_url: Some(format!("http://{webhook_host}/payments/webhook")),
+        webhook_secret: secret.clone(),
+        processing_delay: Duration::from_millis(settings.stripe_fake_delay_ms),
+        ..FakeConfig::default()
+    };
+    let fake = StripeFake::start(settings.stripe_fake_addr, config)
+        .await
+        .map_err(|source| StartupError::Listen {
+            addr: settings.stripe_fake_addr,
+            source,
+        })?;
+    info!(address = %fake.address, "no STRIPE_SECRET_KEY: payments go to the in-process Stripe fake");
+    let client = StripeClient::new(StripeConfig::new(fake.base_url(), "sk_test_ordersaga_fake"))
+        .map_err(|e| StartupError::Stripe(e.to_string()))?;
+    Ok(Payments {
+        client,
+        verifier: WebhookVerifier::new(vec![secret], tolerance),
+        fake: Some(fake),
+    })
 }
 
 impl Application {
@@ -85,6 +151,18 @@ impl Application {
         let (nats, js) = bus::connect(&settings.nats_url).await?;
         bus::ensure_streams(&js).await?;
 
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|source| StartupError::Listen {
+                addr: settings.http_addr,
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                addr: settings.http_addr,
+                source,
+            })?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let signal: OutboxSignal = Arc::new(Notify::new());
@@ -157,36 +235,45 @@ impl Application {
             None
         };
 
-        if settings.runs(Role::Payment) {
-            let service = PaymentService::new(
-                Arc::new(SimulatedGateway::new()),
+        let (payment_http, stripe_fake) = if settings.runs(Role::Payment) {
+            let payments = payments(&settings, address).await?;
+            let streak = Arc::new(FailureStreak::new(settings.payment_failure_streak_alert));
+            let service = PaymentService::with_streak(
+                Arc::new(payments.client.clone()),
                 Arc::new(pg::PgPaymentRecords::new(pool.clone(), signal.clone())),
                 clock.clone(),
+                streak,
             );
-            let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
+            for spec in [bus::PAYMENT_REQUESTS, bus::PAYMENT_REFUNDS] {
                 let service = service.clone();
-                Box::pin(async move {
-                    service
-                        .on_message(&envelope)
-                        .await
-                        .map_err(|e| e.to_string())
-                })
+                let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
+                    let service = service.clone();
+                    Box::pin(async move {
+                        service
+                            .on_message(&envelope)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                });
+                spawn_consumer(&mut tasks, &js, spec, handler, &shutdown).await?;
+            }
+            let inbox = WebhookInbox::new(pool.clone());
+            let worker = inbox.clone();
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                worker.run(service, token).await;
+                ("webhook worker", Ok(()))
             });
-            spawn_consumer(&mut tasks, &js, bus::PAYMENT_REQUESTS, handler, &shutdown).await?;
-        }
+            let http = http::PaymentHttp {
+                inbox,
+                verifier: payments.verifier,
+                stripe: payments.client,
+            };
+            (Some(http), payments.fake)
+        } else {
+            (None, None)
+        };
 
-        let listener = tokio::net::TcpListener::bind(settings.http_addr)
-            .await
-            .map_err(|source| StartupError::Listen {
-                addr: settings.http_addr,
-                source,
-            })?;
-        let address = listener
-            .local_addr()
-            .map_err(|source| StartupError::Listen {
-                addr: settings.http_addr,
-                source,
-            })?;
         let state = AppState {
             pool: pool.clone(),
             catalog,
@@ -194,6 +281,7 @@ impl Application {
             orders: orders.clone(),
             status_changes,
             nats,
+            payments: payment_http,
         };
         let router = http::router(state);
         let token = shutdown.clone();
@@ -212,7 +300,13 @@ impl Application {
             pool,
             orders,
             shards,
+            stripe_fake,
         })
+    }
+
+    /// The in-process Stripe fake's base URL, when one runs (tests read its ledger).
+    pub fn stripe_fake_url(&self) -> Option<String> {
+        self.stripe_fake.as_ref().map(StripeFake::base_url)
     }
 
     pub fn address(&self) -> SocketAddr {

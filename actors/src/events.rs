@@ -81,6 +81,14 @@ pub enum EventBody {
     PaymentSucceeded(PaymentSucceeded),
     #[serde(rename = "payment.failed.v1")]
     PaymentFailed(PaymentFailed),
+    #[serde(rename = "payment.canceled.v1")]
+    PaymentCanceled(PaymentCanceled),
+    #[serde(rename = "payment.refund_requested.v1")]
+    PaymentRefundRequested(PaymentRefundRequested),
+    #[serde(rename = "payment.refunded.v1")]
+    PaymentRefunded(PaymentRefunded),
+    #[serde(rename = "payment.failure_streak.v1")]
+    PaymentFailureStreak(PaymentFailureStreak),
 }
 
 impl EventBody {
@@ -97,6 +105,10 @@ impl EventBody {
             EventBody::PaymentPending(_) => subjects::PAYMENT_PENDING,
             EventBody::PaymentSucceeded(_) => subjects::PAYMENT_SUCCEEDED,
             EventBody::PaymentFailed(_) => subjects::PAYMENT_FAILED,
+            EventBody::PaymentCanceled(_) => subjects::PAYMENT_CANCELED,
+            EventBody::PaymentRefundRequested(_) => subjects::PAYMENT_REFUND_REQUESTED,
+            EventBody::PaymentRefunded(_) => subjects::PAYMENT_REFUNDED,
+            EventBody::PaymentFailureStreak(_) => subjects::PAYMENT_FAILURE_STREAK,
         }
     }
 }
@@ -114,6 +126,10 @@ pub mod subjects {
     pub const PAYMENT_PENDING: &str = "payment.pending.v1";
     pub const PAYMENT_SUCCEEDED: &str = "payment.succeeded.v1";
     pub const PAYMENT_FAILED: &str = "payment.failed.v1";
+    pub const PAYMENT_CANCELED: &str = "payment.canceled.v1";
+    pub const PAYMENT_REFUND_REQUESTED: &str = "payment.refund_requested.v1";
+    pub const PAYMENT_REFUNDED: &str = "payment.refunded.v1";
+    pub const PAYMENT_FAILURE_STREAK: &str = "payment.failure_streak.v1";
 }
 
 /// The order exists and is priced; inventory reserves its lines in response.
@@ -205,6 +221,33 @@ pub struct PaymentFailed {
     pub payment_reference: Option<String>,
     pub code: String,
     pub message: String,
+}
+
+/// The provider canceled the charge (e.g. it stayed in processing and was canceled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCanceled {
+    pub payment_reference: String,
+}
+
+/// The saga asks the payment role to give back money taken for an order it will not fulfil.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefundRequested {
+    pub payment_reference: String,
+    pub amount: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub payment_reference: String,
+    pub refund_id: String,
+}
+
+/// Alert: this many payments failed in a row (the order id is that of the last failure).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailureStreak {
+    pub consecutive_failures: u32,
+    pub threshold: u32,
+    pub last_code: String,
 }
 
 #[cfg(test)]

@@ -1,20 +1,32 @@
-//! The payment role's logic: turn `payment.requested.v1` into exactly one charge and report the
-//! outcome as payment events, committed with the payment record (transactional outbox).
+//! The payment role's logic, independent of the provider:
+//! - `payment.requested.v1` → exactly one charge (the provider idempotency key is derived from
+//!   order and attempt), recorded with the messages it implies (transactional outbox);
+//! - provider updates (Stripe webhooks) → payment events, applied only when they move a charge
+//!   forward, so a `processing` that arrives after `succeeded` changes nothing;
+//! - `payment.refund_requested.v1` → exactly one refund;
+//! - a streak of consecutive failures raises an alert (error log, metric, event).
 //!
-//! Not an actor: requests for different orders are independent, and the provider's idempotency
-//! key (derived from order id and attempt) makes concurrent duplicates harmless.
+//! Not an actor: requests for different orders are independent, and idempotency keys plus the
+//! records' uniqueness make concurrent duplicates harmless.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use tracing::{info, warn};
+use chrono::{DateTime, Utc};
+use tracing::{error, info, warn};
 
+use crate::domain::{CorrelationId, OrderId};
 use crate::events::{
-    Envelope, EventBody, PaymentFailed, PaymentPending, PaymentRequested, PaymentSucceeded,
+    Envelope, EventBody, PaymentCanceled, PaymentFailed, PaymentFailureStreak, PaymentPending,
+    PaymentRefundRequested, PaymentRefunded, PaymentRequested, PaymentSucceeded,
 };
 use crate::ports::{
-    ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, PaymentRecords, SharedClock,
-    StoreError,
+    AppliedUpdate, ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, PaymentRecords,
+    PaymentUpdate, ProviderStatus, RefundRequest, SharedClock, StoreError,
 };
+
+/// Metric counting failure-streak alerts.
+pub const FAILURE_STREAK_ALERTS: &str = "payment_failure_streak_alerts_total";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PaymentError {
@@ -24,16 +36,60 @@ pub enum PaymentError {
     Gateway(GatewayError),
 }
 
+/// The idempotency key for one payment attempt of one order.
+pub fn idempotency_key(order_id: OrderId, attempt: u32) -> String {
+    format!("ordersaga-{order_id}-payment-{attempt}")
+}
+
+/// The idempotency key for refunding one charge of one order.
+pub fn refund_key(order_id: OrderId, reference: &str) -> String {
+    format!("ordersaga-{order_id}-refund-{reference}")
+}
+
+/// Counts consecutive payment failures across orders; fires at the threshold and at every
+/// further multiple of it while the streak lasts, so a long outage keeps alerting.
+#[derive(Debug)]
+pub struct FailureStreak {
+    threshold: u32,
+    consecutive: AtomicU32,
+}
+
+impl FailureStreak {
+    pub fn new(threshold: u32) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            consecutive: AtomicU32::new(0),
+        }
+    }
+
+    pub fn success(&self) {
+        self.consecutive.store(0, Ordering::Relaxed);
+    }
+
+    /// Records a failure; returns the streak length when it should alert.
+    pub fn failure(&self) -> Option<u32> {
+        let n = self
+            .consecutive
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        (n % self.threshold == 0).then_some(n)
+    }
+
+    pub fn current(&self) -> u32 {
+        self.consecutive.load(Ordering::Relaxed)
+    }
+
+    pub fn threshold(&self) -> u32 {
+        self.threshold
+    }
+}
+
 #[derive(Clone)]
 pub struct PaymentService {
     gateway: Arc<dyn PaymentGateway>,
     records: Arc<dyn PaymentRecords>,
     clock: SharedClock,
-}
-
-/// The idempotency key for one payment attempt of one order.
-pub fn idempotency_key(envelope: &Envelope, attempt: u32) -> String {
-    format!("ordersaga-{}-payment-{attempt}", envelope.order_id)
+    streak: Arc<FailureStreak>,
 }
 
 impl PaymentService {
@@ -42,19 +98,34 @@ impl PaymentService {
         records: Arc<dyn PaymentRecords>,
         clock: SharedClock,
     ) -> Self {
+        Self::with_streak(gateway, records, clock, Arc::new(FailureStreak::new(5)))
+    }
+
+    pub fn with_streak(
+        gateway: Arc<dyn PaymentGateway>,
+        records: Arc<dyn PaymentRecords>,
+        clock: SharedClock,
+        streak: Arc<FailureStreak>,
+    ) -> Self {
         Self {
             gateway,
             records,
             clock,
+            streak,
         }
     }
 
-    /// Handles one message; only `payment.requested.v1` concerns the payment role.
+    pub fn streak(&self) -> &FailureStreak {
+        &self.streak
+    }
+
+    /// Handles one message from the bus; only payment commands concern the payment role.
     pub async fn on_message(&self, envelope: &Envelope) -> Result<(), PaymentError> {
-        if let EventBody::PaymentRequested(request) = &envelope.body {
-            self.charge(envelope, request).await?;
+        match &envelope.body {
+            EventBody::PaymentRequested(request) => self.charge(envelope, request).await,
+            EventBody::PaymentRefundRequested(request) => self.refund(envelope, request).await,
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     async fn charge(
@@ -71,7 +142,8 @@ impl PaymentService {
             correlation_id: envelope.correlation_id.clone(),
             amount: request.amount,
             payment_method: request.payment_method.clone(),
-            idempotency_key: idempotency_key(envelope, request.attempt),
+            attempt: request.attempt,
+            idempotency_key: idempotency_key(order_id, request.attempt),
         };
         let outcome = match self.gateway.charge(&charge).await {
             Ok(outcome) => outcome,
@@ -89,20 +161,14 @@ impl PaymentService {
         };
         let now = self.clock.now();
         let event = |body| Envelope::new(order_id, envelope.correlation_id.clone(), now, body);
-        let outbox: Vec<Envelope> = match &outcome {
+        let mut outbox: Vec<Envelope> = match &outcome {
             ChargeOutcome::Succeeded { reference } => vec![
-                event(EventBody::PaymentPending(PaymentPending {
-                    payment_reference: reference.clone(),
-                })),
+                event(pending(reference)),
                 event(EventBody::PaymentSucceeded(PaymentSucceeded {
                     payment_reference: reference.clone(),
                 })),
             ],
-            ChargeOutcome::Processing { reference } => {
-                vec![event(EventBody::PaymentPending(PaymentPending {
-                    payment_reference: reference.clone(),
-                }))]
-            }
+            ChargeOutcome::Processing { reference } => vec![event(pending(reference))],
             ChargeOutcome::Declined {
                 reference,
                 code,
@@ -113,13 +179,170 @@ impl PaymentService {
                 message: message.clone(),
             }))],
         };
-        if self
+        match &outcome {
+            ChargeOutcome::Succeeded { .. } => self.streak.success(),
+            ChargeOutcome::Declined { code, .. } => {
+                outbox.extend(self.failure_alert(order_id, &envelope.correlation_id, code, now));
+            }
+            ChargeOutcome::Processing { .. } => {}
+        }
+        let recorded = self
             .records
-            .record(order_id, request.attempt, &outcome, &outbox)
-            .await?
-        {
+            .record(
+                order_id,
+                request.attempt,
+                &envelope.correlation_id,
+                &outcome,
+                &outbox,
+            )
+            .await?;
+        if recorded {
             info!(%order_id, correlation_id = %envelope.correlation_id, outcome = ?outcome, "payment recorded");
         }
         Ok(())
+    }
+
+    /// Applies what the provider reports about a charge (a verified webhook).
+    pub async fn on_provider_update(
+        &self,
+        update: &PaymentUpdate,
+    ) -> Result<Option<AppliedUpdate>, PaymentError> {
+        let now = self.clock.now();
+        let messages = |applied: &AppliedUpdate| {
+            let event =
+                |body| Envelope::new(applied.order_id, applied.correlation_id.clone(), now, body);
+            let reference = update.reference.clone();
+            let mut out = vec![event(match &update.status {
+                ProviderStatus::Processing => pending(&reference),
+                ProviderStatus::Succeeded => EventBody::PaymentSucceeded(PaymentSucceeded {
+                    payment_reference: reference,
+                }),
+                ProviderStatus::Failed { code, message } => {
+                    EventBody::PaymentFailed(PaymentFailed {
+                        payment_reference: Some(reference),
+                        code: code.clone(),
+                        message: message.clone(),
+                    })
+                }
+                ProviderStatus::Canceled => EventBody::PaymentCanceled(PaymentCanceled {
+                    payment_reference: reference,
+                }),
+            })];
+            match &update.status {
+                ProviderStatus::Succeeded => self.streak.success(),
+                ProviderStatus::Failed { code, .. } => {
+                    out.extend(self.failure_alert(
+                        applied.order_id,
+                        &applied.correlation_id,
+                        code,
+                        now,
+                    ));
+                }
+                _ => {}
+            }
+            out
+        };
+        let applied = self.records.apply_update(update, &messages).await?;
+        match &applied {
+            Some(a) => {
+                info!(order_id = %a.order_id, correlation_id = %a.correlation_id, reference = %update.reference, status = ?update.status, "payment update applied")
+            }
+            None => {
+                info!(reference = %update.reference, status = ?update.status, "payment update ignored (unknown charge, duplicate or regression)")
+            }
+        }
+        Ok(applied)
+    }
+
+    async fn refund(
+        &self,
+        envelope: &Envelope,
+        request: &PaymentRefundRequested,
+    ) -> Result<(), PaymentError> {
+        let order_id = envelope.order_id;
+        let reference = &request.payment_reference;
+        if self.records.is_refunded(reference).await? {
+            return Ok(());
+        }
+        let refund = RefundRequest {
+            order_id,
+            payment_reference: reference.clone(),
+            idempotency_key: refund_key(order_id, reference),
+        };
+        let refund_id = match self.gateway.refund(&refund).await {
+            Ok(id) => id,
+            Err(GatewayError::Transient(e)) => {
+                return Err(PaymentError::Gateway(GatewayError::Transient(e)));
+            }
+            Err(GatewayError::Permanent(e)) => {
+                // Nothing automatic can fix this; an operator must look. Do not redeliver forever.
+                error!(%order_id, %reference, error = %e, "refund refused by the provider; manual action needed");
+                return Ok(());
+            }
+        };
+        let body = EventBody::PaymentRefunded(PaymentRefunded {
+            payment_reference: reference.clone(),
+            refund_id: refund_id.clone(),
+        });
+        let outbox = vec![Envelope::new(
+            order_id,
+            envelope.correlation_id.clone(),
+            self.clock.now(),
+            body,
+        )];
+        if self
+            .records
+            .record_refund(order_id, reference, &refund_id, &outbox)
+            .await?
+        {
+            info!(%order_id, %reference, %refund_id, "payment refunded");
+        }
+        Ok(())
+    }
+
+    /// Counts a failure; at the threshold, logs an error, bumps the metric and returns the event.
+    fn failure_alert(
+        &self,
+        order_id: OrderId,
+        correlation_id: &CorrelationId,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Envelope> {
+        let n = self.streak.failure()?;
+        error!(%order_id, consecutive_failures = n, threshold = self.streak.threshold, last_code = code, "payment failure streak");
+        metrics::counter!(FAILURE_STREAK_ALERTS).increment(1);
+        let body = EventBody::PaymentFailureStreak(PaymentFailureStreak {
+            consecutive_failures: n,
+            threshold: self.streak.threshold,
+            last_code: code.to_owned(),
+        });
+        Some(Envelope::new(order_id, correlation_id.clone(), now, body))
+    }
+}
+
+fn pending(reference: &str) -> EventBody {
+    EventBody::PaymentPending(PaymentPending {
+        payment_reference: reference.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_streak_alerts_at_the_threshold_and_every_multiple_and_resets_on_success() {
+        let streak = FailureStreak::new(3);
+        assert_eq!(
+            [streak.failure(), streak.failure(), streak.failure()],
+            [None, None, Some(3)]
+        );
+        assert_eq!(
+            [streak.failure(), streak.failure(), streak.failure()],
+            [None, None, Some(6)]
+        );
+        streak.success();
+        assert_eq!(streak.current(), 0);
+        assert_eq!([streak.failure(), streak.failure()], [None, None]);
     }
 }

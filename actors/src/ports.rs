@@ -99,8 +99,18 @@ pub struct ChargeRequest {
     pub correlation_id: CorrelationId,
     pub amount: Money,
     pub payment_method: PaymentMethod,
+    pub attempt: u32,
     /// Derived from order id and attempt: a redelivered request reuses it, so the provider
     /// replays its first answer instead of charging again.
+    pub idempotency_key: String,
+}
+
+/// Give back the money of one charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRequest {
+    pub order_id: OrderId,
+    pub payment_reference: String,
+    /// Derived from the order and the charge: a retried refund never refunds twice.
     pub idempotency_key: String,
 }
 
@@ -130,13 +140,61 @@ pub enum GatewayError {
     Permanent(String),
 }
 
-/// A payment provider (Stripe, or the simulated gateway).
+/// A payment provider (Stripe, or the project's Stripe-compatible fake behind the same client).
 #[async_trait]
 pub trait PaymentGateway: Send + Sync + 'static {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, GatewayError>;
+
+    /// Refunds the charge `request.payment_reference`; returns the provider's refund id.
+    async fn refund(&self, request: &RefundRequest) -> Result<String, GatewayError>;
+
+    /// Cancels a charge that has not succeeded (e.g. one stuck in processing).
+    async fn cancel(&self, reference: &str, idempotency_key: &str) -> Result<(), GatewayError>;
 }
 
-/// The payment role's record of charges: makes handling `payment.requested.v1` idempotent.
+/// What a provider says about a charge (from a webhook), in the order of "progress": a status
+/// is only applied if it moves the charge forward (`PaymentRecords::apply_update`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderStatus {
+    Processing,
+    Failed { code: String, message: String },
+    Canceled,
+    Succeeded,
+}
+
+impl ProviderStatus {
+    /// Progress rank: a charge never moves to a lower rank. A failed or canceled charge may
+    /// still succeed later (it is then refunded if the order is gone); nothing follows success.
+    pub fn rank(&self) -> u8 {
+        match self {
+            ProviderStatus::Processing => 1,
+            ProviderStatus::Failed { .. } | ProviderStatus::Canceled => 2,
+            ProviderStatus::Succeeded => 3,
+        }
+    }
+}
+
+/// A provider's news about one charge, routed by its reference, with the order named in the
+/// charge's metadata as fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentUpdate {
+    pub reference: String,
+    pub status: ProviderStatus,
+    /// `metadata.order_id` and `metadata.attempt` of the charge, when present.
+    pub order_hint: Option<(OrderId, u32)>,
+    pub correlation_hint: Option<CorrelationId>,
+}
+
+/// The charge an update was applied to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedUpdate {
+    pub order_id: OrderId,
+    pub attempt: u32,
+    pub correlation_id: CorrelationId,
+}
+
+/// The payment role's record of charges: makes handling `payment.requested.v1` idempotent and
+/// keeps each charge's status from regressing.
 #[async_trait]
 pub trait PaymentRecords: Send + Sync + 'static {
     /// Whether an outcome is already recorded for this order and attempt.
@@ -148,7 +206,28 @@ pub trait PaymentRecords: Send + Sync + 'static {
         &self,
         order_id: OrderId,
         attempt: u32,
+        correlation_id: &CorrelationId,
         outcome: &ChargeOutcome,
+        outbox: &[Envelope],
+    ) -> Result<bool, StoreError>;
+
+    /// Applies a provider update if it moves the charge forward, with the messages derived
+    /// from it. `None`: unknown charge, duplicate, or a regression (nothing written).
+    async fn apply_update(
+        &self,
+        update: &PaymentUpdate,
+        messages: OutcomeMessages<'_, AppliedUpdate>,
+    ) -> Result<Option<AppliedUpdate>, StoreError>;
+
+    /// Whether this charge was refunded already.
+    async fn is_refunded(&self, reference: &str) -> Result<bool, StoreError>;
+
+    /// Records a refund with its messages; `false` if it was recorded before.
+    async fn record_refund(
+        &self,
+        order_id: OrderId,
+        reference: &str,
+        refund_id: &str,
         outbox: &[Envelope],
     ) -> Result<bool, StoreError>;
 }

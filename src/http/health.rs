@@ -1,4 +1,5 @@
-//! `GET /health` (the process is up) and `GET /health/ready` (its dependencies answer).
+//! `GET /health` (the process is up) and `GET /health/ready` (PostgreSQL, NATS and, in a
+//! process with the payment role, Stripe or its fake answer; 503 when any does not).
 
 use std::time::Instant;
 
@@ -25,11 +26,19 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     let nats_ms = started.elapsed().as_secs_f64() * 1000.0;
     let check =
         |ok: bool, ms: f64| json!({"status": if ok { "up" } else { "down" }, "latency_ms": ms});
-    let ready = postgres.is_ok() && nats.is_ok();
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": {"postgres": check(postgres.is_ok(), postgres_ms), "nats": check(nats.is_ok(), nats_ms)},
+    let mut ready = postgres.is_ok() && nats.is_ok();
+    let mut checks = json!({
+        "postgres": check(postgres.is_ok(), postgres_ms),
+        "nats": check(nats.is_ok(), nats_ms),
     });
+    if let Some(payments) = &state.payments {
+        let started = Instant::now();
+        let stripe = payments.stripe.ping().await;
+        checks["stripe"] = check(stripe.is_ok(), started.elapsed().as_secs_f64() * 1000.0);
+        checks["stripe"]["api_base"] = json!(payments.stripe.api_base());
+        ready &= stripe.is_ok();
+    }
+    let body = json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks});
     let status = if ready {
         StatusCode::OK
     } else {

@@ -7,6 +7,7 @@ mod health;
 mod inventory;
 mod json;
 mod orders;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -18,6 +19,7 @@ pub use error::ApiError;
 
 use actors::orders::{OrderSupervisorHandle, StatusChange};
 use adapters::postgres::{Catalog, IdempotencyKeys};
+use adapters::stripe::{StripeClient, WebhookInbox, WebhookVerifier};
 
 /// Request bodies above this size are refused with 413 before they are read in full.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,7 +33,20 @@ pub struct AppState {
     pub orders: Option<OrderSupervisorHandle>,
     pub status_changes: broadcast::Sender<StatusChange>,
     pub nats: async_nats::Client,
+    /// `None` when this process does not run the payment role.
+    pub payments: Option<PaymentHttp>,
 }
+
+/// What the payment role exposes over HTTP: the webhook endpoint and a readiness probe.
+#[derive(Clone)]
+pub struct PaymentHttp {
+    pub inbox: WebhookInbox,
+    pub verifier: WebhookVerifier,
+    pub stripe: StripeClient,
+}
+
+/// Stripe events can be larger than order requests (they embed whole objects).
+pub const MAX_WEBHOOK_BYTES: usize = 512 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -41,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/inventory/products/{sku}",
             put(inventory::put_product).get(inventory::get_product),
+        )
+        .route(
+            "/payments/webhook",
+            post(webhooks::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),
         )
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))

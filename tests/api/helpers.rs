@@ -174,6 +174,9 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub pool: PgPool,
     pub shutdown: CancellationToken,
+    /// Base URL of the in-process Stripe fake.
+    pub stripe: String,
+    pub nats_url: String,
     // Held for their Drop: the private servers live exactly as long as the app.
     _nats: TestNats,
     _db: TestDb,
@@ -197,6 +200,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let base = format!("http://{}", app.address());
     let pool = app.pool().clone();
     let shutdown = app.shutdown_token();
+    let stripe = app.stripe_fake_url().unwrap_or_default();
+    let nats_url = nats.url.clone();
     tokio::spawn(async move {
         let _ = app.run_until_stopped().await;
     });
@@ -205,6 +210,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         http: reqwest::Client::new(),
         pool,
         shutdown,
+        stripe,
+        nats_url,
         _nats: nats,
         _db: db,
     }
@@ -261,6 +268,31 @@ impl TestApp {
             .send()
             .await
             .unwrap_or_else(|e| panic!("POST /orders: {e}"))
+    }
+
+    /// The Stripe fake's ledger (intents, charges, refunds, creates, webhook deliveries).
+    pub async fn ledger(&self) -> Value {
+        self.http
+            .get(format!("{}/_fake/ledger", self.stripe))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("ledger: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("ledger json: {e}"))
+    }
+
+    /// Charges the fake made for one PaymentIntent.
+    pub async fn charges_of(&self, payment_intent: &str) -> usize {
+        let ledger = self.ledger().await;
+        ledger["charges"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter(|c| c["payment_intent"] == payment_intent)
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Places an order and returns its id (asserting 202).

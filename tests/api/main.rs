@@ -5,6 +5,7 @@ mod helpers;
 
 mod inventory;
 mod orders;
+mod payments;
 mod processes;
 mod stores;
 mod validation;

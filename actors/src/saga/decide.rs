@@ -14,7 +14,7 @@ use super::state::{
 };
 use crate::events::{
     EventBody, InventoryReleaseRequested, OrderCancelled, OrderConfirmed, OrderCreated,
-    PaymentRequested, Shortage,
+    PaymentRefundRequested, PaymentRequested, Shortage,
 };
 
 /// What the saga reacts to, already stripped of transport details.
@@ -35,6 +35,13 @@ pub enum SagaEvent {
         reference: Option<String>,
         code: String,
         message: String,
+    },
+    PaymentCanceled {
+        reference: String,
+    },
+    PaymentRefunded {
+        reference: String,
+        refund_id: String,
     },
 }
 
@@ -58,6 +65,13 @@ impl SagaEvent {
                 code: e.code.clone(),
                 message: e.message.clone(),
             },
+            EventBody::PaymentCanceled(e) => SagaEvent::PaymentCanceled {
+                reference: e.payment_reference.clone(),
+            },
+            EventBody::PaymentRefunded(e) => SagaEvent::PaymentRefunded {
+                reference: e.payment_reference.clone(),
+                refund_id: e.refund_id.clone(),
+            },
             _ => return None,
         })
     }
@@ -70,6 +84,8 @@ impl SagaEvent {
             SagaEvent::PaymentPending { .. } => "payment_pending",
             SagaEvent::PaymentSucceeded { .. } => "payment_succeeded",
             SagaEvent::PaymentFailed { .. } => "payment_failed",
+            SagaEvent::PaymentCanceled { .. } => "payment_canceled",
+            SagaEvent::PaymentRefunded { .. } => "payment_refunded",
         }
     }
 }
@@ -132,6 +148,14 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
 
     let compensating = state.compensation.is_some();
     match (state.status, event) {
+        // A refund can land in any status (it follows a late payment, during or after cancel).
+        (
+            _,
+            E::PaymentRefunded {
+                reference,
+                refund_id,
+            },
+        ) => record_refund(state, reference, refund_id, now),
         (S::Pending, E::StockReserved) => {
             let mut next = advance(state, now, S::StockReserved, Some("stock reserved"));
             next.payment = Some(PaymentInfo {
@@ -183,31 +207,12 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
                 code,
                 message,
             },
-        ) if !compensating => {
-            let reason = format!("payment failed: {code}: {message}");
-            let mut next = state.clone();
-            bump(&mut next, now);
-            let failure = PaymentFailure {
-                code: code.clone(),
-                message: message.clone(),
-            };
-            set_payment(
-                &mut next,
-                PaymentStatus::Failed,
-                reference.as_ref(),
-                Some(failure),
-            );
-            next.compensation = Some(Compensation {
-                reason: reason.clone(),
-                started_at: now,
-            });
-            next.history.push(HistoryEntry {
-                status: state.status,
-                at: now,
-                reason: Some(format!("{reason}; releasing stock")),
-            });
-            let release = InventoryReleaseRequested { reason };
-            apply(next, vec![EventBody::InventoryReleaseRequested(release)])
+        ) if !compensating => compensate_payment(state, now, reference.as_ref(), code, message),
+        (S::StockReserved | S::PaymentProcessing, E::PaymentCanceled { reference })
+            if !compensating =>
+        {
+            let message = "the payment was canceled by the provider";
+            compensate_payment(state, now, Some(reference), "payment_canceled", message)
         }
         (S::StockReserved | S::PaymentProcessing, E::StockReleased) if compensating => {
             let reason = state
@@ -288,6 +293,37 @@ fn set_payment(
     }
 }
 
+/// Payment failed or was canceled: record it and ask inventory for the stock back. The order
+/// becomes CANCELLED when inventory confirms the release.
+fn compensate_payment(
+    state: &OrderState,
+    now: DateTime<Utc>,
+    reference: Option<&String>,
+    code: &str,
+    message: &str,
+) -> Decision {
+    let reason = format!("payment failed: {code}: {message}");
+    let mut next = state.clone();
+    bump(&mut next, now);
+    let failure = PaymentFailure {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    };
+    set_payment(&mut next, PaymentStatus::Failed, reference, Some(failure));
+    next.compensation = Some(Compensation {
+        reason: reason.clone(),
+        started_at: now,
+    });
+    next.history.push(HistoryEntry {
+        status: state.status,
+        at: now,
+        reason: Some(format!("{reason}; releasing stock")),
+    });
+    let release = InventoryReleaseRequested { reason };
+    apply(next, vec![EventBody::InventoryReleaseRequested(release)])
+}
+
+/// Money was taken for an order that will not be fulfilled: record it and ask for a refund.
 fn record_late_payment(state: &OrderState, reference: &str, now: DateTime<Utc>) -> Decision {
     if state.late_payment.is_some() {
         return Decision::Ignore("late payment already recorded");
@@ -297,13 +333,49 @@ fn record_late_payment(state: &OrderState, reference: &str, now: DateTime<Utc>) 
     next.late_payment = Some(LatePayment {
         reference: reference.to_owned(),
         at: now,
+        refund_id: None,
+        refunded_at: None,
     });
     next.history.push(HistoryEntry {
         status: next.status,
         at: now,
         reason: Some(format!(
-            "payment {reference} succeeded after cancellation; recorded for refund"
+            "payment {reference} succeeded after cancellation; refund requested"
         )),
+    });
+    let refund = PaymentRefundRequested {
+        payment_reference: reference.to_owned(),
+        amount: state.amount,
+    };
+    apply(next, vec![EventBody::PaymentRefundRequested(refund)])
+}
+
+fn record_refund(
+    state: &OrderState,
+    reference: &str,
+    refund_id: &str,
+    now: DateTime<Utc>,
+) -> Decision {
+    let Some(late) = state
+        .late_payment
+        .as_ref()
+        .filter(|l| l.reference == reference)
+    else {
+        return Decision::Ignore("refund of a payment this order did not ask to refund");
+    };
+    if late.refund_id.is_some() {
+        return Decision::Ignore("refund already recorded");
+    }
+    let mut next = state.clone();
+    bump(&mut next, now);
+    if let Some(late) = next.late_payment.as_mut() {
+        late.refund_id = Some(refund_id.to_owned());
+        late.refunded_at = Some(now);
+    }
+    next.history.push(HistoryEntry {
+        status: next.status,
+        at: now,
+        reason: Some(format!("payment {reference} refunded ({refund_id})")),
     });
     apply(next, vec![])
 }

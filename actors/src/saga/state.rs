@@ -72,12 +72,16 @@ pub struct Compensation {
     pub started_at: DateTime<Utc>,
 }
 
-/// A payment that succeeded after the order was cancelled. Money was taken for an order we will
-/// not fulfil, so it is recorded here for refund (automated by the payment issue).
+/// A payment that succeeded after the order was cancelled (or while it was being cancelled).
+/// Money was taken for an order we will not fulfil: the saga asks for a refund and records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LatePayment {
     pub reference: String,
     pub at: DateTime<Utc>,
+    #[serde(default)]
+    pub refund_id: Option<String>,
+    #[serde(default)]
+    pub refunded_at: Option<DateTime<Utc>>,
 }
 
 /// Everything needed to place an order, already parsed and priced.

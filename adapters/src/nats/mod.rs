@@ -54,6 +54,12 @@ pub const INVENTORY_COMMANDS: ConsumerSpec = ConsumerSpec {
     durable: "inventory-commands",
     filter: "inventory.release_requested.v1",
 };
+/// The payment role's refund requests (late payments of cancelled orders).
+pub const PAYMENT_REFUNDS: ConsumerSpec = ConsumerSpec {
+    stream: "payments",
+    durable: "payment-refunds",
+    filter: "payment.refund_requested.v1",
+};
 /// The payment role's charge requests.
 pub const PAYMENT_REQUESTS: ConsumerSpec = ConsumerSpec {
     stream: "payments",

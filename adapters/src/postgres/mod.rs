@@ -10,6 +10,7 @@ mod ledger;
 pub mod outbox;
 mod payments;
 pub mod snapshots;
+pub mod stripe_events;
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -1,11 +1,15 @@
-//! `PaymentRecords` on Postgres: one row per (order, attempt), written with the outcome's messages.
+//! `PaymentRecords` on Postgres: one row per (order, attempt) whose status only moves forward,
+//! plus one row per refund; every change is written with the messages it implies.
 
 use async_trait::async_trait;
 use sqlx::PgPool;
 
-use actors::domain::OrderId;
+use actors::domain::{CorrelationId, OrderId};
 use actors::events::Envelope;
-use actors::ports::{ChargeOutcome, PaymentRecords, StoreError};
+use actors::ports::{
+    AppliedUpdate, ChargeOutcome, OutcomeMessages, PaymentRecords, PaymentUpdate, ProviderStatus,
+    StoreError,
+};
 
 use super::{OutboxSignal, outbox, unavailable};
 
@@ -21,6 +25,28 @@ impl PgPaymentRecords {
     }
 }
 
+fn rank(status: &str) -> u8 {
+    match status {
+        "PROCESSING" => 1,
+        "FAILED" | "CANCELED" => 2,
+        "SUCCEEDED" => 3,
+        _ => 0,
+    }
+}
+
+fn column(status: &ProviderStatus) -> &'static str {
+    match status {
+        ProviderStatus::Processing => "PROCESSING",
+        ProviderStatus::Failed { .. } => "FAILED",
+        ProviderStatus::Canceled => "CANCELED",
+        ProviderStatus::Succeeded => "SUCCEEDED",
+    }
+}
+
+fn attempt_column(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
+}
+
 #[async_trait]
 impl PaymentRecords for PgPaymentRecords {
     async fn is_recorded(&self, order_id: OrderId, attempt: u32) -> Result<bool, StoreError> {
@@ -28,7 +54,7 @@ impl PaymentRecords for PgPaymentRecords {
             "SELECT EXISTS (SELECT 1 FROM payments WHERE order_id = $1 AND attempt = $2)",
         )
         .bind(order_id.as_uuid())
-        .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+        .bind(attempt_column(attempt))
         .fetch_one(&self.pool)
         .await
         .map_err(unavailable)
@@ -38,6 +64,7 @@ impl PaymentRecords for PgPaymentRecords {
         &self,
         order_id: OrderId,
         attempt: u32,
+        correlation_id: &CorrelationId,
         outcome: &ChargeOutcome,
         messages: &[Envelope],
     ) -> Result<bool, StoreError> {
@@ -60,16 +87,142 @@ impl PaymentRecords for PgPaymentRecords {
             ),
         };
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // A webhook may have recorded this charge first (it can beat the API's answer): then the
+        // webhook's status stands and this answer adds nothing.
         let inserted = sqlx::query(
-            "INSERT INTO payments (order_id, attempt, status, reference, failure_code, failure_message)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            "INSERT INTO payments (order_id, attempt, status, reference, correlation_id, failure_code, failure_message)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(order_id.as_uuid())
-        .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+        .bind(attempt_column(attempt))
         .bind(status)
         .bind(reference)
+        .bind(correlation_id.as_str())
         .bind(code)
         .bind(message)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        outbox::insert(&mut tx, messages)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        self.signal.notify_one();
+        Ok(true)
+    }
+
+    async fn apply_update(
+        &self,
+        update: &PaymentUpdate,
+        messages: OutcomeMessages<'_, AppliedUpdate>,
+    ) -> Result<Option<AppliedUpdate>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut row: Option<(uuid::Uuid, i32, String, String)> = sqlx::query_as(
+            "SELECT order_id, attempt, status, correlation_id FROM payments WHERE reference = $1 FOR UPDATE",
+        )
+        .bind(&update.reference)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if row.is_none() {
+            let Some((order_id, attempt)) = update.order_hint else {
+                return Ok(None);
+            };
+            // Unknown reference: the webhook beat our own record of the charge. Claim the row
+            // (with no status yet worth keeping) so both paths agree on one status.
+            let correlation = update.correlation_hint.clone().unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO payments (order_id, attempt, status, reference, correlation_id)
+                 VALUES ($1, $2, 'PROCESSING', $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(order_id.as_uuid())
+            .bind(attempt_column(attempt))
+            .bind(&update.reference)
+            .bind(correlation.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            row = sqlx::query_as(
+                "SELECT order_id, attempt, status, correlation_id FROM payments
+                 WHERE order_id = $1 AND attempt = $2 FOR UPDATE",
+            )
+            .bind(order_id.as_uuid())
+            .bind(attempt_column(attempt))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            // A fresh claim starts below PROCESSING so a first `processing` update still applies.
+            if let Some(r) = row.as_mut().filter(|r| r.2 == "PROCESSING") {
+                r.2 = String::new();
+            }
+        }
+        let Some((order_id, attempt, current, correlation)) = row else {
+            return Ok(None);
+        };
+        let next = column(&update.status);
+        if rank(next) <= rank(&current) {
+            return Ok(None);
+        }
+        let (code, message) = match &update.status {
+            ProviderStatus::Failed { code, message } => {
+                (Some(code.as_str()), Some(message.as_str()))
+            }
+            _ => (None, None),
+        };
+        sqlx::query(
+            "UPDATE payments SET status = $3, reference = coalesce(reference, $4),
+                 failure_code = coalesce($5, failure_code), failure_message = coalesce($6, failure_message),
+                 updated_at = now()
+             WHERE order_id = $1 AND attempt = $2",
+        )
+        .bind(order_id)
+        .bind(attempt)
+        .bind(next)
+        .bind(&update.reference)
+        .bind(code)
+        .bind(message)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let applied = AppliedUpdate {
+            order_id: OrderId::from_uuid(order_id),
+            attempt: u32::try_from(attempt).unwrap_or(1),
+            correlation_id: CorrelationId::parse(&correlation).unwrap_or_default(),
+        };
+        outbox::insert(&mut tx, &messages(&applied))
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        self.signal.notify_one();
+        Ok(Some(applied))
+    }
+
+    async fn is_refunded(&self, reference: &str) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunds WHERE payment_reference = $1)")
+            .bind(reference)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn record_refund(
+        &self,
+        order_id: OrderId,
+        reference: &str,
+        refund_id: &str,
+        messages: &[Envelope],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let inserted = sqlx::query(
+            "INSERT INTO refunds (payment_reference, order_id, refund_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(reference)
+        .bind(order_id.as_uuid())
+        .bind(refund_id)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?

@@ -1,5 +1,0 @@
-//! Payment gateways behind the `PaymentGateway` port.
-
-mod simulated;
-
-pub use simulated::SimulatedGateway;

@@ -1,0 +1,118 @@
+//! The webhook inbox: the HTTP endpoint records each verified event durably by its id (so a
+//! duplicate is acknowledged and ignored) and answers 2xx at once; this worker then turns the
+//! recorded events into payment updates, asynchronously and in arrival order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use actors::payments::PaymentService;
+
+use super::webhook::{StripeEvent, parse_event, payment_update};
+use crate::postgres::stripe_events;
+
+#[derive(Clone)]
+pub struct WebhookInbox {
+    pool: PgPool,
+    signal: Arc<Notify>,
+}
+
+/// What recording an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    Duplicate,
+}
+
+impl WebhookInbox {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            signal: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Records a verified event (already parsed from the raw body).
+    pub async fn record(
+        &self,
+        event: &StripeEvent,
+        raw: &serde_json::Value,
+    ) -> Result<Recorded, sqlx::Error> {
+        let new = stripe_events::record(&self.pool, &event.id, &event.kind, raw).await?;
+        if new {
+            self.signal.notify_one();
+            Ok(Recorded::New)
+        } else {
+            Ok(Recorded::Duplicate)
+        }
+    }
+
+    /// Processes recorded events until `shutdown`.
+    pub async fn run(self, service: PaymentService, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.process_batch(&service).await {
+                Ok(0) => {
+                    backoff = Duration::from_millis(100);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = self.signal.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    warn!(error = %e, "webhook worker failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Processes one batch; returns how many events were settled.
+    pub async fn process_batch(&self, service: &PaymentService) -> Result<usize, String> {
+        let mut batch = stripe_events::claim(&self.pool, 100)
+            .await
+            .map_err(|e| e.to_string())?;
+        let events = std::mem::take(&mut batch.events);
+        let mut settled = 0;
+        for (event_id, payload) in events {
+            let outcome = match serde_json::to_vec(&payload)
+                .ok()
+                .and_then(|b| parse_event(&b).ok())
+            {
+                None => "unreadable".to_owned(),
+                Some(event) => match payment_update(&event) {
+                    None => format!("ignored type {}", event.kind),
+                    Some(update) => match service.on_provider_update(&update).await {
+                        Ok(Some(applied)) => format!("applied to order {}", applied.order_id),
+                        Ok(None) => {
+                            "no change (unknown charge, duplicate or regression)".to_owned()
+                        }
+                        // Leave it unprocessed: the next batch retries it.
+                        Err(e) => {
+                            warn!(%event_id, error = %e, "webhook event not processed yet");
+                            continue;
+                        }
+                    },
+                },
+            };
+            info!(%event_id, %outcome, "webhook event processed");
+            batch
+                .mark(&event_id, &outcome)
+                .await
+                .map_err(|e| e.to_string())?;
+            settled += 1;
+        }
+        batch.commit().await.map_err(|e| e.to_string())?;
+        Ok(settled)
+    }
+}
