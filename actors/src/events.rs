@@ -1,7 +1,8 @@
 //! The messages that travel over NATS JetStream: one JSON envelope, versioned subjects.
 //!
 //! The subject of a message is its type (`order.created.v1`); a breaking change gets a new `.v2`
-//! subject that consumers can adopt at their own pace. Every envelope carries the order id, the
+//! subject. Consumers terminate messages of types they do not know, so they must learn `.v2`
+//! before producers start sending it. Every envelope carries the order id, the
 //! correlation id and a unique message id, which doubles as JetStream's `Nats-Msg-Id` dedup key.
 //! Commands the saga sends (`payment.requested.v1`, `inventory.release_requested.v1`) use the same
 //! envelope; they are named as requests so they can never be mistaken for facts.

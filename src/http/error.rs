@@ -48,8 +48,7 @@ impl ApiError {
         .with_field(field)
     }
 
-    pub fn not_found(what: &'static str, message: impl Into<String>) -> Self {
-        let _ = what;
+    pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
@@ -75,7 +74,6 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::warn!(error = %e, "store error answered with 503");
         match e {
             StoreError::VersionConflict { .. } => ApiError::new(
                 StatusCode::CONFLICT,
@@ -83,6 +81,7 @@ impl From<StoreError> for ApiError {
                 "the order changed meanwhile; retry",
             ),
             StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store error answered with 503");
                 ApiError::unavailable("the database is unavailable; retry shortly")
             }
         }
@@ -114,7 +113,7 @@ impl From<SagaError> for ApiError {
     fn from(e: SagaError) -> Self {
         match e {
             SagaError::UnknownOrder(id) => {
-                ApiError::not_found("order", format!("order {id} does not exist"))
+                ApiError::not_found(format!("order {id} does not exist"))
             }
             SagaError::Store(store) => store.into(),
             SagaError::ActorUnavailable(reason) => {

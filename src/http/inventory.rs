@@ -83,7 +83,7 @@ pub async fn get_product(
         .get(&sku)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("product", format!("no product with SKU {sku}")))
+        .ok_or_else(|| ApiError::not_found(format!("no product with SKU {sku}")))
 }
 
 #[derive(Debug, Deserialize)]

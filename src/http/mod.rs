@@ -63,7 +63,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
-        .fallback(|| async { ApiError::not_found("route", "no such route") })
+        .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -333,7 +333,7 @@ pub async fn get_order(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let order = read_snapshot(&state.pool, order_id).await?.ok_or_else(|| {
-            ApiError::not_found("order", format!("order {order_id} does not exist"))
+            ApiError::not_found(format!("order {order_id} does not exist"))
         })?;
         if order.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(order.into()));

@@ -55,8 +55,21 @@ impl FromStr for OrderId {
 
 /// Ties together every log line, message and call that belongs to one request's consequences.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct CorrelationId(String);
+
+impl TryFrom<String> for CorrelationId {
+    type Error = ParseError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<CorrelationId> for String {
+    fn from(value: CorrelationId) -> Self {
+        value.0
+    }
+}
 
 impl CorrelationId {
     pub fn new() -> Self {

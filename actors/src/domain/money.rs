@@ -64,10 +64,26 @@ pub enum MoneyError {
 
 /// A non-negative amount in minor units (cents). The upper bound (10^12 minor units) keeps sums of
 /// a bounded number of lines far from `i64` overflow and within what payment providers accept.
+/// Deserialising goes through `Money::new`, so a message or snapshot cannot smuggle in a bad value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "MoneyRepr")]
 pub struct Money {
     amount_cents: i64,
     currency: Currency,
+}
+
+/// Money's wire shape, checked on the way in.
+#[derive(Deserialize)]
+struct MoneyRepr {
+    amount_cents: i64,
+    currency: Currency,
+}
+
+impl TryFrom<MoneyRepr> for Money {
+    type Error = ParseError;
+    fn try_from(raw: MoneyRepr) -> Result<Self, Self::Error> {
+        Money::new(raw.amount_cents, raw.currency)
+    }
 }
 
 impl Money {
@@ -149,6 +165,14 @@ mod tests {
         assert!(Money::new(-1, eur()).is_err());
         assert!(Money::new(Money::MAX_CENTS + 1, eur()).is_err());
         assert!(Money::new(0, eur()).is_ok());
+    }
+
+    #[test]
+    fn deserialising_money_applies_the_same_rules() {
+        let ok: Result<Money, _> = serde_json::from_str(r#"{"amount_cents":100,"currency":"eur"}"#);
+        assert_eq!(ok.map(|m| (m.amount_cents(), m.currency().to_string())).ok(), Some((100, "EUR".to_owned())));
+        let negative: Result<Money, _> = serde_json::from_str(r#"{"amount_cents":-1,"currency":"EUR"}"#);
+        assert!(negative.is_err());
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Inventory: SKUs hash to N shard actors, and each shard handles its requests one at a time, so
-//! reservations of one SKU are serialised inside a process without any lock. Postgres (row locks
-//! and CHECK constraints) keeps the same promise across processes.
+//! Inventory: SKUs hash to N shard actors, and each shard handles its requests one at a time.
 //!
 //! An order's reservation goes to the shard that owns its smallest SKU and is decided in one
-//! transaction over all its lines (all or nothing). Commit and release are keyed by order only, so
-//! they go to the shard picked by the order id.
+//! transaction over all its lines (all or nothing). So single-SKU orders (the flash-sale case) of
+//! one SKU always queue in one shard's mailbox, while a multi-SKU order may touch SKUs owned by
+//! other shards. Commit and release are keyed by order only, so they go to the shard picked by the
+//! order id. What makes an oversell impossible, inside a process and across processes, is
+//! Postgres: row locks taken in SKU order and the CHECK constraints on `products`; the shards keep
+//! contention on a hot SKU off the database and give the ledger a place to batch.
 
 mod outcomes;
 mod shard;

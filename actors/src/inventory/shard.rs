@@ -1,5 +1,6 @@
-//! One inventory shard actor. Its mailbox is the serialisation point for the SKUs it owns; the
-//! ledger behind it does the durable work (stock, reservations and outbox in one transaction).
+//! One inventory shard actor. Its mailbox orders the requests routed to it (every reservation
+//! whose smallest SKU it owns); the ledger behind it does the durable work (stock, reservations
+//! and outbox in one transaction) and is what guarantees no oversell.
 
 use std::sync::Arc;
 

@@ -1,8 +1,10 @@
 //! Runs one durable pull consumer: each message is decoded, handed to a handler, and acked only
 //! after the handler's work is committed; a failed handler naks with a growing delay so the
 //! message comes back later without blocking the others. Messages are handled concurrently
-//! (bounded), which is safe because every handler is idempotent and per-order ordering is
-//! restored by the order's actor.
+//! (bounded), which is safe because every handler is idempotent. Handlers are *called* in
+//! delivery order; the saga's handler enqueues into the order's actor at that moment, so one
+//! order's events reach its actor in stream order. Inventory and payment handlers may finish in
+//! any order, which their idempotent records make harmless.
 
 use std::future::Future;
 use std::pin::Pin;

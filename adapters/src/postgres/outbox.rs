@@ -82,7 +82,7 @@ pub async fn claim(pool: &PgPool, limit: i64) -> Result<ClaimedBatch, sqlx::Erro
     Ok(ClaimedBatch { tx, messages })
 }
 
-/// Messages not yet published (for tests and readiness).
+/// Messages not yet published (tests use it; outbox-lag metrics will).
 pub async fn pending_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(pool)
