@@ -8,4 +8,5 @@ mod orders;
 mod payments;
 mod processes;
 mod stores;
+mod stripe_client;
 mod validation;
