@@ -3,6 +3,7 @@
 
 pub mod configuration;
 pub mod http;
+pub mod metrics;
 pub mod startup;
 pub mod telemetry;
 

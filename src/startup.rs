@@ -145,6 +145,9 @@ async fn payments(settings: &Settings, address: SocketAddr) -> Result<Payments, 
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        // Install the metrics recorder before anything records (the facade drops what is
+        // recorded while no recorder is installed).
+        let _ = crate::metrics::handle();
         let pool =
             pg::connect_and_migrate(&settings.database_url, settings.database_max_connections)
                 .await?;

@@ -46,3 +46,15 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     };
     (status, Json(body)).into_response()
 }
+
+/// Prometheus text exposition of every metric this process recorded.
+pub async fn metrics() -> Response {
+    match crate::metrics::handle() {
+        Some(handle) => (
+            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "another metrics recorder is installed\n").into_response(),
+    }
+}

@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
             "/payments/webhook",
             post(webhooks::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),
         )
+        .route("/metrics", get(health::metrics))
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(|| async { ApiError::not_found("no such route") })
