@@ -39,7 +39,13 @@ mod tests {
         let handle = super::handle().unwrap_or_else(|| panic!("recorder"));
         metrics::counter!(actors::payments::FAILURE_STREAK_ALERTS).increment(1);
         let text = handle.render();
-        assert!(text.contains("# TYPE payment_failure_streak_alerts_total counter"), "{text:?}");
-        assert!(text.contains("payment_failure_streak_alerts_total 1"), "{text:?}");
+        assert!(
+            text.contains("# TYPE payment_failure_streak_alerts_total counter"),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("payment_failure_streak_alerts_total 1"),
+            "{text:?}"
+        );
     }
 }

@@ -72,7 +72,7 @@ impl FailureStreak {
             .consecutive
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        (n % self.threshold == 0).then_some(n)
+        n.is_multiple_of(self.threshold).then_some(n)
     }
 
     pub fn current(&self) -> u32 {
@@ -160,40 +160,45 @@ impl PaymentService {
             },
         };
         let now = self.clock.now();
-        let event = |body| Envelope::new(order_id, envelope.correlation_id.clone(), now, body);
-        let mut outbox: Vec<Envelope> = match &outcome {
-            ChargeOutcome::Succeeded { reference } => vec![
-                event(pending(reference)),
-                event(EventBody::PaymentSucceeded(PaymentSucceeded {
-                    payment_reference: reference.clone(),
-                })),
-            ],
-            ChargeOutcome::Processing { reference } => vec![event(pending(reference))],
-            ChargeOutcome::Declined {
-                reference,
-                code,
-                message,
-            } => vec![event(EventBody::PaymentFailed(PaymentFailed {
-                payment_reference: reference.clone(),
-                code: code.clone(),
-                message: message.clone(),
-            }))],
-        };
-        match &outcome {
-            ChargeOutcome::Succeeded { .. } => self.streak.success(),
-            ChargeOutcome::Declined { code, .. } => {
-                outbox.extend(self.failure_alert(order_id, &envelope.correlation_id, code, now));
+        let correlation_id = &envelope.correlation_id;
+        // Called by the records only when this outcome is new, so a redelivered request or an
+        // outcome a webhook reported first never counts twice towards the failure streak.
+        let messages = |outcome: &ChargeOutcome| {
+            let event = |body| Envelope::new(order_id, correlation_id.clone(), now, body);
+            match outcome {
+                ChargeOutcome::Succeeded { reference } => {
+                    self.streak.success();
+                    vec![
+                        event(pending(reference)),
+                        event(EventBody::PaymentSucceeded(PaymentSucceeded {
+                            payment_reference: reference.clone(),
+                        })),
+                    ]
+                }
+                ChargeOutcome::Processing { reference } => vec![event(pending(reference))],
+                ChargeOutcome::Declined {
+                    reference,
+                    code,
+                    message,
+                } => {
+                    let mut out = vec![event(EventBody::PaymentFailed(PaymentFailed {
+                        payment_reference: reference.clone(),
+                        code: code.clone(),
+                        message: message.clone(),
+                    }))];
+                    out.extend(self.failure_alert(order_id, correlation_id, code, now));
+                    out
+                }
             }
-            ChargeOutcome::Processing { .. } => {}
-        }
+        };
         let recorded = self
             .records
             .record(
                 order_id,
                 request.attempt,
-                &envelope.correlation_id,
+                correlation_id,
                 &outcome,
-                &outbox,
+                &messages,
             )
             .await?;
         if recorded {

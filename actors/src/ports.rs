@@ -200,7 +200,8 @@ pub trait PaymentRecords: Send + Sync + 'static {
     /// Whether an outcome is already recorded for this order and attempt.
     async fn is_recorded(&self, order_id: OrderId, attempt: u32) -> Result<bool, StoreError>;
 
-    /// Records the outcome with its messages; a second record of the same attempt is a no-op
+    /// Records the outcome with the messages `messages` derives from it (called only when the
+    /// record is new, inside the transaction); a second record of the same attempt is a no-op
     /// that returns `false`.
     async fn record(
         &self,
@@ -208,11 +209,12 @@ pub trait PaymentRecords: Send + Sync + 'static {
         attempt: u32,
         correlation_id: &CorrelationId,
         outcome: &ChargeOutcome,
-        outbox: &[Envelope],
+        messages: OutcomeMessages<'_, ChargeOutcome>,
     ) -> Result<bool, StoreError>;
 
     /// Applies a provider update if it moves the charge forward, with the messages derived
-    /// from it. `None`: unknown charge, duplicate, or a regression (nothing written).
+    /// from it (`messages` is called only when the update applies, inside the transaction).
+    /// `None`: unknown charge, duplicate, or a regression (nothing written).
     async fn apply_update(
         &self,
         update: &PaymentUpdate,

@@ -51,10 +51,17 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 pub async fn metrics() -> Response {
     match crate::metrics::handle() {
         Some(handle) => (
-            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
             handle.render(),
         )
             .into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "another metrics recorder is installed\n").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "another metrics recorder is installed\n",
+        )
+            .into_response(),
     }
 }

@@ -332,9 +332,9 @@ pub async fn get_order(
     let mut changes = state.status_changes.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let order = read_snapshot(&state.pool, order_id).await?.ok_or_else(|| {
-            ApiError::not_found(format!("order {order_id} does not exist"))
-        })?;
+        let order = read_snapshot(&state.pool, order_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("order {order_id} does not exist")))?;
         if order.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(order.into()));
         }

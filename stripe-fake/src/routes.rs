@@ -1,4 +1,8 @@
 //! The HTTP surface: the subset of Stripe's API the client uses, plus `/_fake/*` for tests.
+//!
+//! Helpers return `Result<_, Response>` so handlers can `?`-style early-return Stripe errors; the
+//! error is a response about to be sent, so its size does not matter.
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 

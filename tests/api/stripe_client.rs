@@ -24,26 +24,50 @@ struct Script {
 }
 
 async fn scripted(answers: Vec<Answer>) -> (String, Arc<Script>) {
-    let script = Arc::new(Script { answers: Mutex::new(answers), keys: Mutex::new(Vec::new()) });
+    let script = Arc::new(Script {
+        answers: Mutex::new(answers),
+        keys: Mutex::new(Vec::new()),
+    });
     let state = script.clone();
     let app = Router::new().route(
         "/v1/payment_intents",
         post(move |headers: HeaderMap| {
             let state = state.clone();
             async move {
-                let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-                state.keys.lock().map(|mut k| k.push(key)).unwrap_or_default();
-                let next = state.answers.lock().ok().and_then(|mut a| (!a.is_empty()).then(|| a.remove(0)));
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                state
+                    .keys
+                    .lock()
+                    .map(|mut k| k.push(key))
+                    .unwrap_or_default();
+                let next = state
+                    .answers
+                    .lock()
+                    .ok()
+                    .and_then(|mut a| (!a.is_empty()).then(|| a.remove(0)));
                 let (status, retry, body) = next.unwrap_or((500, None, json!({})));
-                let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), axum::Json(body)).into_response();
+                let mut response = (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                    axum::Json(body),
+                )
+                    .into_response();
                 if let Some(retry) = retry {
-                    response.headers_mut().insert("stripe-should-retry", axum::http::HeaderValue::from_static(retry));
+                    response.headers_mut().insert(
+                        "stripe-should-retry",
+                        axum::http::HeaderValue::from_static(retry),
+                    );
                 }
                 response
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -81,45 +105,89 @@ fn api_error(kind: &str) -> Value {
 
 #[tokio::test]
 async fn conflicts_and_server_errors_are_retried_with_the_same_idempotency_key() {
-    let (base, script) = scripted(vec![(409, None, api_error("api_error")), (503, None, api_error("api_error")), (200, None, intent())]).await;
+    let (base, script) = scripted(vec![
+        (409, None, api_error("api_error")),
+        (503, None, api_error("api_error")),
+        (200, None, intent()),
+    ])
+    .await;
     let outcome = client(&base).charge(&charge()).await;
-    assert_eq!(outcome, Ok(ChargeOutcome::Processing { reference: "pi_1".into() }));
+    assert_eq!(
+        outcome,
+        Ok(ChargeOutcome::Processing {
+            reference: "pi_1".into()
+        })
+    );
     let keys = script.keys.lock().map(|k| k.clone()).unwrap_or_default();
     assert_eq!(keys, vec!["ordersaga-test-payment-1"; 3]);
 }
 
 #[tokio::test]
 async fn other_client_errors_are_not_retried() {
-    let (base, script) = scripted(vec![(400, None, api_error("invalid_request_error")), (200, None, intent())]).await;
+    let (base, script) = scripted(vec![
+        (400, None, api_error("invalid_request_error")),
+        (200, None, intent()),
+    ])
+    .await;
     let outcome = client(&base).charge(&charge()).await;
-    assert!(matches!(outcome, Err(GatewayError::Permanent(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(GatewayError::Permanent(_))),
+        "{outcome:?}"
+    );
     assert_eq!(script.keys.lock().map(|k| k.len()).unwrap_or(0), 1);
 }
 
 #[tokio::test]
 async fn stripe_should_retry_overrides_the_status_either_way() {
-    let (base, script) = scripted(vec![(429, Some("true"), api_error("rate_limit_error")), (200, None, intent())]).await;
+    let (base, script) = scripted(vec![
+        (429, Some("true"), api_error("rate_limit_error")),
+        (200, None, intent()),
+    ])
+    .await;
     assert!(client(&base).charge(&charge()).await.is_ok());
-    assert_eq!(script.keys.lock().map(|k| k.len()).unwrap_or(0), 2, "429 retried because Stripe said so");
+    assert_eq!(
+        script.keys.lock().map(|k| k.len()).unwrap_or(0),
+        2,
+        "429 retried because Stripe said so"
+    );
 
-    let (base, script) = scripted(vec![(500, Some("false"), api_error("api_error")), (200, None, intent())]).await;
-    assert!(matches!(client(&base).charge(&charge()).await, Err(GatewayError::Permanent(_))));
-    assert_eq!(script.keys.lock().map(|k| k.len()).unwrap_or(0), 1, "500 not retried because Stripe said not to");
+    let (base, script) = scripted(vec![
+        (500, Some("false"), api_error("api_error")),
+        (200, None, intent()),
+    ])
+    .await;
+    assert!(matches!(
+        client(&base).charge(&charge()).await,
+        Err(GatewayError::Permanent(_))
+    ));
+    assert_eq!(
+        script.keys.lock().map(|k| k.len()).unwrap_or(0),
+        1,
+        "500 not retried because Stripe said not to"
+    );
 }
 
 #[tokio::test]
 async fn attempts_are_bounded_and_exhaustion_is_transient() {
     let (base, script) = scripted(vec![(500, None, api_error("api_error")); 10]).await;
     let outcome = client(&base).charge(&charge()).await;
-    assert!(matches!(outcome, Err(GatewayError::Transient(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(GatewayError::Transient(_))),
+        "{outcome:?}"
+    );
     assert_eq!(script.keys.lock().map(|k| k.len()).unwrap_or(0), 4);
 }
 
 #[tokio::test]
 async fn an_unreachable_api_is_a_transient_failure() {
     let port = crate::helpers::free_port();
-    let outcome = client(&format!("http://127.0.0.1:{port}")).create_payment_intent(&charge()).await;
-    assert!(matches!(outcome, Err(StripeError::Transport(_))), "{outcome:?}");
+    let outcome = client(&format!("http://127.0.0.1:{port}"))
+        .create_payment_intent(&charge())
+        .await;
+    assert!(
+        matches!(outcome, Err(StripeError::Transport(_))),
+        "{outcome:?}"
+    );
 }
 
 #[tokio::test]
@@ -130,48 +198,90 @@ async fn a_card_error_becomes_a_decline_with_stripes_code_and_message() {
     let outcome = client(&base).charge(&charge()).await;
     assert_eq!(
         outcome,
-        Ok(ChargeOutcome::Declined { reference: Some("pi_9".into()), code: "card_declined".into(), message: "Your card was declined.".into() })
+        Ok(ChargeOutcome::Declined {
+            reference: Some("pi_9".into()),
+            code: "card_declined".into(),
+            message: "Your card was declined.".into()
+        })
     );
 }
 
 #[tokio::test]
 async fn the_fake_replays_idempotent_requests_and_refuses_a_reused_key_with_other_parameters() {
-    let fake = stripe_fake::StripeFake::start("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")), stripe_fake::FakeConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let fake = stripe_fake::StripeFake::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        stripe_fake::FakeConfig::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let http = reqwest::Client::new();
     let create = |key: &'static str, amount: &'static str, auth: &'static str| {
         http.post(format!("{}/v1/payment_intents", fake.base_url()))
             .header("Authorization", auth)
             .header("Idempotency-Key", key)
             .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(format!("amount={amount}&currency=eur&payment_method=pm_card_visa&confirm=true"))
+            .body(format!(
+                "amount={amount}&currency=eur&payment_method=pm_card_visa&confirm=true"
+            ))
             .send()
     };
-    let unauthorised = create("k0", "100", "Bearer nope").await.unwrap_or_else(|e| panic!("{e}"));
+    let unauthorised = create("k0", "100", "Bearer nope")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(unauthorised.status(), 401);
 
-    let first: Value = create("k1", "100", "Bearer sk_test_1").await.unwrap_or_else(|e| panic!("{e}")).json().await.unwrap_or_default();
-    let again = create("k1", "100", "Bearer sk_test_1").await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(again.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    let first: Value = create("k1", "100", "Bearer sk_test_1")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    let again = create("k1", "100", "Bearer sk_test_1")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
     let again: Value = again.json().await.unwrap_or_default();
     assert_eq!(first["id"], again["id"]);
-    let other = create("k1", "200", "Bearer sk_test_1").await.unwrap_or_else(|e| panic!("{e}"));
+    let other = create("k1", "200", "Bearer sk_test_1")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(other.status(), 400);
     let other: Value = other.json().await.unwrap_or_default();
     assert_eq!(other["error"]["type"], "idempotency_error");
     let ledger = fake.state.ledger();
-    assert_eq!(ledger["charges"].as_array().map(Vec::len), Some(1), "charged once for one key");
+    assert_eq!(
+        ledger["charges"].as_array().map(Vec::len),
+        Some(1),
+        "charged once for one key"
+    );
 
     // A succeeded intent cannot be canceled; it can be refunded once.
     let client = client(&fake.base_url());
     let pi = first["id"].as_str().unwrap_or_default();
     let cancel = client.cancel_payment_intent(pi, "cancel-1").await;
-    assert!(matches!(cancel, Err(StripeError::Api { status: 400, .. })), "{cancel:?}");
-    let refund = client.create_refund(pi, "refund-1").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(cancel, Err(StripeError::Api { status: 400, .. })),
+        "{cancel:?}"
+    );
+    let refund = client
+        .create_refund(pi, "refund-1")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(refund.id.starts_with("re_fake_"));
-    let replay = client.create_refund(pi, "refund-1").await.unwrap_or_else(|e| panic!("{e}"));
+    let replay = client
+        .create_refund(pi, "refund-1")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(replay.id, refund.id, "a retried refund replays");
     let twice = client.create_refund(pi, "refund-2").await;
-    assert!(matches!(twice, Err(StripeError::Api { code: Some(ref c), .. }) if c == "charge_already_refunded"), "{twice:?}");
+    assert!(
+        matches!(twice, Err(StripeError::Api { code: Some(ref c), .. }) if c == "charge_already_refunded"),
+        "{twice:?}"
+    );
 }

@@ -170,8 +170,13 @@ mod tests {
     #[test]
     fn deserialising_money_applies_the_same_rules() {
         let ok: Result<Money, _> = serde_json::from_str(r#"{"amount_cents":100,"currency":"eur"}"#);
-        assert_eq!(ok.map(|m| (m.amount_cents(), m.currency().to_string())).ok(), Some((100, "EUR".to_owned())));
-        let negative: Result<Money, _> = serde_json::from_str(r#"{"amount_cents":-1,"currency":"EUR"}"#);
+        assert_eq!(
+            ok.map(|m| (m.amount_cents(), m.currency().to_string()))
+                .ok(),
+            Some((100, "EUR".to_owned()))
+        );
+        let negative: Result<Money, _> =
+            serde_json::from_str(r#"{"amount_cents":-1,"currency":"EUR"}"#);
         assert!(negative.is_err());
     }
 

@@ -63,6 +63,32 @@ fn failed() -> SagaEvent {
 fn released() -> SagaEvent {
     SagaEvent::StockReleased
 }
+fn canceled() -> SagaEvent {
+    SagaEvent::PaymentCanceled {
+        reference: "pi_1".into(),
+    }
+}
+fn refunded(reference: &str, refund_id: &str) -> SagaEvent {
+    SagaEvent::PaymentRefunded {
+        reference: reference.into(),
+        refund_id: refund_id.into(),
+    }
+}
+
+/// Feeds events in order; returns every decision with the state it was taken on.
+fn decisions(events: &[SagaEvent]) -> Vec<(OrderState, Decision)> {
+    let mut state = placed();
+    let mut out = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let decision = decide(&state, event, t(i as i64 + 1));
+        let before = state.clone();
+        if let Decision::Apply(tr) = &decision {
+            state = tr.next.clone();
+        }
+        out.push((before, decision));
+    }
+    out
+}
 
 /// Feeds events in order; returns the final state and every subject published.
 fn run(events: &[SagaEvent]) -> (OrderState, Vec<&'static str>) {
@@ -198,6 +224,84 @@ fn table_of_event_sequences() {
             published: vec!["payment.requested.v1", "order.confirmed.v1"],
         },
         Case {
+            name: "a canceled payment compensates, then cancels once stock is released",
+            events: vec![reserved(), pending(), canceled(), released()],
+            status: Cancelled,
+            published: vec![
+                "payment.requested.v1",
+                "inventory.release_requested.v1",
+                "order.cancelled.v1",
+            ],
+        },
+        Case {
+            name: "a canceled payment is not cancelled until the stock is back",
+            events: vec![reserved(), pending(), canceled()],
+            status: PaymentProcessing,
+            published: vec!["payment.requested.v1", "inventory.release_requested.v1"],
+        },
+        Case {
+            name: "a cancellation after a decline releases once",
+            events: vec![reserved(), failed(), canceled(), released()],
+            status: Cancelled,
+            published: vec![
+                "payment.requested.v1",
+                "inventory.release_requested.v1",
+                "order.cancelled.v1",
+            ],
+        },
+        Case {
+            name: "a cancellation after success changes nothing",
+            events: vec![reserved(), succeeded(), canceled(), released()],
+            status: Completed,
+            published: vec!["payment.requested.v1", "order.confirmed.v1"],
+        },
+        Case {
+            name: "a success after cancellation asks for a refund once",
+            events: vec![reserved(), failed(), released(), succeeded(), succeeded()],
+            status: Cancelled,
+            published: vec![
+                "payment.requested.v1",
+                "inventory.release_requested.v1",
+                "order.cancelled.v1",
+                "payment.refund_requested.v1",
+            ],
+        },
+        Case {
+            name: "a success during compensation asks for a refund once, then cancels",
+            events: vec![reserved(), canceled(), succeeded(), succeeded(), released()],
+            status: Cancelled,
+            published: vec![
+                "payment.requested.v1",
+                "inventory.release_requested.v1",
+                "payment.refund_requested.v1",
+                "order.cancelled.v1",
+            ],
+        },
+        Case {
+            name: "a refund publishes nothing, and its duplicate neither",
+            events: vec![
+                reserved(),
+                failed(),
+                released(),
+                succeeded(),
+                refunded("pi_1", "re_1"),
+                refunded("pi_1", "re_1"),
+            ],
+            status: Cancelled,
+            published: vec![
+                "payment.requested.v1",
+                "inventory.release_requested.v1",
+                "order.cancelled.v1",
+                "payment.refund_requested.v1",
+            ],
+        },
+        Case {
+            name: "a refund of a completed order's payment is ignored",
+            events: vec![reserved(), succeeded(), refunded("pi_1", "re_1")],
+            status: Completed,
+            published: vec!["payment.requested.v1", "order.confirmed.v1"],
+        },
+        Case {
             name: "duplicate decline releases once",
             events: vec![reserved(), failed(), failed(), released(), released()],
             status: Cancelled,
@@ -260,14 +364,175 @@ fn payment_success_after_cancellation_is_recorded_for_refund_once() {
         state.late_payment.map(|l| l.reference),
         Some("pi_1".to_owned())
     );
-    assert_eq!(published, vec!["order.cancelled.v1"]);
+    assert_eq!(
+        published,
+        vec!["order.cancelled.v1", "payment.refund_requested.v1"]
+    );
 }
 
 #[test]
 fn payment_success_during_compensation_is_recorded_for_refund() {
-    let (state, _) = run(&[reserved(), failed(), succeeded(), released()]);
+    let (state, published) = run(&[reserved(), failed(), succeeded(), released()]);
     assert_eq!(state.status, OrderStatus::Cancelled);
     assert!(state.late_payment.is_some());
+    assert_eq!(
+        published,
+        vec![
+            "payment.requested.v1",
+            "inventory.release_requested.v1",
+            "payment.refund_requested.v1",
+            "order.cancelled.v1",
+        ]
+    );
+}
+
+#[test]
+fn a_canceled_payment_compensates_with_the_payment_canceled_code() {
+    let (compensating, _) = run(&[reserved(), pending(), canceled()]);
+    assert_eq!(compensating.status, OrderStatus::PaymentProcessing);
+    let payment = compensating
+        .payment
+        .clone()
+        .unwrap_or_else(|| panic!("payment info"));
+    assert_eq!(payment.status, PaymentStatus::Failed);
+    assert_eq!(payment.reference.as_deref(), Some("pi_1"));
+    assert_eq!(
+        payment.failure.map(|f| f.code),
+        Some("payment_canceled".to_owned())
+    );
+    assert!(compensating.compensation.is_some());
+
+    let (cancelled, _) = run(&[reserved(), pending(), canceled(), released()]);
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    assert_eq!(
+        cancelled.cancel_reason.as_deref(),
+        Some("payment failed: payment_canceled: the payment was canceled by the provider")
+    );
+}
+
+#[test]
+fn a_late_success_asks_to_refund_the_order_amount_and_ignores_its_duplicates() {
+    let steps = decisions(&[reserved(), failed(), released(), succeeded(), succeeded()]);
+    let (cancelled, late) = &steps[3];
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    let Decision::Apply(tr) = late else {
+        panic!("the late success was ignored: {late:?}");
+    };
+    assert_eq!(
+        tr.effects,
+        vec![Effect::Publish(EventBody::PaymentRefundRequested(
+            crate::events::PaymentRefundRequested {
+                payment_reference: "pi_1".into(),
+                amount: cancelled.amount,
+            }
+        ))]
+    );
+    assert_eq!(tr.next.status, OrderStatus::Cancelled);
+    assert_eq!(
+        tr.next.late_payment,
+        Some(LatePayment {
+            reference: "pi_1".into(),
+            at: t(4),
+            refund_id: None,
+            refunded_at: None,
+        })
+    );
+    assert_eq!(
+        steps[4].1,
+        Decision::Ignore("late payment already recorded")
+    );
+}
+
+#[test]
+fn a_refund_is_recorded_once_on_the_late_payment() {
+    let steps = decisions(&[
+        reserved(),
+        failed(),
+        released(),
+        succeeded(),
+        refunded("pi_1", "re_1"),
+        refunded("pi_1", "re_2"),
+    ]);
+    let Decision::Apply(tr) = &steps[4].1 else {
+        panic!("the refund was ignored: {:?}", steps[4].1);
+    };
+    assert!(tr.effects.is_empty(), "{:?}", tr.effects);
+    assert_eq!(tr.next.status, OrderStatus::Cancelled);
+    let late = tr
+        .next
+        .late_payment
+        .clone()
+        .unwrap_or_else(|| panic!("late payment"));
+    assert_eq!(late.reference, "pi_1");
+    assert_eq!(late.refund_id.as_deref(), Some("re_1"));
+    assert_eq!(late.refunded_at, Some(t(5)));
+    assert_eq!(steps[5].1, Decision::Ignore("refund already recorded"));
+
+    let (state, _) = run(&[
+        reserved(),
+        failed(),
+        released(),
+        succeeded(),
+        refunded("pi_1", "re_1"),
+        refunded("pi_1", "re_2"),
+    ]);
+    assert_eq!(
+        state.late_payment.and_then(|l| l.refund_id).as_deref(),
+        Some("re_1"),
+        "the first refund id stays"
+    );
+}
+
+#[test]
+fn a_refund_of_another_payment_is_ignored() {
+    let steps = decisions(&[
+        reserved(),
+        failed(),
+        released(),
+        succeeded(),
+        refunded("pi_other", "re_1"),
+    ]);
+    assert_eq!(
+        steps[4].1,
+        Decision::Ignore("refund of a payment this order did not ask to refund")
+    );
+    let (state, _) = run(&[
+        reserved(),
+        failed(),
+        released(),
+        succeeded(),
+        refunded("pi_other", "re_1"),
+    ]);
+    let late = state.late_payment.unwrap_or_else(|| panic!("late payment"));
+    assert_eq!((late.refund_id, late.refunded_at), (None, None));
+}
+
+#[test]
+fn a_refund_arriving_while_compensating_is_recorded_and_the_order_still_cancels() {
+    let (compensating, published) =
+        run(&[reserved(), failed(), succeeded(), refunded("pi_1", "re_1")]);
+    assert_eq!(compensating.status, OrderStatus::StockReserved);
+    assert!(compensating.compensation.is_some());
+    let late = compensating
+        .late_payment
+        .clone()
+        .unwrap_or_else(|| panic!("late payment"));
+    assert_eq!(late.refund_id.as_deref(), Some("re_1"));
+    assert_eq!(late.refunded_at, Some(t(4)));
+    assert_eq!(
+        published,
+        vec![
+            "payment.requested.v1",
+            "inventory.release_requested.v1",
+            "payment.refund_requested.v1",
+        ]
+    );
+
+    let Decision::Apply(tr) = decide(&compensating, &released(), t(5)) else {
+        panic!("the release was ignored");
+    };
+    assert_eq!(tr.next.status, OrderStatus::Cancelled);
+    assert_eq!(tr.next.late_payment, Some(late), "the refund is kept");
 }
 
 #[test]
@@ -280,6 +545,8 @@ fn ignored_events_change_nothing() {
         succeeded(),
         failed(),
         released(),
+        canceled(),
+        refunded("pi_1", "re_1"),
     ] {
         assert!(matches!(decide(&done, &event, t(99)), Decision::Ignore(_)));
     }
@@ -294,6 +561,26 @@ fn every_event_body_the_saga_consumes_maps_to_a_saga_event() {
         SagaEvent::from_body(&body),
         Some(SagaEvent::PaymentSucceeded {
             reference: "pi_9".into()
+        })
+    );
+    let canceled = EventBody::PaymentCanceled(crate::events::PaymentCanceled {
+        payment_reference: "pi_9".into(),
+    });
+    assert_eq!(
+        SagaEvent::from_body(&canceled),
+        Some(SagaEvent::PaymentCanceled {
+            reference: "pi_9".into()
+        })
+    );
+    let refunded = EventBody::PaymentRefunded(crate::events::PaymentRefunded {
+        payment_reference: "pi_9".into(),
+        refund_id: "re_9".into(),
+    });
+    assert_eq!(
+        SagaEvent::from_body(&refunded),
+        Some(SagaEvent::PaymentRefunded {
+            reference: "pi_9".into(),
+            refund_id: "re_9".into(),
         })
     );
     let created = EventBody::OrderCancelled(crate::events::OrderCancelled { reason: "x".into() });

@@ -66,7 +66,7 @@ impl PaymentRecords for PgPaymentRecords {
         attempt: u32,
         correlation_id: &CorrelationId,
         outcome: &ChargeOutcome,
-        messages: &[Envelope],
+        messages: OutcomeMessages<'_, ChargeOutcome>,
     ) -> Result<bool, StoreError> {
         let (status, reference, code, message) = match outcome {
             ChargeOutcome::Succeeded { reference } => {
@@ -107,7 +107,7 @@ impl PaymentRecords for PgPaymentRecords {
         if inserted == 0 {
             return Ok(false);
         }
-        outbox::insert(&mut tx, messages)
+        outbox::insert(&mut tx, &messages(outcome))
             .await
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
@@ -135,7 +135,7 @@ impl PaymentRecords for PgPaymentRecords {
             // Unknown reference: the webhook beat our own record of the charge. Claim the row
             // (with no status yet worth keeping) so both paths agree on one status.
             let correlation = update.correlation_hint.clone().unwrap_or_default();
-            sqlx::query(
+            let claimed = sqlx::query(
                 "INSERT INTO payments (order_id, attempt, status, reference, correlation_id)
                  VALUES ($1, $2, 'PROCESSING', $3, $4) ON CONFLICT DO NOTHING",
             )
@@ -145,7 +145,9 @@ impl PaymentRecords for PgPaymentRecords {
             .bind(correlation.as_str())
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+            .rows_affected()
+                == 1;
             row = sqlx::query_as(
                 "SELECT order_id, attempt, status, correlation_id FROM payments
                  WHERE order_id = $1 AND attempt = $2 FOR UPDATE",
@@ -155,8 +157,9 @@ impl PaymentRecords for PgPaymentRecords {
             .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable)?;
-            // A fresh claim starts below PROCESSING so a first `processing` update still applies.
-            if let Some(r) = row.as_mut().filter(|r| r.2 == "PROCESSING") {
+            // A row we just claimed starts below PROCESSING so a first `processing` update still
+            // applies; a row the charge's own record wrote keeps its status.
+            if let Some(r) = row.as_mut().filter(|_| claimed) {
                 r.2 = String::new();
             }
         }

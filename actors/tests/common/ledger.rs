@@ -1,0 +1,260 @@
+//! `ReservationLedger` in memory: stock and reservations, all or nothing per order.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use actors::domain::{OrderId, Sku};
+use actors::events::{Envelope, Shortage};
+use actors::ports::{
+    OutcomeMessages, ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome,
+    StoreError,
+};
+use async_trait::async_trait;
+
+use super::{lock, sku, unavailable};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stock {
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    Reserved,
+    OutOfStock,
+    Cancelled,
+}
+
+/// What a reservation check concluded, before it is written.
+enum Plan {
+    AlreadyDecided,
+    Reserve(Vec<(Sku, i64)>),
+    Refuse(Vec<Shortage>),
+}
+
+#[derive(Default)]
+struct LedgerInner {
+    stock: HashMap<Sku, Stock>,
+    decisions: HashMap<OrderId, Decided>,
+    /// Units currently held per order (removed when committed or released).
+    held: HashMap<OrderId, Vec<(Sku, i64)>>,
+    requests: Vec<ReservationRequest>,
+    outbox: Vec<Envelope>,
+    unavailable: bool,
+    /// Set if `reserved` ever exceeded `on_hand` for some SKU.
+    oversold: bool,
+}
+
+impl LedgerInner {
+    fn plan(&self, request: &ReservationRequest) -> Plan {
+        if self.decisions.contains_key(&request.order_id) {
+            return Plan::AlreadyDecided;
+        }
+        // Merge repeated SKUs so "2 + 3 of A" is checked as "5 of A" (as Postgres does).
+        let mut wanted: Vec<(Sku, i64)> = Vec::new();
+        for line in &request.lines {
+            let quantity = i64::from(line.quantity);
+            match wanted.iter_mut().find(|(sku, _)| *sku == line.sku) {
+                Some((_, q)) => *q += quantity,
+                None => wanted.push((line.sku.clone(), quantity)),
+            }
+        }
+        let shortages: Vec<Shortage> = wanted
+            .iter()
+            .filter_map(|(sku, want)| {
+                let have = self
+                    .stock
+                    .get(sku)
+                    .map_or(0, |s| (s.on_hand - s.reserved).max(0));
+                (*want > have).then(|| Shortage {
+                    sku: sku.clone(),
+                    requested: u32::try_from(*want).unwrap_or(u32::MAX),
+                    available: have,
+                })
+            })
+            .collect();
+        if shortages.is_empty() {
+            Plan::Reserve(wanted)
+        } else {
+            Plan::Refuse(shortages)
+        }
+    }
+
+    fn apply(&mut self, order_id: OrderId, plan: Plan) -> ReservationOutcome {
+        match plan {
+            Plan::AlreadyDecided => ReservationOutcome::AlreadyDecided,
+            Plan::Reserve(wanted) => {
+                for (sku, quantity) in &wanted {
+                    let stock = self.stock.entry(sku.clone()).or_default();
+                    stock.reserved += quantity;
+                    if stock.reserved > stock.on_hand {
+                        self.oversold = true;
+                    }
+                }
+                self.held.insert(order_id, wanted);
+                self.decisions.insert(order_id, Decided::Reserved);
+                ReservationOutcome::Reserved
+            }
+            Plan::Refuse(shortages) => {
+                self.decisions.insert(order_id, Decided::OutOfStock);
+                ReservationOutcome::OutOfStock(shortages)
+            }
+        }
+    }
+}
+
+/// Stock and reservations in memory, all or nothing per order. In `racy` mode the check and the
+/// write are split by an await point, so only the caller's serialisation prevents overselling.
+pub struct InMemoryLedger {
+    inner: Mutex<LedgerInner>,
+    racy: bool,
+}
+
+impl InMemoryLedger {
+    pub fn with_stock(stock: &[(&str, i64)]) -> Self {
+        let inner = LedgerInner {
+            stock: stock
+                .iter()
+                .map(|(s, n)| {
+                    (
+                        sku(s),
+                        Stock {
+                            on_hand: *n,
+                            reserved: 0,
+                        },
+                    )
+                })
+                .collect(),
+            ..LedgerInner::default()
+        };
+        Self {
+            inner: Mutex::new(inner),
+            racy: false,
+        }
+    }
+
+    pub fn racy(mut self) -> Self {
+        self.racy = true;
+        self
+    }
+
+    pub fn set_unavailable(&self, unavailable: bool) {
+        lock(&self.inner).unavailable = unavailable;
+    }
+
+    pub fn stock(&self, raw: &str) -> Stock {
+        lock(&self.inner)
+            .stock
+            .get(&sku(raw))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub fn oversold(&self) -> bool {
+        lock(&self.inner).oversold
+    }
+
+    pub fn requests(&self) -> Vec<ReservationRequest> {
+        lock(&self.inner).requests.clone()
+    }
+
+    pub fn outbox(&self) -> Vec<Envelope> {
+        lock(&self.inner).outbox.clone()
+    }
+
+    pub fn subjects(&self, order_id: OrderId) -> Vec<&'static str> {
+        lock(&self.inner)
+            .outbox
+            .iter()
+            .filter(|e| e.order_id == order_id)
+            .map(Envelope::subject)
+            .collect()
+    }
+
+    fn settle(
+        &self,
+        order_id: OrderId,
+        messages: OutcomeMessages<'_, SettleOutcome>,
+        commit: bool,
+    ) -> Result<SettleOutcome, StoreError> {
+        let mut inner = lock(&self.inner);
+        if inner.unavailable {
+            return Err(unavailable());
+        }
+        if !commit {
+            inner
+                .decisions
+                .entry(order_id)
+                .or_insert(Decided::Cancelled);
+        }
+        let held = inner.held.remove(&order_id).unwrap_or_default();
+        for (sku, quantity) in &held {
+            let stock = inner.stock.entry(sku.clone()).or_default();
+            stock.reserved -= quantity;
+            if commit {
+                stock.on_hand -= quantity;
+            }
+        }
+        let outcome = SettleOutcome {
+            rows_changed: held.len() as u64,
+        };
+        let envelopes = messages(&outcome);
+        inner.outbox.extend(envelopes);
+        Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl ReservationLedger for InMemoryLedger {
+    async fn reserve(
+        &self,
+        request: &ReservationRequest,
+        messages: OutcomeMessages<'_, ReservationOutcome>,
+    ) -> Result<ReservationOutcome, StoreError> {
+        let outcome = if self.racy {
+            let plan = {
+                let mut inner = lock(&self.inner);
+                if inner.unavailable {
+                    return Err(unavailable());
+                }
+                inner.requests.push(request.clone());
+                inner.plan(request)
+            };
+            tokio::task::yield_now().await;
+            let mut inner = lock(&self.inner);
+            let outcome = inner.apply(request.order_id, plan);
+            let envelopes = messages(&outcome);
+            inner.outbox.extend(envelopes);
+            outcome
+        } else {
+            let mut inner = lock(&self.inner);
+            if inner.unavailable {
+                return Err(unavailable());
+            }
+            inner.requests.push(request.clone());
+            let plan = inner.plan(request);
+            let outcome = inner.apply(request.order_id, plan);
+            let envelopes = messages(&outcome);
+            inner.outbox.extend(envelopes);
+            outcome
+        };
+        Ok(outcome)
+    }
+
+    async fn commit(
+        &self,
+        order_id: OrderId,
+        messages: OutcomeMessages<'_, SettleOutcome>,
+    ) -> Result<SettleOutcome, StoreError> {
+        self.settle(order_id, messages, true)
+    }
+
+    async fn release(
+        &self,
+        order_id: OrderId,
+        messages: OutcomeMessages<'_, SettleOutcome>,
+    ) -> Result<SettleOutcome, StoreError> {
+        self.settle(order_id, messages, false)
+    }
+}

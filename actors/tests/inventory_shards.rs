@@ -1,0 +1,305 @@
+//! The inventory shards against an in-memory ledger: reservations, releases, commits, outages,
+//! and concurrent reservations of one SKU.
+
+#[allow(dead_code)]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::domain::{CorrelationId, OrderId, OrderLine};
+use actors::events::{
+    Envelope, EventBody, InventoryReleaseRequested, OrderCancelled, OrderConfirmed, PaymentPending,
+    Shortage, subjects,
+};
+use actors::inventory::{InventoryError, InventoryShards};
+use actors::ports::StoreError;
+
+use common::ledger::InMemoryLedger;
+use common::{FixedClock, envelope, eur, order_created, quantity, sku, t0};
+
+const TTL: Duration = Duration::from_secs(15 * 60);
+
+async fn spawn_shards(count: usize, ledger: &Arc<InMemoryLedger>) -> InventoryShards {
+    InventoryShards::spawn(count, ledger.clone(), Arc::new(FixedClock(t0())), TTL)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn order_cancelled(order_id: OrderId) -> Envelope {
+    envelope(
+        order_id,
+        &CorrelationId::new(),
+        EventBody::OrderCancelled(OrderCancelled {
+            reason: "customer changed their mind".into(),
+        }),
+    )
+}
+
+fn release_requested(order_id: OrderId) -> Envelope {
+    envelope(
+        order_id,
+        &CorrelationId::new(),
+        EventBody::InventoryReleaseRequested(InventoryReleaseRequested {
+            reason: "payment failed".into(),
+        }),
+    )
+}
+
+async fn on_message(shards: &InventoryShards, envelope: &Envelope) {
+    shards
+        .on_message(envelope)
+        .await
+        .unwrap_or_else(|e| panic!("inventory failed: {e}"));
+}
+
+#[tokio::test]
+async fn reserving_an_order_emits_inventory_reserved_with_its_lines_and_expiry() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5), ("SKU-B", 5)]));
+    let shards = spawn_shards(4, &ledger).await;
+    let id = OrderId::new();
+    let created = order_created(id, &[("SKU-B", 1), ("SKU-A", 2)]);
+
+    on_message(&shards, &created).await;
+
+    let expected_lines = vec![
+        OrderLine {
+            sku: sku("SKU-B"),
+            quantity: quantity(1),
+        },
+        OrderLine {
+            sku: sku("SKU-A"),
+            quantity: quantity(2),
+        },
+    ];
+    let expires_at = t0() + chrono::Duration::minutes(15);
+    let requests = ledger.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].order_id, id);
+    assert_eq!(requests[0].correlation_id, created.correlation_id);
+    assert_eq!(requests[0].lines, expected_lines);
+    assert_eq!(requests[0].expires_at, expires_at);
+
+    let outbox = ledger.outbox();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].order_id, id);
+    assert_eq!(outbox[0].correlation_id, created.correlation_id);
+    match &outbox[0].body {
+        EventBody::InventoryReserved(reserved) => {
+            assert_eq!(reserved.lines, expected_lines);
+            assert_eq!(reserved.expires_at, expires_at);
+        }
+        other => panic!("expected inventory.reserved.v1, got {other:?}"),
+    }
+    assert_eq!(ledger.stock("SKU-A").reserved, 2);
+    assert_eq!(ledger.stock("SKU-B").reserved, 1);
+}
+
+#[tokio::test]
+async fn an_order_that_does_not_fit_the_stock_emits_out_of_stock_and_reserves_nothing() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5), ("SKU-B", 1)]));
+    let shards = spawn_shards(2, &ledger).await;
+    let id = OrderId::new();
+
+    on_message(&shards, &order_created(id, &[("SKU-A", 2), ("SKU-B", 3)])).await;
+
+    assert_eq!(ledger.subjects(id), vec![subjects::INVENTORY_OUT_OF_STOCK]);
+    match &ledger.outbox()[0].body {
+        EventBody::InventoryOutOfStock(e) => assert_eq!(
+            e.shortages,
+            vec![Shortage {
+                sku: sku("SKU-B"),
+                requested: 3,
+                available: 1
+            }]
+        ),
+        other => panic!("expected inventory.out_of_stock.v1, got {other:?}"),
+    }
+    assert_eq!(ledger.stock("SKU-A").reserved, 0, "all or nothing");
+    assert_eq!(ledger.stock("SKU-B").reserved, 0);
+}
+
+#[tokio::test]
+async fn a_redelivered_order_created_reserves_once_and_emits_once() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5)]));
+    let shards = spawn_shards(2, &ledger).await;
+    let id = OrderId::new();
+    let created = order_created(id, &[("SKU-A", 2)]);
+
+    on_message(&shards, &created).await;
+    on_message(&shards, &created).await;
+
+    assert_eq!(ledger.subjects(id), vec![subjects::INVENTORY_RESERVED]);
+    assert_eq!(ledger.stock("SKU-A").reserved, 2);
+}
+
+#[tokio::test]
+async fn a_release_request_is_always_answered_with_inventory_released() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5)]));
+    let shards = spawn_shards(3, &ledger).await;
+    let id = OrderId::new();
+    on_message(&shards, &order_created(id, &[("SKU-A", 2)])).await;
+
+    on_message(&shards, &release_requested(id)).await;
+    assert_eq!(ledger.stock("SKU-A").reserved, 0, "units are back on sale");
+    // A duplicate finds nothing left to release but must still be answered.
+    on_message(&shards, &release_requested(id)).await;
+
+    assert_eq!(
+        ledger.subjects(id),
+        vec![
+            subjects::INVENTORY_RESERVED,
+            subjects::INVENTORY_RELEASED,
+            subjects::INVENTORY_RELEASED
+        ]
+    );
+    let released = ledger.outbox();
+    assert!(
+        matches!(&released[1].body, EventBody::InventoryReleased(r) if r.reason == "payment failed"),
+        "{:?}",
+        released[1]
+    );
+}
+
+#[tokio::test]
+async fn an_order_cancelled_only_announces_a_release_when_something_was_released() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5)]));
+    let shards = spawn_shards(3, &ledger).await;
+
+    // Nothing reserved: the cancellation is silent.
+    let refused = OrderId::new();
+    on_message(&shards, &order_created(refused, &[("SKU-A", 9)])).await;
+    on_message(&shards, &order_cancelled(refused)).await;
+    assert_eq!(
+        ledger.subjects(refused),
+        vec![subjects::INVENTORY_OUT_OF_STOCK]
+    );
+
+    // A reservation left behind: it is released and announced, once.
+    let reserved = OrderId::new();
+    on_message(&shards, &order_created(reserved, &[("SKU-A", 2)])).await;
+    on_message(&shards, &order_cancelled(reserved)).await;
+    on_message(&shards, &order_cancelled(reserved)).await;
+    assert_eq!(
+        ledger.subjects(reserved),
+        vec![subjects::INVENTORY_RESERVED, subjects::INVENTORY_RELEASED]
+    );
+    assert_eq!(ledger.stock("SKU-A").reserved, 0);
+}
+
+#[tokio::test]
+async fn a_reservation_arriving_after_the_cancellation_reserves_nothing() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5)]));
+    let shards = spawn_shards(2, &ledger).await;
+    let id = OrderId::new();
+
+    on_message(&shards, &order_cancelled(id)).await;
+    on_message(&shards, &order_created(id, &[("SKU-A", 2)])).await;
+
+    assert!(ledger.subjects(id).is_empty(), "{:?}", ledger.subjects(id));
+    assert_eq!(ledger.stock("SKU-A").reserved, 0);
+}
+
+#[tokio::test]
+async fn a_confirmed_order_takes_its_units_out_of_stock_silently() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5)]));
+    let shards = spawn_shards(2, &ledger).await;
+    let id = OrderId::new();
+    on_message(&shards, &order_created(id, &[("SKU-A", 2)])).await;
+
+    let confirmed = envelope(
+        id,
+        &CorrelationId::new(),
+        EventBody::OrderConfirmed(OrderConfirmed {
+            amount: eur(1000),
+            payment_reference: Some("pi_1".into()),
+        }),
+    );
+    on_message(&shards, &confirmed).await;
+
+    let stock = ledger.stock("SKU-A");
+    assert_eq!((stock.on_hand, stock.reserved), (3, 0));
+    assert_eq!(ledger.subjects(id), vec![subjects::INVENTORY_RESERVED]);
+}
+
+#[tokio::test]
+async fn messages_inventory_does_not_handle_are_accepted_and_ignored() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5)]));
+    let shards = spawn_shards(2, &ledger).await;
+    let id = OrderId::new();
+    let pending = envelope(
+        id,
+        &CorrelationId::new(),
+        EventBody::PaymentPending(PaymentPending {
+            payment_reference: "pi_1".into(),
+        }),
+    );
+
+    on_message(&shards, &pending).await;
+
+    assert!(ledger.requests().is_empty());
+    assert!(ledger.outbox().is_empty());
+}
+
+#[tokio::test]
+async fn a_ledger_outage_is_reported_to_the_consumer() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5)]));
+    let shards = spawn_shards(2, &ledger).await;
+    let id = OrderId::new();
+
+    ledger.set_unavailable(true);
+    let result = shards.on_message(&order_created(id, &[("SKU-A", 2)])).await;
+    assert!(
+        matches!(
+            result,
+            Err(InventoryError::Store(StoreError::Unavailable(_)))
+        ),
+        "{result:?}"
+    );
+    let result = shards.on_message(&release_requested(id)).await;
+    assert!(
+        matches!(
+            result,
+            Err(InventoryError::Store(StoreError::Unavailable(_)))
+        ),
+        "{result:?}"
+    );
+    assert!(ledger.outbox().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_of_one_sku_through_the_shards_never_exceed_the_stock() {
+    // The racy ledger only stays correct if requests for one SKU are serialised by its shard.
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-HOT", 10)]).racy());
+    let shards = spawn_shards(4, &ledger).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let id = OrderId::new();
+        ids.push(id);
+        let shards = shards.clone();
+        tasks.spawn(async move {
+            shards
+                .on_message(&order_created(id, &[("SKU-HOT", 1)]))
+                .await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or_else(|e| panic!("{e}"));
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    let stock = ledger.stock("SKU-HOT");
+    assert!(!ledger.oversold(), "oversold: {stock:?}");
+    assert_eq!(stock.reserved, 10);
+    let mut reserved = 0;
+    let mut refused = 0;
+    for id in ids {
+        match ledger.subjects(id).as_slice() {
+            [subjects::INVENTORY_RESERVED] => reserved += 1,
+            [subjects::INVENTORY_OUT_OF_STOCK] => refused += 1,
+            other => panic!("order {id} got {other:?}"),
+        }
+    }
+    assert_eq!((reserved, refused), (10, 30));
+}

@@ -1,0 +1,406 @@
+//! The order supervisor and its saga actors, driven through the supervisor handle against an
+//! in-memory snapshot store: placement, event delivery, late payments and status broadcasts.
+//! Conflicts, outages and crashes are in `order_recovery.rs`.
+
+#[allow(dead_code)]
+mod common;
+
+use actors::events::{EventBody, OrderCreated, PaymentRefundRequested, subjects};
+use actors::orders::{Delivery, StatusChange};
+use actors::ports::OrderSnapshotStore;
+use actors::saga::{self, OrderStatus, PaymentStatus, SagaEvent};
+use tokio::sync::broadcast;
+
+use common::orders::spawn_orders;
+use common::{TIMEOUT, customer, eur, new_order, out_of_stock, pending, succeeded, t0};
+
+#[tokio::test]
+async fn a_placed_order_is_stored_pending_with_order_created_in_its_outbox() {
+    let orders = spawn_orders().await;
+    let order = new_order();
+    let id = order.order_id;
+
+    let placed = orders.place(order.clone()).await;
+
+    assert_eq!(placed.status, OrderStatus::Pending);
+    assert_eq!(placed.version, 1);
+    assert_eq!(placed.order_id, id);
+    assert_eq!(orders.store.get(id), Some(placed.clone()));
+    assert_eq!(orders.store.subjects(id), vec![subjects::ORDER_CREATED]);
+    let outbox = orders.store.outbox(id);
+    let created = &outbox[0];
+    assert_eq!(created.correlation_id, order.correlation_id);
+    assert_eq!(
+        created.body,
+        EventBody::OrderCreated(OrderCreated {
+            customer_id: order.customer_id,
+            lines: order.lines,
+            amount: order.amount,
+        })
+    );
+    assert_eq!(
+        orders.live_orders().await,
+        1,
+        "a live order keeps its actor"
+    );
+}
+
+#[tokio::test]
+async fn placing_the_same_order_twice_returns_the_first_and_writes_once() {
+    let orders = spawn_orders().await;
+    let first = new_order();
+    let id = first.order_id;
+    let first_state = orders.place(first.clone()).await;
+
+    let mut again = first.clone();
+    again.customer_id = customer("someone-else");
+    again.amount = eur(1);
+    let second_state = orders.place(again).await;
+
+    assert_eq!(second_state, first_state);
+    assert_eq!(orders.store.stored(id).customer_id, customer("c-1"));
+    assert_eq!(orders.store.creates_written(), 1);
+    assert_eq!(orders.store.subjects(id), vec![subjects::ORDER_CREATED]);
+}
+
+#[tokio::test]
+async fn placing_an_order_another_process_already_stored_returns_theirs() {
+    let orders = spawn_orders().await;
+    let theirs = saga::start(new_order(), t0()).next;
+    let id = theirs.order_id;
+    let inserted = orders.store.create(&theirs, &[]).await;
+    assert_eq!(inserted, Ok(true));
+
+    let mut ours = new_order();
+    ours.order_id = id;
+    ours.customer_id = customer("latecomer");
+    let placed = orders.place(ours).await;
+
+    assert_eq!(placed, theirs);
+    assert_eq!(orders.store.stored(id), theirs);
+    assert!(
+        orders.store.subjects(id).is_empty(),
+        "nothing written twice"
+    );
+}
+
+#[tokio::test]
+async fn losing_a_placement_race_returns_the_winners_order() {
+    let orders = spawn_orders().await;
+    let theirs = saga::start(new_order(), t0()).next;
+    let id = theirs.order_id;
+    let inserted = orders.store.create(&theirs, &[]).await;
+    assert_eq!(inserted, Ok(true));
+    // Our first load misses their row (it was not committed yet); our insert then loses.
+    orders.store.hide_next_load();
+
+    let mut ours = new_order();
+    ours.order_id = id;
+    ours.customer_id = customer("latecomer");
+    let placed = orders.place(ours).await;
+
+    assert_eq!(placed, theirs);
+    assert_eq!(orders.store.stored(id).customer_id, customer("c-1"));
+    assert!(orders.store.subjects(id).is_empty());
+}
+
+#[tokio::test]
+async fn events_delivered_through_the_supervisor_drive_the_order_to_completed_and_the_actor_stops()
+{
+    let orders = spawn_orders().await;
+    let order = new_order();
+    let id = order.order_id;
+    orders.place(order).await;
+    assert_eq!(orders.live_orders().await, 1);
+
+    assert_eq!(
+        orders.deliver(id, SagaEvent::StockReserved).await,
+        Delivery::Applied(OrderStatus::StockReserved)
+    );
+    assert_eq!(
+        orders.deliver(id, pending("pi_1")).await,
+        Delivery::Applied(OrderStatus::PaymentProcessing)
+    );
+    assert_eq!(
+        orders.deliver(id, succeeded("pi_1")).await,
+        Delivery::Applied(OrderStatus::Completed)
+    );
+
+    let stored = orders.store.stored(id);
+    assert_eq!(stored.status, OrderStatus::Completed);
+    assert_eq!(stored.version, 4);
+    assert_eq!(
+        stored
+            .payment
+            .as_ref()
+            .map(|p| (p.status, p.reference.clone())),
+        Some((PaymentStatus::Succeeded, Some("pi_1".to_owned())))
+    );
+    assert_eq!(
+        orders.store.subjects(id),
+        vec![
+            subjects::ORDER_CREATED,
+            subjects::PAYMENT_REQUESTED,
+            subjects::ORDER_CONFIRMED
+        ]
+    );
+    orders.wait_until_no_actor_is_live().await;
+}
+
+#[tokio::test]
+async fn duplicates_queued_behind_the_final_event_are_answered_not_dropped() {
+    let orders = spawn_orders().await;
+    let order = new_order();
+    let id = order.order_id;
+    orders.place(order).await;
+    orders.deliver(id, SagaEvent::StockReserved).await;
+
+    // Enqueue the final event and its redeliveries back to back, before any is answered.
+    let answers: Vec<_> = (0..5)
+        .map(|_| orders.handle.enqueue(id, succeeded("pi_1")))
+        .collect();
+    let mut results = Vec::new();
+    for answer in answers {
+        results.push(answer.await);
+    }
+
+    assert_eq!(
+        results[0],
+        Ok(Delivery::Applied(OrderStatus::Completed)),
+        "{results:?}"
+    );
+    for result in &results[1..] {
+        assert!(
+            matches!(result, Ok(Delivery::Ignored(_))),
+            "a duplicate must be acknowledged as ignored, got {result:?}"
+        );
+    }
+    let confirmations = orders
+        .store
+        .subjects(id)
+        .into_iter()
+        .filter(|s| *s == subjects::ORDER_CONFIRMED)
+        .count();
+    assert_eq!(confirmations, 1);
+    orders.wait_until_no_actor_is_live().await;
+}
+
+#[tokio::test]
+async fn a_late_event_for_a_finished_order_rehydrates_from_the_snapshot_and_is_ignored() {
+    let orders = spawn_orders().await;
+    let id = orders.completed_order().await;
+    orders.wait_until_no_actor_is_live().await;
+    let before = orders.store.stored(id);
+    let loads = orders.store.loads();
+    let outbox = orders.store.subjects(id);
+
+    let delivery = orders.deliver(id, succeeded("pi_1")).await;
+
+    assert_eq!(delivery, Delivery::Ignored("the order is finished"));
+    assert_eq!(
+        orders.store.loads(),
+        loads + 1,
+        "a fresh actor read the snapshot"
+    );
+    assert_eq!(orders.store.stored(id), before);
+    assert_eq!(orders.store.subjects(id), outbox);
+    orders.wait_until_no_actor_is_live().await;
+}
+
+#[tokio::test]
+async fn a_payment_succeeding_after_cancellation_is_recorded_for_refund_by_a_rehydrated_actor() {
+    let orders = spawn_orders().await;
+    let order = new_order();
+    let id = order.order_id;
+    orders.place(order).await;
+    assert_eq!(
+        orders.deliver(id, out_of_stock()).await,
+        Delivery::Applied(OrderStatus::Cancelled)
+    );
+    orders.wait_until_no_actor_is_live().await;
+
+    let delivery = orders.deliver(id, succeeded("pi_late")).await;
+
+    assert_eq!(delivery, Delivery::Applied(OrderStatus::Cancelled));
+    let stored = orders.store.stored(id);
+    assert_eq!(stored.status, OrderStatus::Cancelled);
+    assert_eq!(
+        stored.late_payment.map(|l| l.reference),
+        Some("pi_late".to_owned())
+    );
+    assert_eq!(
+        orders.store.subjects(id),
+        vec![
+            subjects::ORDER_CREATED,
+            subjects::ORDER_CANCELLED,
+            subjects::PAYMENT_REFUND_REQUESTED
+        ]
+    );
+    let outbox = orders.store.outbox(id);
+    assert_eq!(
+        outbox[2].body,
+        EventBody::PaymentRefundRequested(PaymentRefundRequested {
+            payment_reference: "pi_late".into(),
+            amount: eur(1000),
+        }),
+        "the whole order amount is given back"
+    );
+    orders.wait_until_no_actor_is_live().await;
+}
+
+#[tokio::test]
+async fn a_refund_of_a_late_payment_is_recorded_once_on_the_cancelled_order() {
+    let orders = spawn_orders().await;
+    let order = new_order();
+    let id = order.order_id;
+    orders.place(order).await;
+    orders.deliver(id, out_of_stock()).await;
+    orders.deliver(id, succeeded("pi_late")).await;
+    let refunded = |refund_id: &str| SagaEvent::PaymentRefunded {
+        reference: "pi_late".into(),
+        refund_id: refund_id.into(),
+    };
+
+    let delivery = orders.deliver(id, refunded("re_1")).await;
+    let duplicate = orders.deliver(id, refunded("re_2")).await;
+    let stranger = orders
+        .deliver(
+            id,
+            SagaEvent::PaymentRefunded {
+                reference: "pi_other".into(),
+                refund_id: "re_3".into(),
+            },
+        )
+        .await;
+
+    assert_eq!(delivery, Delivery::Applied(OrderStatus::Cancelled));
+    assert_eq!(duplicate, Delivery::Ignored("refund already recorded"));
+    assert!(matches!(stranger, Delivery::Ignored(_)), "{stranger:?}");
+    let late = orders
+        .store
+        .stored(id)
+        .late_payment
+        .unwrap_or_else(|| panic!("no late payment"));
+    assert_eq!(late.refund_id.as_deref(), Some("re_1"));
+    assert_eq!(late.refunded_at, Some(t0()));
+    assert_eq!(
+        orders.store.subjects(id),
+        vec![
+            subjects::ORDER_CREATED,
+            subjects::ORDER_CANCELLED,
+            subjects::PAYMENT_REFUND_REQUESTED
+        ],
+        "recording a refund publishes nothing"
+    );
+    orders.wait_until_no_actor_is_live().await;
+}
+
+#[tokio::test]
+async fn a_payment_canceled_by_the_provider_releases_stock_then_cancels_the_order() {
+    let orders = spawn_orders().await;
+    let order = new_order();
+    let id = order.order_id;
+    orders.place(order).await;
+    orders.deliver(id, SagaEvent::StockReserved).await;
+    orders.deliver(id, pending("pi_1")).await;
+
+    let canceled = orders
+        .deliver(
+            id,
+            SagaEvent::PaymentCanceled {
+                reference: "pi_1".into(),
+            },
+        )
+        .await;
+    assert_eq!(canceled, Delivery::Applied(OrderStatus::PaymentProcessing));
+    let released = orders.deliver(id, SagaEvent::StockReleased).await;
+
+    assert_eq!(released, Delivery::Applied(OrderStatus::Cancelled));
+    let stored = orders.store.stored(id);
+    assert_eq!(
+        stored.payment.and_then(|p| p.failure).map(|f| f.code),
+        Some("payment_canceled".to_owned())
+    );
+    assert_eq!(
+        orders.store.subjects(id),
+        vec![
+            subjects::ORDER_CREATED,
+            subjects::PAYMENT_REQUESTED,
+            subjects::INVENTORY_RELEASE_REQUESTED,
+            subjects::ORDER_CANCELLED
+        ]
+    );
+    orders.wait_until_no_actor_is_live().await;
+}
+
+#[tokio::test]
+async fn each_order_gets_its_own_actor() {
+    let orders = spawn_orders().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let order = new_order();
+        ids.push(order.order_id);
+        let handle = orders.handle.clone();
+        tasks.spawn(async move { handle.place(order).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let placed = joined.unwrap_or_else(|e| panic!("{e}"));
+        assert!(placed.is_ok(), "{placed:?}");
+    }
+
+    assert_eq!(orders.live_orders().await, 20);
+    for id in ids {
+        assert_eq!(orders.store.stored(id).status, OrderStatus::Pending);
+    }
+}
+
+#[tokio::test]
+async fn status_changes_are_broadcast_for_waiters() {
+    let orders = spawn_orders().await;
+    let mut waiter = orders.status_changes.subscribe();
+    let order = new_order();
+    let id = order.order_id;
+
+    async fn next(rx: &mut broadcast::Receiver<StatusChange>) -> StatusChange {
+        match tokio::time::timeout(TIMEOUT, rx.recv()).await {
+            Ok(Ok(change)) => change,
+            other => panic!("no status change: {other:?}"),
+        }
+    }
+
+    orders.place(order.clone()).await;
+    assert_eq!(
+        next(&mut waiter).await,
+        StatusChange {
+            order_id: id,
+            status: OrderStatus::Pending
+        }
+    );
+    orders.deliver(id, SagaEvent::StockReserved).await;
+    assert_eq!(
+        next(&mut waiter).await,
+        StatusChange {
+            order_id: id,
+            status: OrderStatus::StockReserved
+        }
+    );
+
+    // Neither an ignored duplicate nor an idempotent re-placement changes anything.
+    let duplicate = orders.deliver(id, SagaEvent::StockReserved).await;
+    assert!(matches!(duplicate, Delivery::Ignored(_)), "{duplicate:?}");
+    orders.place(order).await;
+    assert_eq!(
+        waiter.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty)
+    );
+
+    orders.deliver(id, succeeded("pi_1")).await;
+    assert_eq!(
+        next(&mut waiter).await,
+        StatusChange {
+            order_id: id,
+            status: OrderStatus::Completed
+        }
+    );
+}
