@@ -25,6 +25,9 @@ CREATE TABLE stock_reservations (
     quantity   integer NOT NULL CHECK (quantity > 0),
     status     text NOT NULL CHECK (status IN ('RESERVED', 'RELEASED', 'COMMITTED')),
     expires_at timestamptz NOT NULL,
+    -- The order's correlation id, so an expiry found by the sweeper is logged and published
+    -- under the same id as the rest of the order.
+    correlation_id text NOT NULL DEFAULT '',
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (order_id, sku)
@@ -46,11 +49,13 @@ CREATE TABLE order_snapshots (
     version    bigint NOT NULL CHECK (version >= 1),
     status     text NOT NULL,
     state      jsonb NOT NULL,
+    -- When the current step times out (copied out of `state` so recovery can read it cheaply).
+    deadline   timestamptz,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
--- Crash recovery and inspection look for live sagas only; keep that index small.
-CREATE INDEX order_snapshots_live ON order_snapshots (updated_at)
+-- Crash recovery re-arms the deadline of every live saga; keep that index small.
+CREATE INDEX order_snapshots_live ON order_snapshots (deadline)
     WHERE status NOT IN ('COMPLETED', 'CANCELLED');
 
 -- Messages committed together with the state change that produced them, published afterwards by

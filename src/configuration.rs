@@ -122,6 +122,19 @@ pub struct Settings {
     #[arg(long, env = "INVENTORY_SHARDS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub inventory_shards: u16,
 
+    /// How long the inventory step may take (placement → reserved or out of stock; also the wait
+    /// for a release during compensation), in milliseconds.
+    #[arg(long, env = "INVENTORY_STEP_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub inventory_step_timeout_ms: u64,
+
+    /// How long the payment step may take (reserved → payment outcome), in milliseconds.
+    #[arg(long, env = "PAYMENT_STEP_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub payment_step_timeout_ms: u64,
+
+    /// How often expired stock reservations are looked for, in milliseconds.
+    #[arg(long, env = "RESERVATION_SWEEP_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub reservation_sweep_interval_ms: u64,
+
     /// How long a stock reservation is held, in seconds.
     #[arg(long, env = "RESERVATION_TTL_SECS", default_value_t = 900)]
     pub reservation_ttl_secs: u64,
@@ -183,11 +196,21 @@ impl Settings {
         Duration::from_secs(self.reservation_ttl_secs)
     }
 
+    pub fn step_timeouts(&self) -> actors::saga::StepTimeouts {
+        actors::saga::StepTimeouts {
+            inventory_ms: self.inventory_step_timeout_ms,
+            payment_ms: self.payment_step_timeout_ms,
+        }
+    }
+
     /// Defaults for a given database and NATS server: what tests and tools start from.
     pub fn for_servers(database_url: &str, nats_url: &str) -> Self {
         let mut settings = Settings::parse_from(["serve"]);
         settings.database_url = database_url.to_owned();
         settings.nats_url = nats_url.to_owned();
+        // Never real Stripe from a test, whatever the environment says.
+        settings.stripe_secret_key = None;
+        settings.stripe_webhook_secret = Vec::new();
         settings.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         settings
     }

@@ -19,7 +19,7 @@ use actors::events::Envelope;
 use actors::inventory::InventoryShards;
 use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps, SagaError};
 use actors::payments::{FailureStreak, PaymentService};
-use actors::ports::{SharedClock, SystemClock};
+use actors::ports::{OrderSnapshotStore, ReservationLedger, SharedClock, SystemClock};
 use actors::saga::SagaEvent;
 use adapters::nats::{self as bus, ConsumerSpec, MessageHandler};
 use adapters::postgres::{self as pg, Catalog, IdempotencyKeys, OutboxSignal};
@@ -148,6 +148,16 @@ impl Application {
         // Install the metrics recorder before anything records (the facade drops what is
         // recorded while no recorder is installed).
         let _ = crate::metrics::handle();
+        let timeouts = settings.step_timeouts();
+        let worst_case =
+            Duration::from_millis(timeouts.inventory_ms.saturating_add(timeouts.payment_ms));
+        if settings.reservation_ttl() <= worst_case {
+            warn!(
+                reservation_ttl_secs = settings.reservation_ttl_secs,
+                step_timeouts_ms = worst_case.as_millis() as u64,
+                "reservations can expire before the saga's own timeouts; orders may be cancelled by expiry"
+            );
+        }
         let pool =
             pg::connect_and_migrate(&settings.database_url, settings.database_max_connections)
                 .await?;
@@ -186,15 +196,19 @@ impl Application {
         });
 
         let orders = if settings.runs(Role::Order) {
+            let deps_store: Arc<dyn OrderSnapshotStore> =
+                Arc::new(pg::PgOrderSnapshotStore::new(pool.clone(), signal.clone()));
             let deps = SagaDeps {
-                store: Arc::new(pg::PgOrderSnapshotStore::new(pool.clone(), signal.clone())),
+                store: deps_store.clone(),
                 clock: clock.clone(),
                 status_changes: status_changes.clone(),
+                timeouts: settings.step_timeouts(),
             };
             let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
                 .await
                 .map_err(|e| StartupError::Actors(e.to_string()))?;
             let handle = OrderSupervisorHandle::new(supervisor, Duration::from_secs(30));
+            recover(&deps_store, &handle).await?;
             for spec in [bus::ORDER_SAGA_INVENTORY, bus::ORDER_SAGA_PAYMENTS] {
                 spawn_consumer(
                     &mut tasks,
@@ -211,15 +225,33 @@ impl Application {
         };
 
         let shards = if settings.runs(Role::Inventory) {
-            let ledger = Arc::new(pg::PgReservationLedger::new(pool.clone(), signal.clone()));
+            let ledger: Arc<dyn ReservationLedger> =
+                Arc::new(pg::PgReservationLedger::new(pool.clone(), signal.clone()));
             let shards = InventoryShards::spawn(
                 usize::from(settings.inventory_shards),
-                ledger,
+                ledger.clone(),
                 clock.clone(),
                 settings.reservation_ttl(),
             )
             .await
             .map_err(|e| StartupError::Actors(e.to_string()))?;
+            let sweeper = shards.clone();
+            let interval = Duration::from_millis(settings.reservation_sweep_interval_ms);
+            let token = shutdown.clone();
+            let swept_ledger = ledger.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return ("reservation sweeper", Ok(())),
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    match sweeper.sweep_expired(swept_ledger.as_ref(), 500).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(orders = n, "expired reservations released"),
+                        Err(e) => warn!(error = %e, "reservation sweep failed; will retry"),
+                    }
+                }
+            });
             for spec in [bus::INVENTORY_ORDERS, bus::INVENTORY_COMMANDS] {
                 let shards = shards.clone();
                 let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
@@ -247,7 +279,11 @@ impl Application {
                 clock.clone(),
                 streak,
             );
-            for spec in [bus::PAYMENT_REQUESTS, bus::PAYMENT_REFUNDS] {
+            for spec in [
+                bus::PAYMENT_REQUESTS,
+                bus::PAYMENT_REFUNDS,
+                bus::PAYMENT_CANCELLATIONS,
+            ] {
                 let service = service.clone();
                 let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
                     let service = service.clone();
@@ -369,6 +405,37 @@ impl Application {
             None => Ok(()),
         }
     }
+}
+
+/// Crash recovery: every saga that was not finished gets its timer back, so it either carries on
+/// (its messages are still in JetStream and the outbox) or times out and compensates. Only ids and
+/// deadlines are held, not actors: a saga is rehydrated from its snapshot when something happens.
+async fn recover(
+    store: &Arc<dyn OrderSnapshotStore>,
+    orders: &OrderSupervisorHandle,
+) -> Result<(), StartupError> {
+    let live = store
+        .live_deadlines()
+        .await
+        .map_err(|e| StartupError::Actors(format!("cannot read live sagas: {e}")))?;
+    let now = chrono::Utc::now();
+    let count = live.len();
+    for chunk in live.chunks(1000) {
+        let timers = chunk
+            .iter()
+            .map(|(id, deadline)| (*id, deadline.unwrap_or(now)))
+            .collect();
+        orders
+            .arm(timers)
+            .map_err(|e| StartupError::Actors(e.to_string()))?;
+    }
+    if count > 0 {
+        info!(
+            live_sagas = count,
+            "recovered in-flight sagas; their timers are armed"
+        );
+    }
+    Ok(())
 }
 
 async fn spawn_consumer(

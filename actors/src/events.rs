@@ -88,6 +88,8 @@ pub enum EventBody {
     PaymentRefundRequested(PaymentRefundRequested),
     #[serde(rename = "payment.refunded.v1")]
     PaymentRefunded(PaymentRefunded),
+    #[serde(rename = "payment.cancel_requested.v1")]
+    PaymentCancelRequested(PaymentCancelRequested),
     #[serde(rename = "payment.failure_streak.v1")]
     PaymentFailureStreak(PaymentFailureStreak),
 }
@@ -109,6 +111,7 @@ impl EventBody {
             EventBody::PaymentCanceled(_) => subjects::PAYMENT_CANCELED,
             EventBody::PaymentRefundRequested(_) => subjects::PAYMENT_REFUND_REQUESTED,
             EventBody::PaymentRefunded(_) => subjects::PAYMENT_REFUNDED,
+            EventBody::PaymentCancelRequested(_) => subjects::PAYMENT_CANCEL_REQUESTED,
             EventBody::PaymentFailureStreak(_) => subjects::PAYMENT_FAILURE_STREAK,
         }
     }
@@ -130,6 +133,7 @@ pub mod subjects {
     pub const PAYMENT_CANCELED: &str = "payment.canceled.v1";
     pub const PAYMENT_REFUND_REQUESTED: &str = "payment.refund_requested.v1";
     pub const PAYMENT_REFUNDED: &str = "payment.refunded.v1";
+    pub const PAYMENT_CANCEL_REQUESTED: &str = "payment.cancel_requested.v1";
     pub const PAYMENT_FAILURE_STREAK: &str = "payment.failure_streak.v1";
 }
 
@@ -235,6 +239,16 @@ pub struct PaymentCanceled {
 pub struct PaymentRefundRequested {
     pub payment_reference: String,
     pub amount: Money,
+}
+
+/// The saga gave up on the payment (timeout, expired reservation): cancel the charge if it has
+/// not succeeded. A success that still happens is refunded through the late-payment path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCancelRequested {
+    /// `None` if the charge's id is not known yet (the payment role looks it up by attempt).
+    pub payment_reference: Option<String>,
+    pub attempt: u32,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,8 +17,9 @@ use tracing::{error, info, warn};
 
 use crate::domain::{CorrelationId, OrderId};
 use crate::events::{
-    Envelope, EventBody, PaymentCanceled, PaymentFailed, PaymentFailureStreak, PaymentPending,
-    PaymentRefundRequested, PaymentRefunded, PaymentRequested, PaymentSucceeded,
+    Envelope, EventBody, PaymentCancelRequested, PaymentCanceled, PaymentFailed,
+    PaymentFailureStreak, PaymentPending, PaymentRefundRequested, PaymentRefunded,
+    PaymentRequested, PaymentSucceeded,
 };
 use crate::ports::{
     AppliedUpdate, ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, PaymentRecords,
@@ -44,6 +45,11 @@ pub fn idempotency_key(order_id: OrderId, attempt: u32) -> String {
 /// The idempotency key for refunding one charge of one order.
 pub fn refund_key(order_id: OrderId, reference: &str) -> String {
     format!("ordersaga-{order_id}-refund-{reference}")
+}
+
+/// The idempotency key for canceling one charge of one order.
+pub fn cancel_key(order_id: OrderId, reference: &str) -> String {
+    format!("ordersaga-{order_id}-cancel-{reference}")
 }
 
 /// Counts consecutive payment failures across orders; fires at the threshold and at every
@@ -124,6 +130,7 @@ impl PaymentService {
         match &envelope.body {
             EventBody::PaymentRequested(request) => self.charge(envelope, request).await,
             EventBody::PaymentRefundRequested(request) => self.refund(envelope, request).await,
+            EventBody::PaymentCancelRequested(request) => self.cancel(envelope, request).await,
             _ => Ok(()),
         }
     }
@@ -303,6 +310,37 @@ impl PaymentService {
             info!(%order_id, %reference, %refund_id, "payment refunded");
         }
         Ok(())
+    }
+
+    /// Cancels a charge the saga gave up on. A charge that already succeeded cannot be canceled;
+    /// its success reaches the saga as a late payment and is refunded.
+    async fn cancel(
+        &self,
+        envelope: &Envelope,
+        request: &PaymentCancelRequested,
+    ) -> Result<(), PaymentError> {
+        let order_id = envelope.order_id;
+        let Some(reference) = &request.payment_reference else {
+            info!(%order_id, "no charge to cancel yet; a later success will be refunded");
+            return Ok(());
+        };
+        match self
+            .gateway
+            .cancel(reference, &cancel_key(order_id, reference))
+            .await
+        {
+            Ok(()) => {
+                info!(%order_id, %reference, reason = %request.reason, "payment canceled");
+                Ok(())
+            }
+            Err(GatewayError::Transient(e)) => {
+                Err(PaymentError::Gateway(GatewayError::Transient(e)))
+            }
+            Err(GatewayError::Permanent(e)) => {
+                info!(%order_id, %reference, error = %e, "payment could not be canceled (already final)");
+                Ok(())
+            }
+        }
     }
 
     /// Counts a failure; at the threshold, logs an error, bumps the metric and returns the event.

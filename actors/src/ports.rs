@@ -37,6 +37,9 @@ pub trait OrderSnapshotStore: Send + Sync + 'static {
 
     /// Stores `next` if the stored version is still `next.version - 1`, else `VersionConflict`.
     async fn commit(&self, next: &OrderState, outbox: &[Envelope]) -> Result<(), StoreError>;
+
+    /// Every order that is not finished, with its current deadline: what crash recovery re-arms.
+    async fn live_deadlines(&self) -> Result<Vec<(OrderId, Option<DateTime<Utc>>)>, StoreError>;
 }
 
 /// A request to reserve every line of one order, all or nothing.
@@ -82,6 +85,13 @@ pub trait ReservationLedger: Send + Sync + 'static {
         order_id: OrderId,
         messages: OutcomeMessages<'_, SettleOutcome>,
     ) -> Result<SettleOutcome, StoreError>;
+
+    /// Orders holding reservations that expired at `now`, oldest first, at most `limit`.
+    async fn due_for_expiry(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(OrderId, CorrelationId)>, StoreError>;
 
     /// The order will not complete: reserved units go back on sale. Also marks the order decided,
     /// so a reservation request that arrives after the cancellation is refused.

@@ -35,7 +35,7 @@ impl Default for FakeConfig {
     fn default() -> Self {
         Self {
             webhook_url: None,
-            webhook_secret: "whsec_ordersaga_fake".into(),
+            webhook_secret: "whsec_ordersaga_dev_fake".into(),
             processing_delay: Duration::from_millis(300),
             webhook_max_attempts: 10,
             webhook_initial_backoff: Duration::from_millis(100),

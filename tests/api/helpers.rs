@@ -177,6 +177,8 @@ pub struct TestApp {
     /// Base URL of the in-process Stripe fake.
     pub stripe: String,
     pub nats_url: String,
+    settings: Settings,
+    task: Option<tokio::task::JoinHandle<()>>,
     // Held for their Drop: the private servers live exactly as long as the app.
     _nats: TestNats,
     _db: TestDb,
@@ -194,17 +196,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.seed_demo_catalog = false;
     settings.database_max_connections = 10;
     configure(&mut settings);
-    let app = Application::build(settings)
-        .await
-        .unwrap_or_else(|e| panic!("app failed to start: {e}"));
-    let base = format!("http://{}", app.address());
-    let pool = app.pool().clone();
-    let shutdown = app.shutdown_token();
-    let stripe = app.stripe_fake_url().unwrap_or_default();
+    let (base, pool, shutdown, stripe, task) = start(settings.clone()).await;
     let nats_url = nats.url.clone();
-    tokio::spawn(async move {
-        let _ = app.run_until_stopped().await;
-    });
     TestApp {
         base,
         http: reqwest::Client::new(),
@@ -212,12 +205,51 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         shutdown,
         stripe,
         nats_url,
+        settings,
+        task: Some(task),
         _nats: nats,
         _db: db,
     }
 }
 
+type Started = (
+    String,
+    PgPool,
+    CancellationToken,
+    String,
+    tokio::task::JoinHandle<()>,
+);
+
+async fn start(settings: Settings) -> Started {
+    let app = Application::build(settings)
+        .await
+        .unwrap_or_else(|e| panic!("app failed to start: {e}"));
+    let base = format!("http://{}", app.address());
+    let pool = app.pool().clone();
+    let shutdown = app.shutdown_token();
+    let stripe = app.stripe_fake_url().unwrap_or_default();
+    let task = tokio::spawn(async move {
+        let _ = app.run_until_stopped().await;
+    });
+    (base, pool, shutdown, stripe, task)
+}
+
 impl TestApp {
+    /// Stops the application (as a deploy or crash would) and starts a new one on the same
+    /// database and NATS server. In-memory state is gone; only what was committed survives.
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+        let (base, pool, shutdown, stripe, task) = start(self.settings.clone()).await;
+        self.base = base;
+        self.pool = pool;
+        self.shutdown = shutdown;
+        self.stripe = stripe;
+        self.task = Some(task);
+    }
+
     pub async fn put_product(&self, sku: &str, on_hand: i64, unit_price_cents: i64) -> Value {
         let response = self
             .http

@@ -9,4 +9,5 @@ mod payments;
 mod processes;
 mod stores;
 mod stripe_client;
+mod timeouts;
 mod validation;

@@ -120,6 +120,29 @@ impl InventoryShards {
         Ok(())
     }
 
+    /// Releases every reservation whose TTL passed (run periodically by the inventory role).
+    /// Returns how many orders were found due.
+    pub async fn sweep_expired(
+        &self,
+        ledger: &dyn ReservationLedger,
+        limit: i64,
+    ) -> Result<usize, InventoryError> {
+        let due = ledger.due_for_expiry(self.clock.now(), limit).await?;
+        let count = due.len();
+        for (order_id, correlation_id) in due {
+            self.call(self.shard_of_order(order_id), |reply| {
+                ShardMessage::Release {
+                    order_id,
+                    correlation_id,
+                    cause: ReleaseCause::Expired,
+                    reply,
+                }
+            })
+            .await?;
+        }
+        Ok(count)
+    }
+
     async fn release(
         &self,
         envelope: &Envelope,

@@ -18,6 +18,9 @@ pub enum ReleaseCause {
     /// The order was cancelled; release anything left behind (a late reservation) and say so
     /// only if something was actually released.
     OrderCancelled(String),
+    /// The reservation outlived its TTL (found by the sweeper). Said only if something was
+    /// released, so the owning saga learns its stock is gone.
+    Expired,
 }
 
 pub fn reservation_messages(
@@ -53,13 +56,12 @@ pub fn release_messages(
     now: DateTime<Utc>,
 ) -> Vec<Envelope> {
     let reason = match cause {
-        ReleaseCause::Requested(reason) => reason,
-        ReleaseCause::OrderCancelled(reason) if outcome.rows_changed > 0 => reason,
-        ReleaseCause::OrderCancelled(_) => return Vec::new(),
+        ReleaseCause::Requested(reason) => reason.clone(),
+        ReleaseCause::OrderCancelled(reason) if outcome.rows_changed > 0 => reason.clone(),
+        ReleaseCause::Expired if outcome.rows_changed > 0 => "reservation expired".to_owned(),
+        ReleaseCause::OrderCancelled(_) | ReleaseCause::Expired => return Vec::new(),
     };
-    let body = EventBody::InventoryReleased(InventoryReleased {
-        reason: reason.clone(),
-    });
+    let body = EventBody::InventoryReleased(InventoryReleased { reason });
     vec![Envelope::new(order_id, correlation_id.clone(), now, body)]
 }
 

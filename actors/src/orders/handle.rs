@@ -80,6 +80,20 @@ impl OrderSupervisorHandle {
         self.call(SupervisorMessage::LiveOrders).await
     }
 
+    pub async fn armed_timers(&self) -> Result<usize, SagaError> {
+        self.call(SupervisorMessage::ArmedTimers).await
+    }
+
+    /// Arms timers in bulk (crash recovery at start-up).
+    pub fn arm(
+        &self,
+        timers: Vec<(OrderId, chrono::DateTime<chrono::Utc>)>,
+    ) -> Result<(), SagaError> {
+        self.supervisor
+            .send_message(SupervisorMessage::Arm(timers))
+            .map_err(|e| SagaError::ActorUnavailable(e.to_string()))
+    }
+
     async fn call<T: Send + 'static>(
         &self,
         build: impl FnOnce(RpcReplyPort<T>) -> SupervisorMessage,

@@ -18,7 +18,7 @@ pub use supervisor::{OrderSupervisor, SupervisorMessage};
 
 use crate::domain::OrderId;
 use crate::ports::{OrderSnapshotStore, SharedClock, StoreError};
-use crate::saga::OrderStatus;
+use crate::saga::{OrderStatus, StepTimeouts};
 
 /// What every saga actor needs from the outside, shared by all of them.
 #[derive(Clone)]
@@ -28,6 +28,8 @@ pub struct SagaDeps {
     /// Every committed status change, for in-process waiters (`GET /orders/{id}?wait=`).
     /// Lossy by design: a lagging receiver rereads the store.
     pub status_changes: broadcast::Sender<StatusChange>,
+    /// Step timeouts given to every new order.
+    pub timeouts: StepTimeouts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info};
 
+use super::supervisor::SupervisorMessage;
 use super::{Delivery, SagaDeps, SagaError, StatusChange};
 use crate::domain::OrderId;
 use crate::events::Envelope;
@@ -28,6 +29,8 @@ pub enum OrderSagaMessage {
 pub struct OrderSagaState {
     order_id: OrderId,
     deps: SagaDeps,
+    /// Where timers are armed (the supervisor that spawned us; `None` if spawned standalone).
+    supervisor: Option<ractor::ActorCell>,
     /// `None` until the first message loads it: spawning stays cheap and never touches the store.
     snapshot: Option<OrderState>,
 }
@@ -45,6 +48,8 @@ impl Actor for OrderSagaActor {
         Ok(OrderSagaState {
             order_id,
             deps,
+            // ractor links the supervisor only after pre_start; looked up on the first message.
+            supervisor: None,
             snapshot: None,
         })
     }
@@ -55,6 +60,9 @@ impl Actor for OrderSagaActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if state.supervisor.is_none() {
+            state.supervisor = myself.try_get_supervisor();
+        }
         match message {
             OrderSagaMessage::Start(order, reply) => {
                 let result = state.start(order).await;
@@ -79,8 +87,20 @@ impl OrderSagaState {
     async fn ensure_loaded(&mut self) -> Result<(), SagaError> {
         if self.snapshot.is_none() {
             self.snapshot = self.deps.store.load(self.order_id).await?;
+            if let Some(loaded) = &self.snapshot {
+                // Rehydrated (after a crash, or in another process): make sure its timer runs.
+                self.arm(loaded);
+            }
         }
         Ok(())
+    }
+
+    /// Asks the supervisor to fire this order's current deadline, if it has one.
+    fn arm(&self, state: &OrderState) {
+        if let (Some(deadline), Some(supervisor)) = (state.deadline, &self.supervisor) {
+            let _ =
+                supervisor.send_message(SupervisorMessage::Arm(vec![(state.order_id, deadline)]));
+        }
     }
 
     async fn start(&mut self, order: NewOrder) -> Result<OrderState, SagaError> {
@@ -88,7 +108,8 @@ impl OrderSagaState {
         if let Some(existing) = &self.snapshot {
             return Ok(existing.clone());
         }
-        let Transition { next, effects } = saga::start(order, self.deps.clock.now());
+        let Transition { next, effects } =
+            saga::start_with_timeouts(order, self.deps.timeouts, self.deps.clock.now());
         let outbox = envelopes(&next, &effects);
         if !self.deps.store.create(&next, &outbox).await? {
             // Another process placed it between our load and our insert: theirs wins.
@@ -100,6 +121,7 @@ impl OrderSagaState {
                 .ok_or(SagaError::UnknownOrder(self.order_id));
         }
         self.publish_status(&next);
+        self.arm(&next);
         self.snapshot = Some(next.clone());
         Ok(next)
     }
@@ -115,6 +137,7 @@ impl OrderSagaState {
                 return Err(SagaError::UnknownOrder(self.order_id));
             };
             let now = self.deps.clock.now();
+            let current_deadline = current.deadline;
             let transition = match saga::decide(current, event, now) {
                 Decision::Ignore(why) if fresh => {
                     debug!(order_id = %self.order_id, event = event.name(), why, "event ignored");
@@ -132,6 +155,9 @@ impl OrderSagaState {
                 Ok(()) => {
                     let status = transition.next.status;
                     self.publish_status(&transition.next);
+                    if transition.next.deadline != current_deadline {
+                        self.arm(&transition.next);
+                    }
                     self.snapshot = Some(transition.next);
                     return Ok(Delivery::Applied(status));
                 }

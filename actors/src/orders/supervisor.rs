@@ -3,7 +3,11 @@
 //! "restarted" lazily: the next message for that order spawns a fresh actor that reloads the last
 //! committed snapshot, which is exactly the state the crash could not have corrupted.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SupervisionEvent,
@@ -13,6 +17,7 @@ use tracing::{error, warn};
 use super::saga_actor::{OrderSagaActor, OrderSagaMessage};
 use super::{SagaDeps, SagaError};
 use crate::domain::OrderId;
+use crate::saga::SagaEvent;
 
 pub struct OrderSupervisor;
 
@@ -20,13 +25,26 @@ pub enum SupervisorMessage {
     Route(OrderId, OrderSagaMessage),
     /// Number of order actors currently alive (for inspection and tests of passivation).
     LiveOrders(RpcReplyPort<usize>),
+    /// Deliver `DeadlinePassed` to the order when its deadline comes (sent by saga actors after
+    /// each commit, and in bulk at start-up for every live order: crash recovery).
+    Arm(Vec<(OrderId, DateTime<Utc>)>),
+    /// Number of armed timers (inspection, tests).
+    ArmedTimers(RpcReplyPort<usize>),
+    /// Periodic: fire due timers.
+    Tick,
 }
+
+/// How often due timers are checked: the resolution of step timeouts.
+const TICK: Duration = Duration::from_millis(100);
 
 pub struct SupervisorState {
     deps: SagaDeps,
     children: HashMap<OrderId, ActorRef<OrderSagaMessage>>,
     owners: HashMap<ActorId, OrderId>,
     restarts: u64,
+    /// Timers of every live order, earliest first. Small entries, not actors: an order waiting
+    /// for its deadline needs no actor in memory (it is rehydrated when the timer fires).
+    deadlines: BinaryHeap<Reverse<(DateTime<Utc>, OrderId)>>,
 }
 
 impl Actor for OrderSupervisor {
@@ -36,14 +54,16 @@ impl Actor for OrderSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         deps: SagaDeps,
     ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(TICK, || SupervisorMessage::Tick);
         Ok(SupervisorState {
             deps,
             children: HashMap::new(),
             owners: HashMap::new(),
             restarts: 0,
+            deadlines: BinaryHeap::new(),
         })
     }
 
@@ -57,6 +77,34 @@ impl Actor for OrderSupervisor {
             SupervisorMessage::Route(order_id, msg) => state.route(&myself, order_id, msg).await,
             SupervisorMessage::LiveOrders(reply) => {
                 let _ = reply.send(state.children.len());
+            }
+            SupervisorMessage::Arm(timers) => {
+                state
+                    .deadlines
+                    .extend(timers.into_iter().map(|(order, at)| Reverse((at, order))));
+            }
+            SupervisorMessage::ArmedTimers(reply) => {
+                let _ = reply.send(state.deadlines.len());
+            }
+            SupervisorMessage::Tick => {
+                let now = state.deps.clock.now();
+                while let Some(Reverse((at, order_id))) = state.deadlines.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    state.deadlines.pop();
+                    // Nobody waits for the answer: a failed delivery is retried by the saga's
+                    // own re-arm on its next load, and a stale timer is ignored by the saga.
+                    let (tx, _rx) = tokio::sync::oneshot::channel();
+                    let event = SagaEvent::DeadlinePassed { deadline: at };
+                    state
+                        .route(
+                            &myself,
+                            order_id,
+                            OrderSagaMessage::Handle(event, tx.into()),
+                        )
+                        .await;
+                }
             }
         }
         Ok(())

@@ -10,11 +10,11 @@ use chrono::{DateTime, Utc};
 
 use super::state::{
     Compensation, HistoryEntry, LatePayment, NewOrder, OrderState, OrderStatus, PaymentFailure,
-    PaymentInfo, PaymentStatus,
+    PaymentInfo, PaymentStatus, StepTimeouts,
 };
 use crate::events::{
     EventBody, InventoryReleaseRequested, OrderCancelled, OrderConfirmed, OrderCreated,
-    PaymentRefundRequested, PaymentRequested, Shortage,
+    PaymentCancelRequested, PaymentRefundRequested, PaymentRequested, Shortage,
 };
 
 /// What the saga reacts to, already stripped of transport details.
@@ -42,6 +42,10 @@ pub enum SagaEvent {
     PaymentRefunded {
         reference: String,
         refund_id: String,
+    },
+    /// The timer armed for `deadline` fired. Stale timers (the saga moved on) are ignored.
+    DeadlinePassed {
+        deadline: DateTime<Utc>,
     },
 }
 
@@ -86,6 +90,7 @@ impl SagaEvent {
             SagaEvent::PaymentFailed { .. } => "payment_failed",
             SagaEvent::PaymentCanceled { .. } => "payment_canceled",
             SagaEvent::PaymentRefunded { .. } => "payment_refunded",
+            SagaEvent::DeadlinePassed { .. } => "deadline_passed",
         }
     }
 }
@@ -110,6 +115,15 @@ pub enum Decision {
 
 /// The first transition: the order exists, PENDING, and asks inventory for stock.
 pub fn start(order: NewOrder, now: DateTime<Utc>) -> Transition {
+    start_with_timeouts(order, StepTimeouts::default(), now)
+}
+
+/// The first transition, with the step timeouts this order will keep.
+pub fn start_with_timeouts(
+    order: NewOrder,
+    timeouts: StepTimeouts,
+    now: DateTime<Utc>,
+) -> Transition {
     let created = OrderCreated {
         customer_id: order.customer_id.clone(),
         lines: order.lines.clone(),
@@ -135,6 +149,8 @@ pub fn start(order: NewOrder, now: DateTime<Utc>) -> Transition {
             at: now,
             reason: Some("order placed".into()),
         }],
+        timeouts,
+        deadline: Some(now + timeouts.inventory()),
     };
     Transition {
         next,
@@ -156,6 +172,7 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
                 refund_id,
             },
         ) => record_refund(state, reference, refund_id, now),
+        (_, E::DeadlinePassed { deadline }) => on_deadline(state, *deadline, now),
         (S::Pending, E::StockReserved) => {
             let mut next = advance(state, now, S::StockReserved, Some("stock reserved"));
             next.payment = Some(PaymentInfo {
@@ -227,6 +244,16 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
                 vec![EventBody::OrderCancelled(OrderCancelled { reason })],
             )
         }
+        (S::StockReserved | S::PaymentProcessing, E::StockReleased) => {
+            // Not asked for: the reservation expired. The units are gone, so the order cannot
+            // complete; stop the payment (a success after this is refunded) and cancel.
+            let reason = "stock reservation expired before the payment completed".to_owned();
+            let mut next = advance(state, now, S::Cancelled, Some(&reason));
+            next.cancel_reason = Some(reason.clone());
+            let mut bodies = cancel_payment(state, &reason);
+            bodies.push(EventBody::OrderCancelled(OrderCancelled { reason }));
+            apply(next, bodies)
+        }
         (S::StockReserved | S::PaymentProcessing, E::PaymentSucceeded { reference }) => {
             // Compensation already started (the payment was reported failed, then succeeded):
             // the order will be cancelled, so the money must be given back.
@@ -264,6 +291,13 @@ fn advance(
     let mut next = state.clone();
     bump(&mut next, now);
     next.status = to;
+    next.deadline = match to {
+        OrderStatus::Pending => Some(now + state.timeouts.inventory()),
+        // Entering the payment step starts its clock; PAYMENT_PROCESSING is the same step.
+        OrderStatus::StockReserved => Some(now + state.timeouts.payment()),
+        OrderStatus::PaymentProcessing => state.deadline,
+        OrderStatus::Completed | OrderStatus::Cancelled => None,
+    };
     next.history.push(HistoryEntry {
         status: to,
         at: now,
@@ -314,6 +348,7 @@ fn compensate_payment(
         reason: reason.clone(),
         started_at: now,
     });
+    next.deadline = Some(now + state.timeouts.inventory());
     next.history.push(HistoryEntry {
         status: state.status,
         at: now,
@@ -321,6 +356,81 @@ fn compensate_payment(
     });
     let release = InventoryReleaseRequested { reason };
     apply(next, vec![EventBody::InventoryReleaseRequested(release)])
+}
+
+/// Asks the payment role to cancel the charge, if one may exist.
+fn cancel_payment(state: &OrderState, reason: &str) -> Vec<EventBody> {
+    match &state.payment {
+        Some(p) if p.status != PaymentStatus::Succeeded && p.status != PaymentStatus::Failed => {
+            vec![EventBody::PaymentCancelRequested(PaymentCancelRequested {
+                payment_reference: p.reference.clone(),
+                attempt: p.attempt,
+                reason: reason.to_owned(),
+            })]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A step's deadline passed: give up on it.
+fn on_deadline(state: &OrderState, deadline: DateTime<Utc>, now: DateTime<Utc>) -> Decision {
+    if state.deadline != Some(deadline) {
+        return Decision::Ignore("stale timer: the saga moved on");
+    }
+    if now < deadline {
+        return Decision::Ignore("timer fired early");
+    }
+    let secs = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
+    match (state.status, &state.compensation) {
+        (OrderStatus::Pending, _) => {
+            let reason = format!(
+                "inventory step timed out after {}s",
+                secs(state.timeouts.inventory())
+            );
+            let mut next = advance(state, now, OrderStatus::Cancelled, Some(&reason));
+            next.cancel_reason = Some(reason.clone());
+            // Inventory releases a reservation that arrives after this (order.cancelled.v1).
+            apply(
+                next,
+                vec![EventBody::OrderCancelled(OrderCancelled { reason })],
+            )
+        }
+        (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, None) => {
+            let reason = format!(
+                "payment step timed out after {}s",
+                secs(state.timeouts.payment())
+            );
+            let Decision::Apply(mut transition) =
+                compensate_payment(state, now, None, "payment_timeout", &reason)
+            else {
+                return Decision::Ignore("cannot compensate");
+            };
+            let cancel: Vec<Effect> = cancel_payment(state, &reason)
+                .into_iter()
+                .map(Effect::Publish)
+                .collect();
+            transition.effects.splice(0..0, cancel);
+            Decision::Apply(transition)
+        }
+        (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, Some(compensation)) => {
+            // Inventory has not confirmed the release: ask again, and keep waiting.
+            let mut next = state.clone();
+            bump(&mut next, now);
+            next.deadline = Some(now + state.timeouts.inventory());
+            next.history.push(HistoryEntry {
+                status: state.status,
+                at: now,
+                reason: Some("stock release not confirmed in time; asking again".into()),
+            });
+            let release = InventoryReleaseRequested {
+                reason: compensation.reason.clone(),
+            };
+            apply(next, vec![EventBody::InventoryReleaseRequested(release)])
+        }
+        (OrderStatus::Completed | OrderStatus::Cancelled, _) => {
+            Decision::Ignore("the order is finished")
+        }
+    }
 }
 
 /// Money was taken for an order that will not be fulfilled: record it and ask for a refund.

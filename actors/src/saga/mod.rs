@@ -10,8 +10,8 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{Decision, Effect, SagaEvent, Transition, decide, start};
+pub use decide::{Decision, Effect, SagaEvent, Transition, decide, start, start_with_timeouts};
 pub use state::{
     Compensation, HistoryEntry, LatePayment, NewOrder, OrderState, OrderStatus, PaymentFailure,
-    PaymentInfo, PaymentStatus,
+    PaymentInfo, PaymentStatus, StepTimeouts,
 };

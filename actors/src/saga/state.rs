@@ -84,6 +84,36 @@ pub struct LatePayment {
     pub refunded_at: Option<DateTime<Utc>>,
 }
 
+/// How long each step may take before the saga gives up on it. Stored in every snapshot, so an
+/// order keeps the limits it was placed with even if the configuration changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTimeouts {
+    /// From placement until inventory answers (reserved or out of stock), and for inventory to
+    /// confirm a release during compensation.
+    pub inventory_ms: u64,
+    /// From the reservation until the payment's outcome is known.
+    pub payment_ms: u64,
+}
+
+impl Default for StepTimeouts {
+    fn default() -> Self {
+        Self {
+            inventory_ms: 30_000,
+            payment_ms: 60_000,
+        }
+    }
+}
+
+impl StepTimeouts {
+    pub fn inventory(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(i64::try_from(self.inventory_ms).unwrap_or(i64::MAX / 2))
+    }
+
+    pub fn payment(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(i64::try_from(self.payment_ms).unwrap_or(i64::MAX / 2))
+    }
+}
+
 /// Everything needed to place an order, already parsed and priced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
@@ -114,6 +144,11 @@ pub struct OrderState {
     pub cancel_reason: Option<String>,
     pub late_payment: Option<LatePayment>,
     pub history: Vec<HistoryEntry>,
+    #[serde(default)]
+    pub timeouts: StepTimeouts,
+    /// When the current step times out (`None` once terminal). Persisted, so a restart re-arms it.
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 impl OrderState {

@@ -218,8 +218,19 @@ fn table_of_event_sequences() {
             published: vec!["order.cancelled.v1"],
         },
         Case {
-            name: "release without compensation is ignored",
-            events: vec![reserved(), released(), succeeded()],
+            name: "an unrequested release (expired reservation) stops the payment and cancels",
+            events: vec![reserved(), pending(), released(), succeeded()],
+            status: Cancelled,
+            published: vec![
+                "payment.requested.v1",
+                "payment.cancel_requested.v1",
+                "order.cancelled.v1",
+                "payment.refund_requested.v1",
+            ],
+        },
+        Case {
+            name: "an expired reservation after completion changes nothing",
+            events: vec![reserved(), succeeded(), released()],
             status: Completed,
             published: vec!["payment.requested.v1", "order.confirmed.v1"],
         },
@@ -585,4 +596,139 @@ fn every_event_body_the_saga_consumes_maps_to_a_saga_event() {
     );
     let created = EventBody::OrderCancelled(crate::events::OrderCancelled { reason: "x".into() });
     assert_eq!(SagaEvent::from_body(&created), None);
+}
+
+/// Fires the timer armed in `state` at its deadline (or at `at`).
+fn fire(state: &OrderState, at: Option<DateTime<Utc>>) -> Decision {
+    let deadline = state
+        .deadline
+        .unwrap_or_else(|| panic!("no deadline armed"));
+    decide(
+        state,
+        &SagaEvent::DeadlinePassed { deadline },
+        at.unwrap_or(deadline),
+    )
+}
+
+fn applied(decision: Decision) -> (OrderState, Vec<&'static str>) {
+    match decision {
+        Decision::Apply(tr) => (
+            tr.next.clone(),
+            tr.effects
+                .iter()
+                .map(|Effect::Publish(b)| b.subject())
+                .collect(),
+        ),
+        Decision::Ignore(why) => panic!("expected a transition, got ignore: {why}"),
+    }
+}
+
+#[test]
+fn every_live_status_has_a_deadline_and_finished_orders_have_none() {
+    let order = placed();
+    assert_eq!(
+        order.deadline,
+        Some(t(0) + chrono::Duration::seconds(30)),
+        "inventory step: 30 s"
+    );
+    let (reserved_state, _) = run(&[reserved()]);
+    assert_eq!(
+        reserved_state.deadline,
+        Some(t(1) + chrono::Duration::seconds(60)),
+        "payment step: 60 s"
+    );
+    let (processing, _) = run(&[reserved(), pending()]);
+    assert_eq!(
+        processing.deadline, reserved_state.deadline,
+        "processing is the same payment step"
+    );
+    let (done, _) = run(&[reserved(), pending(), succeeded()]);
+    assert_eq!(done.deadline, None);
+}
+
+#[test]
+fn an_inventory_timeout_cancels_a_pending_order() {
+    let (next, published) = applied(fire(&placed(), None));
+    assert_eq!(next.status, OrderStatus::Cancelled);
+    assert_eq!(
+        next.cancel_reason.as_deref(),
+        Some("inventory step timed out after 30s")
+    );
+    assert_eq!(published, ["order.cancelled.v1"]);
+    assert_eq!(next.deadline, None);
+}
+
+#[test]
+fn a_payment_timeout_cancels_the_charge_releases_stock_and_then_cancels() {
+    let (processing, _) = run(&[reserved(), pending()]);
+    let (compensating, published) = applied(fire(&processing, None));
+    assert_eq!(
+        published,
+        [
+            "payment.cancel_requested.v1",
+            "inventory.release_requested.v1"
+        ]
+    );
+    assert_eq!(
+        compensating.status,
+        OrderStatus::PaymentProcessing,
+        "not cancelled until the stock is back"
+    );
+    let payment = compensating
+        .payment
+        .clone()
+        .unwrap_or_else(|| panic!("payment"));
+    assert_eq!(
+        payment.failure.map(|f| f.code),
+        Some("payment_timeout".to_owned())
+    );
+    let Decision::Apply(done) = decide(&compensating, &released(), t(200)) else {
+        panic!("release applies")
+    };
+    assert_eq!(done.next.status, OrderStatus::Cancelled);
+    assert_eq!(
+        done.next.cancel_reason.as_deref(),
+        Some("payment failed: payment_timeout: payment step timed out after 60s")
+    );
+}
+
+#[test]
+fn an_unconfirmed_release_is_asked_again_at_its_deadline() {
+    let (compensating, _) = run(&[reserved(), failed()]);
+    let (again, published) = applied(fire(&compensating, None));
+    assert_eq!(published, ["inventory.release_requested.v1"]);
+    assert!(
+        again.deadline > compensating.deadline,
+        "a new deadline is armed"
+    );
+}
+
+#[test]
+fn stale_and_early_timers_are_ignored() {
+    let order = placed();
+    let stale = order
+        .deadline
+        .map(|d| d - chrono::Duration::seconds(1))
+        .unwrap_or_default();
+    assert!(matches!(
+        decide(
+            &order,
+            &SagaEvent::DeadlinePassed { deadline: stale },
+            t(100)
+        ),
+        Decision::Ignore(_)
+    ));
+    let early = order.deadline.map(|d| d - chrono::Duration::seconds(5));
+    assert!(matches!(fire(&order, early), Decision::Ignore(_)));
+    // A timer armed for PENDING that fires after the reservation changes nothing.
+    let (reserved_state, _) = run(&[reserved()]);
+    let old = order.deadline.unwrap_or_default();
+    assert!(matches!(
+        decide(
+            &reserved_state,
+            &SagaEvent::DeadlinePassed { deadline: old },
+            t(100)
+        ),
+        Decision::Ignore(_)
+    ));
 }

@@ -207,6 +207,24 @@ impl InMemoryLedger {
 
 #[async_trait]
 impl ReservationLedger for InMemoryLedger {
+    async fn due_for_expiry(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> Result<Vec<(OrderId, actors::domain::CorrelationId)>, StoreError> {
+        let inner = lock(&self.inner);
+        if inner.unavailable {
+            return Err(unavailable());
+        }
+        Ok(inner
+            .requests
+            .iter()
+            .filter(|r| r.expires_at <= now && inner.held.contains_key(&r.order_id))
+            .map(|r| (r.order_id, r.correlation_id.clone()))
+            .take(usize::try_from(limit).unwrap_or(0))
+            .collect())
+    }
+
     async fn reserve(
         &self,
         request: &ReservationRequest,

@@ -26,6 +26,7 @@ pub async fn spawn_orders() -> Orders {
         store: store.clone(),
         clock: Arc::new(FixedClock(t0())),
         status_changes: status_changes.clone(),
+        timeouts: actors::saga::StepTimeouts::default(),
     };
     let (supervisor, _join) = Actor::spawn(None, OrderSupervisor, deps)
         .await

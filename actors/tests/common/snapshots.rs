@@ -98,6 +98,21 @@ impl InMemorySnapshotStore {
 
 #[async_trait]
 impl OrderSnapshotStore for InMemorySnapshotStore {
+    async fn live_deadlines(
+        &self,
+    ) -> Result<Vec<(OrderId, Option<chrono::DateTime<chrono::Utc>>)>, StoreError> {
+        let inner = lock(&self.inner);
+        if inner.unavailable {
+            return Err(unavailable());
+        }
+        Ok(inner
+            .orders
+            .values()
+            .filter(|s| !s.is_terminal())
+            .map(|s| (s.order_id, s.deadline))
+            .collect())
+    }
+
     async fn load(&self, order_id: OrderId) -> Result<Option<OrderState>, StoreError> {
         let mut inner = lock(&self.inner);
         if inner.unavailable {

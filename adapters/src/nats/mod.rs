@@ -60,6 +60,12 @@ pub const PAYMENT_REFUNDS: ConsumerSpec = ConsumerSpec {
     durable: "payment-refunds",
     filter: "payment.refund_requested.v1",
 };
+/// The payment role's cancel requests (the saga gave up on a payment).
+pub const PAYMENT_CANCELLATIONS: ConsumerSpec = ConsumerSpec {
+    stream: "payments",
+    durable: "payment-cancellations",
+    filter: "payment.cancel_requested.v1",
+};
 /// The payment role's charge requests.
 pub const PAYMENT_REQUESTS: ConsumerSpec = ConsumerSpec {
     stream: "payments",

@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use actors::domain::OrderId;
+use actors::domain::{CorrelationId, OrderId};
 use actors::events::Shortage;
 use actors::ports::{
     OutcomeMessages, ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome,
     StoreError,
 };
+use chrono::{DateTime, Utc};
 
 use super::{OutboxSignal, outbox, unavailable};
 
@@ -139,13 +140,14 @@ impl ReservationLedger for PgReservationLedger {
             .await
             .map_err(unavailable)?;
             sqlx::query(
-                "INSERT INTO stock_reservations (order_id, sku, quantity, status, expires_at)
-                 SELECT $1, w.sku, w.qty::integer, 'RESERVED', $4 FROM unnest($2::text[], $3::bigint[]) AS w(sku, qty)",
+                "INSERT INTO stock_reservations (order_id, sku, quantity, status, expires_at, correlation_id)
+                 SELECT $1, w.sku, w.qty::integer, 'RESERVED', $4, $5 FROM unnest($2::text[], $3::bigint[]) AS w(sku, qty)",
             )
             .bind(request.order_id.as_uuid())
             .bind(&skus)
             .bind(&quantities)
             .bind(request.expires_at)
+            .bind(request.correlation_id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
@@ -190,6 +192,32 @@ impl ReservationLedger for PgReservationLedger {
         };
         self.finish(tx, messages(&outcome)).await?;
         Ok(outcome)
+    }
+
+    async fn due_for_expiry(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(OrderId, CorrelationId)>, StoreError> {
+        let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT order_id, min(correlation_id) FROM stock_reservations
+             WHERE status = 'RESERVED' AND expires_at <= $1
+             GROUP BY order_id ORDER BY min(expires_at) LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, corr)| {
+                (
+                    OrderId::from_uuid(id),
+                    CorrelationId::parse(&corr).unwrap_or_default(),
+                )
+            })
+            .collect())
     }
 
     async fn release(

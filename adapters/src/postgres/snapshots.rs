@@ -1,6 +1,7 @@
 //! `OrderSnapshotStore` on Postgres: one JSONB row per order, guarded by its version.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use actors::domain::OrderId;
@@ -55,14 +56,15 @@ impl OrderSnapshotStore for PgOrderSnapshotStore {
         let state = encode(first)?;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let inserted = sqlx::query(
-            "INSERT INTO order_snapshots (order_id, version, status, state, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (order_id) DO NOTHING",
+            "INSERT INTO order_snapshots (order_id, version, status, state, created_at, updated_at, deadline)
+             VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (order_id) DO NOTHING",
         )
         .bind(first.order_id.as_uuid())
         .bind(first.version)
         .bind(first.status.as_str())
         .bind(&state)
         .bind(first.updated_at)
+        .bind(first.deadline)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?
@@ -83,7 +85,7 @@ impl OrderSnapshotStore for PgOrderSnapshotStore {
         let expected = next.version - 1;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let updated = sqlx::query(
-            "UPDATE order_snapshots SET version = $2, status = $3, state = $4, updated_at = $5
+            "UPDATE order_snapshots SET version = $2, status = $3, state = $4, updated_at = $5, deadline = $7
              WHERE order_id = $1 AND version = $6",
         )
         .bind(next.order_id.as_uuid())
@@ -92,6 +94,7 @@ impl OrderSnapshotStore for PgOrderSnapshotStore {
         .bind(&state)
         .bind(next.updated_at)
         .bind(expected)
+        .bind(next.deadline)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?
@@ -107,5 +110,18 @@ impl OrderSnapshotStore for PgOrderSnapshotStore {
             self.signal.notify_one();
         }
         Ok(())
+    }
+
+    async fn live_deadlines(&self) -> Result<Vec<(OrderId, Option<DateTime<Utc>>)>, StoreError> {
+        let rows: Vec<(uuid::Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT order_id, deadline FROM order_snapshots WHERE status NOT IN ('COMPLETED', 'CANCELLED')",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, d)| (OrderId::from_uuid(id), d))
+            .collect())
     }
 }

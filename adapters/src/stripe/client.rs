@@ -15,6 +15,10 @@ use tracing::{debug, warn};
 
 use actors::ports::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, RefundRequest};
 
+/// The API version this client is written against (pinned, so an account upgrade cannot change
+/// response shapes under us).
+pub const STRIPE_API_VERSION: &str = "2024-06-20";
+
 #[derive(Clone)]
 pub struct StripeConfig {
     /// `https://api.stripe.com`, or the fake's address.
@@ -163,6 +167,16 @@ impl StripeClient {
                 request.payment_method.as_str().to_owned(),
             ),
             ("confirm".to_owned(), "true".to_owned()),
+            // Server-side confirmation with no customer present: never a redirect (which would
+            // need a return_url and a browser).
+            (
+                "automatic_payment_methods[enabled]".to_owned(),
+                "true".to_owned(),
+            ),
+            (
+                "automatic_payment_methods[allow_redirects]".to_owned(),
+                "never".to_owned(),
+            ),
             (
                 "metadata[order_id]".to_owned(),
                 request.order_id.to_string(),
