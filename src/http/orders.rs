@@ -28,6 +28,9 @@ use super::{ApiError, AppState};
 
 /// Lines per order: enough for any real basket, small enough to bound a snapshot.
 pub const MAX_LINES: usize = 100;
+/// While waiting, how often the snapshot is re-read to catch changes made by *other* processes
+/// (this process's changes arrive at once through the status channel).
+const CROSS_PROCESS_POLL: Duration = Duration::from_millis(500);
 /// Longest `?wait=` a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -340,9 +343,8 @@ pub async fn get_order(
         }
         // Changes made by this process arrive on the channel; a short tick catches those made by
         // other processes.
-        let tick = tokio::time::sleep(
-            Duration::from_millis(100).min(deadline - tokio::time::Instant::now()),
-        );
+        let tick =
+            tokio::time::sleep(CROSS_PROCESS_POLL.min(deadline - tokio::time::Instant::now()));
         tokio::pin!(tick);
         loop {
             tokio::select! {

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use actors::payments::PaymentService;
 
@@ -77,35 +78,27 @@ impl WebhookInbox {
         }
     }
 
-    /// Processes one batch; returns how many events were settled.
+    /// Processes one batch; returns how many events were settled. Events are handled
+    /// concurrently: each update is its own transaction under a row lock on its charge, and the
+    /// forward-only status rule makes their order irrelevant.
     pub async fn process_batch(&self, service: &PaymentService) -> Result<usize, String> {
-        let mut batch = stripe_events::claim(&self.pool, 100)
+        let mut batch = stripe_events::claim(&self.pool, 200)
             .await
             .map_err(|e| e.to_string())?;
         let events = std::mem::take(&mut batch.events);
+        let outcomes: Vec<(String, Option<String>)> = futures::stream::iter(events)
+            .map(|(event_id, payload)| async move {
+                let outcome = outcome_of(service, &event_id, payload).await;
+                (event_id, outcome)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
         let mut settled = 0;
-        for (event_id, payload) in events {
-            let outcome = match serde_json::to_vec(&payload)
-                .ok()
-                .and_then(|b| parse_event(&b).ok())
-            {
-                None => "unreadable".to_owned(),
-                Some(event) => match payment_update(&event) {
-                    None => format!("ignored type {}", event.kind),
-                    Some(update) => match service.on_provider_update(&update).await {
-                        Ok(Some(applied)) => format!("applied to order {}", applied.order_id),
-                        Ok(None) => {
-                            "no change (unknown charge, duplicate or regression)".to_owned()
-                        }
-                        // Leave it unprocessed: the next batch retries it.
-                        Err(e) => {
-                            warn!(%event_id, error = %e, "webhook event not processed yet");
-                            continue;
-                        }
-                    },
-                },
-            };
-            info!(%event_id, %outcome, "webhook event processed");
+        for (event_id, outcome) in outcomes {
+            // `None`: not processed yet (a store failure); the next batch retries it.
+            let Some(outcome) = outcome else { continue };
+            debug!(%event_id, %outcome, "webhook event processed");
             batch
                 .mark(&event_id, &outcome)
                 .await
@@ -114,5 +107,32 @@ impl WebhookInbox {
         }
         batch.commit().await.map_err(|e| e.to_string())?;
         Ok(settled)
+    }
+}
+
+/// Webhook events processed at once.
+const IN_FLIGHT: usize = 64;
+
+async fn outcome_of(
+    service: &PaymentService,
+    event_id: &str,
+    payload: serde_json::Value,
+) -> Option<String> {
+    let Some(event) = serde_json::to_vec(&payload)
+        .ok()
+        .and_then(|b| parse_event(&b).ok())
+    else {
+        return Some("unreadable".to_owned());
+    };
+    let Some(update) = payment_update(&event) else {
+        return Some(format!("ignored type {}", event.kind));
+    };
+    match service.on_provider_update(&update).await {
+        Ok(Some(applied)) => Some(format!("applied to order {}", applied.order_id)),
+        Ok(None) => Some("no change (unknown charge, duplicate or regression)".to_owned()),
+        Err(e) => {
+            warn!(%event_id, error = %e, "webhook event not processed yet");
+            None
+        }
     }
 }
