@@ -115,3 +115,19 @@ CREATE TABLE stripe_events (
     outcome      text
 );
 CREATE INDEX stripe_events_unprocessed ON stripe_events (received_at) WHERE processed_at IS NULL;
+
+-- Messages a consumer gave up on (undecodable, permanent error, retries exhausted), kept with
+-- their error for operators. Parked messages are acknowledged, so they block nothing.
+CREATE TABLE dead_letters (
+    id             bigserial PRIMARY KEY,
+    consumer       text NOT NULL,
+    subject        text NOT NULL,
+    message_id     uuid,
+    order_id       uuid,
+    correlation_id text,
+    payload        bytea NOT NULL,
+    error          text NOT NULL,
+    deliveries     bigint NOT NULL,
+    parked_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (consumer, message_id)
+);

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use adapters::nats::RetryPolicy;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -134,6 +135,40 @@ pub struct Settings {
     /// How often expired stock reservations are looked for, in milliseconds.
     #[arg(long, env = "RESERVATION_SWEEP_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub reservation_sweep_interval_ms: u64,
+
+    /// Retry policy of the order saga's consumers: `initial=100ms,multiplier=2,max=10s,attempts=20,jitter=0.2`
+    /// (keys may be omitted). After the last attempt a message is parked in `dead_letters`.
+    #[arg(
+        long,
+        env = "RETRY_POLICY_ORDER",
+        default_value = "initial=100ms,multiplier=2,max=10s,attempts=20,jitter=0.2"
+    )]
+    pub retry_policy_order: RetryPolicy,
+
+    /// Retry policy of the inventory role's consumers (same syntax).
+    #[arg(
+        long,
+        env = "RETRY_POLICY_INVENTORY",
+        default_value = "initial=100ms,multiplier=2,max=10s,attempts=20,jitter=0.2"
+    )]
+    pub retry_policy_inventory: RetryPolicy,
+
+    /// Retry policy of the payment role's consumers (same syntax). Stripe calls have their own
+    /// retries inside each attempt.
+    #[arg(
+        long,
+        env = "RETRY_POLICY_PAYMENT",
+        default_value = "initial=500ms,multiplier=2,max=30s,attempts=15,jitter=0.2"
+    )]
+    pub retry_policy_payment: RetryPolicy,
+
+    /// Orders per second each client may place (by X-Client-Key header, else by IP); 0 disables.
+    #[arg(long, env = "ORDER_RATE_LIMIT_PER_SEC", default_value_t = 500)]
+    pub order_rate_limit_per_sec: u32,
+
+    /// Orders a client may place in a burst above its rate.
+    #[arg(long, env = "ORDER_RATE_LIMIT_BURST", default_value_t = 1000)]
+    pub order_rate_limit_burst: u32,
 
     /// How long a stock reservation is held, in seconds.
     #[arg(long, env = "RESERVATION_TTL_SECS", default_value_t = 900)]

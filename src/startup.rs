@@ -21,7 +21,9 @@ use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps, SagaError
 use actors::payments::{FailureStreak, PaymentService};
 use actors::ports::{OrderSnapshotStore, ReservationLedger, SharedClock, SystemClock};
 use actors::saga::SagaEvent;
-use adapters::nats::{self as bus, ConsumerSpec, MessageHandler};
+use adapters::nats::{
+    self as bus, ConsumerContext, ConsumerSpec, HandlerError, MessageHandler, RetryPolicy,
+};
 use adapters::postgres::{self as pg, Catalog, IdempotencyKeys, OutboxSignal};
 use adapters::stripe::{StripeClient, StripeConfig, WebhookInbox, WebhookVerifier};
 use stripe_fake::{FakeConfig, StripeFake};
@@ -210,9 +212,10 @@ impl Application {
             let handle = OrderSupervisorHandle::new(supervisor, Duration::from_secs(30));
             recover(&deps_store, &handle).await?;
             for spec in [bus::ORDER_SAGA_INVENTORY, bus::ORDER_SAGA_PAYMENTS] {
+                let context = consumer_context(&js, &pool, settings.retry_policy_order);
                 spawn_consumer(
                     &mut tasks,
-                    &js,
+                    context,
                     spec,
                     saga_handler(handle.clone()),
                     &shutdown,
@@ -260,10 +263,11 @@ impl Application {
                         shards
                             .on_message(&envelope)
                             .await
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| HandlerError::Retry(e.to_string()))
                     })
                 });
-                spawn_consumer(&mut tasks, &js, spec, handler, &shutdown).await?;
+                let context = consumer_context(&js, &pool, settings.retry_policy_inventory);
+                spawn_consumer(&mut tasks, context, spec, handler, &shutdown).await?;
             }
             Some(shards)
         } else {
@@ -291,10 +295,11 @@ impl Application {
                         service
                             .on_message(&envelope)
                             .await
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| HandlerError::Retry(e.to_string()))
                     })
                 });
-                spawn_consumer(&mut tasks, &js, spec, handler, &shutdown).await?;
+                let context = consumer_context(&js, &pool, settings.retry_policy_payment);
+                spawn_consumer(&mut tasks, context, spec, handler, &shutdown).await?;
             }
             let inbox = WebhookInbox::new(pool.clone());
             let worker = inbox.clone();
@@ -321,13 +326,20 @@ impl Application {
             status_changes,
             nats,
             payments: payment_http,
+            order_rate_limit: http::rate_limit::OrderRateLimit::new(
+                settings.order_rate_limit_per_sec,
+                settings.order_rate_limit_burst,
+            ),
         };
         let router = http::router(state);
         let token = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
+            let served = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
             ("http server", served.map_err(|e| e.to_string()))
         });
 
@@ -438,19 +450,30 @@ async fn recover(
     Ok(())
 }
 
+fn consumer_context(
+    js: &async_nats::jetstream::Context,
+    pool: &PgPool,
+    policy: RetryPolicy,
+) -> ConsumerContext {
+    ConsumerContext {
+        js: js.clone(),
+        policy,
+        pool: pool.clone(),
+    }
+}
+
 async fn spawn_consumer(
     tasks: &mut JoinSet<(&'static str, Result<(), String>)>,
-    js: &async_nats::jetstream::Context,
+    context: ConsumerContext,
     spec: ConsumerSpec,
     handler: MessageHandler,
     shutdown: &CancellationToken,
 ) -> Result<(), StartupError> {
     // Create it now so a misconfigured server fails the start, not some later moment.
-    bus::ensure_consumer(js, &spec).await?;
-    let js = js.clone();
+    bus::ensure_consumer(&context.js, &spec, &context.policy).await?;
     let token = shutdown.clone();
     tasks.spawn(async move {
-        bus::run_consumer(js, spec, handler, token).await;
+        bus::run_consumer(context, spec, handler, token).await;
         (spec.durable, Ok(()))
     });
     Ok(())
@@ -466,11 +489,11 @@ fn saga_handler(orders: OrderSupervisorHandle) -> MessageHandler {
         Box::pin(async move {
             match answer.await {
                 Ok(_) => Ok(()),
-                Err(SagaError::UnknownOrder(id)) => {
-                    warn!(order_id = %id, subject = envelope.subject(), "event for an unknown order ignored");
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
+                // Nothing will ever make this order exist: park it for an operator to see.
+                Err(SagaError::UnknownOrder(id)) => Err(HandlerError::Permanent(format!(
+                    "order {id} does not exist"
+                ))),
+                Err(e) => Err(HandlerError::Retry(e.to_string())),
             }
         })
     })

@@ -7,6 +7,7 @@ mod health;
 mod inventory;
 mod json;
 mod orders;
+pub mod rate_limit;
 mod webhooks;
 
 use axum::Router;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// `None` when this process does not run the payment role.
     pub payments: Option<PaymentHttp>,
+    /// `None` when order placement is not rate limited.
+    pub order_rate_limit: Option<std::sync::Arc<rate_limit::OrderRateLimit>>,
 }
 
 /// What the payment role exposes over HTTP: the webhook endpoint and a readiness probe.
@@ -50,7 +53,13 @@ pub const MAX_WEBHOOK_BYTES: usize = 512 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/orders", post(orders::place_order))
+        .route(
+            "/orders",
+            post(orders::place_order).layer(axum::middleware::from_fn_with_state(
+                state.order_rate_limit.clone(),
+                rate_limit::limit_orders,
+            )),
+        )
         .route("/orders/{id}", get(orders::get_order))
         .route("/inventory/products", get(inventory::list_products))
         .route(

@@ -18,7 +18,7 @@ use actors::ports::{
     OrderSnapshotStore, ReservationLedger, ReservationOutcome, ReservationRequest, StoreError,
 };
 use actors::saga::{self, Decision, NewOrder, SagaEvent};
-use adapters::nats::{self as bus, ConsumerSpec, MessageHandler};
+use adapters::nats::{self as bus, ConsumerContext, ConsumerSpec, HandlerError, MessageHandler};
 use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgReservationLedger};
 
 use crate::helpers::{TestDb, TestNats, eventually};
@@ -242,7 +242,7 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
         Box::pin(async move {
             assert_eq!(envelope.order_id, order_id);
             if a.fetch_add(1, Ordering::SeqCst) == 0 {
-                Err("transient failure".to_owned())
+                Err(HandlerError::Retry("transient failure".to_owned()))
             } else {
                 s.fetch_add(1, Ordering::SeqCst);
                 Ok(())
@@ -255,12 +255,12 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
         filter: "order.>",
     };
     let shutdown = CancellationToken::new();
-    let consumer = tokio::spawn(bus::run_consumer(
-        js.clone(),
-        spec,
-        handler,
-        shutdown.clone(),
-    ));
+    let context = ConsumerContext {
+        js: js.clone(),
+        policy: "initial=50ms,jitter=0".parse().unwrap_or_default(),
+        pool: pool.clone(),
+    };
+    let consumer = tokio::spawn(bus::run_consumer(context, spec, handler, shutdown.clone()));
     eventually(
         Duration::from_secs(15),
         "the redelivered message to succeed",
@@ -292,6 +292,113 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
         2,
         "delivered twice: failed once, then handled"
     );
+    shutdown.cancel();
+    let _ = consumer.await;
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_is_parked_and_stops_blocking_nothing() {
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
+    let (_client, js) = ok(bus::connect(&nats.url).await);
+    ok(bus::ensure_streams(&js).await);
+    let poison = OrderId::new();
+    let healthy = OrderId::new();
+    let mut tx = ok(pool.begin().await);
+    for order in [poison, healthy] {
+        let body = EventBody::OrderCancelled(OrderCancelled {
+            reason: "test".into(),
+        });
+        ok(pg::outbox::insert(
+            &mut tx,
+            &[Envelope::new(order, CorrelationId::new(), Utc::now(), body)],
+        )
+        .await);
+    }
+    ok(tx.commit().await);
+    let relay = bus::OutboxRelay::new(pool.clone(), js.clone(), Arc::new(Notify::new()));
+    assert_eq!(ok(relay.relay_once().await), 2);
+    // Garbage on the same subjects: undecodable, parked at once.
+    ok(ok(js.publish("order.cancelled.v1", "not json".into()).await).await);
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let seen = handled.clone();
+    let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
+        let seen = seen.clone();
+        Box::pin(async move {
+            if envelope.order_id == poison {
+                Err(HandlerError::Retry("always fails".to_owned()))
+            } else {
+                seen.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    });
+    let context = ConsumerContext {
+        js: js.clone(),
+        policy: "initial=20ms,max=50ms,attempts=3,jitter=0"
+            .parse()
+            .unwrap_or_default(),
+        pool: pool.clone(),
+    };
+    let spec = ConsumerSpec {
+        stream: "orders",
+        durable: "test-parking",
+        filter: "order.>",
+    };
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(bus::run_consumer(context, spec, handler, shutdown.clone()));
+    let letters: Vec<(Option<uuid::Uuid>, String, i64)> =
+        eventually(Duration::from_secs(15), "two dead letters", || {
+            let pool = pool.clone();
+            async move {
+                let rows: Vec<(Option<uuid::Uuid>, String, i64)> = sqlx::query_as(
+                    "SELECT order_id, error, deliveries FROM dead_letters ORDER BY id",
+                )
+                .fetch_all(&pool)
+                .await
+                .ok()?;
+                (rows.len() == 2).then_some(rows)
+            }
+        })
+        .await;
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "the healthy message went through meanwhile"
+    );
+    let parked_poison = letters
+        .iter()
+        .find(|l| l.0 == Some(poison.as_uuid()))
+        .unwrap_or_else(|| panic!("poison parked: {letters:?}"));
+    assert_eq!(
+        (parked_poison.1.as_str(), parked_poison.2),
+        ("always fails", 3),
+        "parked after the policy's attempts"
+    );
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.0.is_none() && l.1.starts_with("undecodable")),
+        "{letters:?}"
+    );
+    let info = eventually(Duration::from_secs(5), "nothing left pending", || {
+        let js = js.clone();
+        async move {
+            let mut consumer = js
+                .get_stream("orders")
+                .await
+                .ok()?
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("test-parking")
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?.clone();
+            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(info)
+        }
+    })
+    .await;
+    assert_eq!(info.num_ack_pending, 0);
     shutdown.cancel();
     let _ = consumer.await;
 }

@@ -231,3 +231,42 @@ async fn unknown_and_malformed_order_ids_are_404_and_400() {
         (404, Some("not_found"))
     );
 }
+
+#[tokio::test]
+async fn order_placement_is_rate_limited_per_client_with_retry_after() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.order_rate_limit_per_sec = 1;
+        s.order_rate_limit_burst = 3;
+    })
+    .await;
+    app.put_product("MUG", 100, 100).await;
+    let body = order_body(&[("MUG", 1)], "pm_card_visa");
+    for _ in 0..3 {
+        assert_eq!(app.post_order(&body).await.status(), 202);
+    }
+    let limited = app.post_order(&body).await;
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = limited
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    let error: Value = limited.json().await.unwrap_or_default();
+    assert_eq!(error["error"]["code"], "rate_limited");
+    let other = app
+        .http
+        .post(format!("{}/orders", app.base))
+        .header("X-Client-Key", "shop-b")
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(other.status(), 202, "another client has its own allowance");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap_or(-1);
+    assert_eq!(orders, 4, "the limited request stored nothing");
+}

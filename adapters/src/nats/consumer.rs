@@ -5,6 +5,10 @@
 //! delivery order; the saga's handler enqueues into the order's actor at that moment, so one
 //! order's events reach its actor in stream order. Inventory and payment handlers may finish in
 //! any order, which their idempotent records make harmless.
+//!
+//! A message that cannot succeed (undecodable, a permanent error, or its step's retry policy
+//! exhausted) is parked in `dead_letters` and acknowledged; if parking itself fails (database
+//! down) it is nak'ed instead, so nothing is ever dropped.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +24,10 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use actors::events::Envelope;
 
-use super::NatsError;
+use sqlx::PgPool;
+
+use super::{NatsError, RetryPolicy};
+use crate::postgres::dead_letters::{self, DeadLetter};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerSpec {
@@ -29,31 +36,58 @@ pub struct ConsumerSpec {
     pub filter: &'static str,
 }
 
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-/// What a consumer does with one decoded message. `Err` means "try again later".
+/// Why a handler could not finish a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerError {
+    /// Worth another delivery later (a server was unavailable...).
+    Retry(String),
+    /// Will never succeed: park it now.
+    Permanent(String),
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        HandlerError::Retry(message)
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandlerError::Retry(m) | HandlerError::Permanent(m) => f.write_str(m),
+        }
+    }
+}
+
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+/// What a consumer does with one decoded message.
 pub type MessageHandler = Arc<dyn Fn(Envelope) -> HandlerFuture + Send + Sync>;
+
+/// Everything a consumer needs besides the handler.
+#[derive(Clone)]
+pub struct ConsumerContext {
+    pub js: jetstream::Context,
+    pub policy: RetryPolicy,
+    /// Where dead letters are parked.
+    pub pool: PgPool,
+}
 
 /// Messages handled at once per consumer.
 const IN_FLIGHT: usize = 256;
-/// After this many deliveries a message is considered poison and terminated (logged as an error).
-const MAX_DELIVER: i64 = 20;
 
-fn config(spec: &ConsumerSpec) -> pull::Config {
+fn config(spec: &ConsumerSpec, policy: &RetryPolicy) -> pull::Config {
     pull::Config {
         durable_name: Some(spec.durable.to_owned()),
         filter_subject: spec.filter.to_owned(),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
-        // A message not acked in time (a handler hung, a process died) comes back after 30 s,
-        // then later and later; the server uses the first step as the ack wait.
+        // A message not acked in time (a handler hung, a process died) comes back after this.
+        // No server-side `backoff` list: nats-server 2.9 lets it override the delays of our naks,
+        // and the step's retry policy is what should decide them.
         ack_wait: Duration::from_secs(30),
-        backoff: vec![
-            Duration::from_secs(30),
-            Duration::from_secs(60),
-            Duration::from_secs(120),
-            Duration::from_secs(300),
-        ],
-        max_deliver: MAX_DELIVER,
+        // One more than the policy allows, so the server never silently stops delivering a
+        // message before this code had the chance to park it.
+        max_deliver: i64::from(policy.max_attempts) + 1,
         max_ack_pending: 4096,
         ..Default::default()
     }
@@ -63,6 +97,7 @@ fn config(spec: &ConsumerSpec) -> pull::Config {
 pub async fn ensure_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
+    policy: &RetryPolicy,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
     let setup = |e: String| NatsError::Setup {
         what: format!("consumer {}", spec.durable),
@@ -72,18 +107,19 @@ pub async fn ensure_consumer(
         .get_stream(spec.stream)
         .await
         .map_err(|e| setup(e.to_string()))?;
-    match stream.create_consumer(config(spec)).await {
+    match stream.create_consumer(config(spec, policy)).await {
         Ok(consumer) => Ok(consumer),
         Err(_) => stream
-            .update_consumer(config(spec))
+            .update_consumer(config(spec, policy))
             .await
             .map_err(|e| setup(e.to_string())),
     }
 }
 
-/// Consumes until `shutdown` is cancelled, resubscribing after connection trouble.
+/// Consumes until `shutdown` is cancelled, resubscribing after connection trouble (the client
+/// reconnects by itself; a broken subscription is re-created here).
 pub async fn run_consumer(
-    js: jetstream::Context,
+    context: ConsumerContext,
     spec: ConsumerSpec,
     handler: MessageHandler,
     shutdown: CancellationToken,
@@ -91,21 +127,14 @@ pub async fn run_consumer(
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        let messages = match ensure_consumer(&js, &spec).await {
-            Ok(consumer) => consumer.messages().await,
-            Err(e) => {
-                warn!(consumer = spec.durable, error = %e, "consumer not ready; retrying");
-                if sleep_or_shutdown(backoff, &shutdown).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
+        let messages = match ensure_consumer(&context.js, &spec, &context.policy).await {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
         let mut messages = match messages {
             Ok(m) => m,
             Err(e) => {
-                warn!(consumer = spec.durable, error = %e, "cannot subscribe; retrying");
+                warn!(consumer = spec.durable, error = %e, "consumer not ready; retrying");
                 if sleep_or_shutdown(backoff, &shutdown).await {
                     return;
                 }
@@ -131,15 +160,35 @@ pub async fn run_consumer(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
+            let context = context.clone();
             // The handler is *called* here, in delivery order, and only awaited in the task: a
             // handler that enqueues synchronously (the saga's) thereby keeps per-order order.
-            let Some((envelope, work)) = start_one(&spec, &message, &handler).await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                finish_one(spec, message, envelope, work).await;
-                drop(permit);
-            });
+            match Envelope::from_json(&message.payload) {
+                Ok(envelope) => {
+                    // Every log line of this message's handling carries the order and correlation ids.
+                    let span = info_span!(
+                        "message",
+                        consumer = spec.durable,
+                        subject = %message.subject,
+                        order_id = %envelope.order_id,
+                        correlation_id = %envelope.correlation_id,
+                    );
+                    let work: HandlerFuture =
+                        Box::pin(span.in_scope(|| handler(envelope.clone())).instrument(span));
+                    tokio::spawn(async move {
+                        finish_one(&context, spec, message, Some(envelope), work.await).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Redelivering an undecodable message can never succeed: park it.
+                    let error = HandlerError::Permanent(format!("undecodable message: {e}"));
+                    tokio::spawn(async move {
+                        finish_one(&context, spec, message, None, Err(error)).await;
+                        drop(permit);
+                    });
+                }
+            }
         }
         if sleep_or_shutdown(backoff, &shutdown).await {
             return;
@@ -147,57 +196,62 @@ pub async fn run_consumer(
     }
 }
 
-/// Decodes a message and starts its handler; `None` if the message was undecodable (terminated).
-async fn start_one(
-    spec: &ConsumerSpec,
-    message: &jetstream::Message,
-    handler: &MessageHandler,
-) -> Option<(Envelope, HandlerFuture)> {
-    match Envelope::from_json(&message.payload) {
-        Ok(envelope) => {
-            // Every log line of this message's handling carries the order and correlation ids.
-            let span = info_span!(
-                "message",
-                consumer = spec.durable,
-                subject = %message.subject,
-                order_id = %envelope.order_id,
-                correlation_id = %envelope.correlation_id,
-            );
-            let work = span.in_scope(|| handler(envelope.clone()));
-            Some((envelope, Box::pin(work.instrument(span))))
-        }
-        Err(e) => {
-            // Redelivering an undecodable message can never succeed.
-            error!(consumer = spec.durable, subject = %message.subject, error = %e, "undecodable message terminated");
-            let _ = message.ack_with(AckKind::Term).await;
-            None
-        }
-    }
-}
-
+/// Acks a handled message, naks a failed one for later, parks one that cannot succeed.
 async fn finish_one(
+    context: &ConsumerContext,
     spec: ConsumerSpec,
     message: jetstream::Message,
-    envelope: Envelope,
-    work: HandlerFuture,
+    envelope: Option<Envelope>,
+    result: Result<(), HandlerError>,
 ) {
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    let order_id = envelope.order_id;
-    let correlation_id = envelope.correlation_id;
-    match work.await {
+    let delivered = message
+        .info()
+        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let order_id = envelope
+        .as_ref()
+        .map(|e| e.order_id.to_string())
+        .unwrap_or_default();
+    let correlation_id = envelope
+        .as_ref()
+        .map(|e| e.correlation_id.to_string())
+        .unwrap_or_default();
+    let error = match result {
         Ok(()) => {
             if let Err(e) = message.ack().await {
                 warn!(consumer = spec.durable, %order_id, error = %e, "ack failed; the message will be redelivered and deduplicated");
             }
+            return;
         }
-        Err(e) if delivered >= MAX_DELIVER => {
-            error!(consumer = spec.durable, %order_id, %correlation_id, delivered, error = %e, "message keeps failing; giving up on it");
-            let _ = message.ack_with(AckKind::Term).await;
+        Err(HandlerError::Retry(e)) if !context.policy.exhausted(delivered) => {
+            let delay = context.policy.delay(delivered);
+            warn!(consumer = spec.durable, %order_id, %correlation_id, delivered, retry_in_ms = delay.as_millis() as u64, error = %e, "handler failed; redelivering later");
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
+        }
+        Err(e) => e,
+    };
+    let letter = DeadLetter {
+        consumer: spec.durable,
+        subject: message.subject.as_str(),
+        message_id: envelope.as_ref().map(|e| e.message_id),
+        order_id: envelope.as_ref().map(|e| e.order_id.as_uuid()),
+        correlation_id: envelope.as_ref().map(|e| e.correlation_id.as_str()),
+        payload: &message.payload,
+        error: &error.to_string(),
+        deliveries: i64::from(delivered),
+    };
+    match dead_letters::park(&context.pool, &letter).await {
+        Ok(()) => {
+            error!(consumer = spec.durable, %order_id, %correlation_id, delivered, error = %error, "message parked as a dead letter");
+            let _ = message.ack().await;
         }
         Err(e) => {
-            let delay = Duration::from_millis(100u64.saturating_mul(1 << delivered.clamp(0, 6)));
-            warn!(consumer = spec.durable, %order_id, %correlation_id, delivered, error = %e, "handler failed; redelivering later");
-            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            // Cannot park (database down): keep it in JetStream rather than lose it.
+            warn!(consumer = spec.durable, %order_id, error = %e, "cannot park a dead letter; redelivering later");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(context.policy.max_interval)))
+                .await;
         }
     }
 }

@@ -7,12 +7,16 @@
 mod consumer;
 pub use consumer::ensure_consumer;
 mod relay;
+mod retry;
+pub use retry::RetryPolicy;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-pub use consumer::{ConsumerSpec, MessageHandler, run_consumer};
+pub use consumer::{
+    ConsumerContext, ConsumerSpec, HandlerError, HandlerFuture, MessageHandler, run_consumer,
+};
 pub use relay::OutboxRelay;
 
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@
 //! instead of at the next poll.
 
 mod catalog;
+pub mod dead_letters;
 mod idempotency;
 mod ledger;
 pub mod outbox;
