@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: HTTP API plus the chosen roles (all of them by default).
-    Serve(Settings),
+    Serve(Box<Settings>),
     /// Run the Stripe-compatible fake server on its own (`serve` starts one in-process when no
     /// STRIPE_SECRET_KEY is configured).
     StripeFake(FakeSettings),

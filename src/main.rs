@@ -14,7 +14,7 @@ async fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Serve(settings) => {
             telemetry::init(settings.log_format);
-            let app = match Application::build(settings).await {
+            let app = match Application::build(*settings).await {
                 Ok(app) => app,
                 Err(e) => {
                     eprintln!("ordersaga could not start: {e}");
