@@ -105,6 +105,22 @@ impl TestNats {
     }
 }
 
+impl TestNats {
+    /// Stops the server (SIGKILL), keeping its store, as an outage would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
 impl Drop for TestNats {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -235,6 +251,14 @@ async fn start(settings: Settings) -> Started {
 }
 
 impl TestApp {
+    pub fn stop_nats(&mut self) {
+        self._nats.stop();
+    }
+
+    pub fn start_nats(&mut self) {
+        self._nats.restart();
+    }
+
     /// Stops the application (as a deploy or crash would) and starts a new one on the same
     /// database and NATS server. In-memory state is gone; only what was committed survives.
     pub async fn restart(&mut self) {

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod faults;
 mod inventory;
 mod orders;
 mod payments;
