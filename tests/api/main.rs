@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bad_input;
 mod faults;
 mod inventory;
 mod orders;
