@@ -23,10 +23,7 @@ pub fn handle() -> Option<PrometheusHandle> {
                     upkeep.run_upkeep();
                 }
             });
-            metrics::describe_counter!(
-                actors::payments::FAILURE_STREAK_ALERTS,
-                "Payment failure streaks that raised an alert"
-            );
+            actors::metrics::describe();
             Some(handle)
         })
         .clone()

@@ -8,6 +8,7 @@
 pub mod domain;
 pub mod events;
 pub mod inventory;
+pub mod metrics;
 pub mod orders;
 pub mod payments;
 pub mod ports;

@@ -8,6 +8,7 @@ mod inventory;
 mod json;
 mod orders;
 pub mod rate_limit;
+mod saga_metrics;
 mod webhooks;
 
 use axum::Router;
@@ -60,6 +61,7 @@ pub fn router(state: AppState) -> Router {
                 rate_limit::limit_orders,
             )),
         )
+        .route("/orders/metrics", get(saga_metrics::saga_metrics))
         .route("/orders/{id}", get(orders::get_order))
         .route("/inventory/products", get(inventory::list_products))
         .route(

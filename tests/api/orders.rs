@@ -220,3 +220,55 @@ async fn a_hundred_concurrent_orders_on_limited_stock_never_oversell() {
     );
     assert!(report.completed > 0);
 }
+
+#[tokio::test]
+async fn saga_figures_are_served_as_json_and_as_prometheus_metrics() {
+    let app = spawn_app().await;
+    app.put_product("MUG", 10, 100).await;
+    let ok = app.place(&[("MUG", 1)], "pm_card_visa").await;
+    let declined = app.place(&[("MUG", 1)], "pm_card_chargeDeclined").await;
+    let short = app.place(&[("MUG", 50)], "pm_card_visa").await;
+    for id in [&ok, &declined, &short] {
+        app.wait_terminal(id).await;
+    }
+    let (status, figures) = app.get_json("/orders/metrics").await;
+    assert_eq!(status, 200, "{figures}");
+    assert_eq!(figures["orders"]["total"], 3);
+    assert_eq!(figures["orders"]["by_status"]["COMPLETED"], 1);
+    assert_eq!(figures["orders"]["by_status"]["CANCELLED"], 2);
+    let success = figures["success_rate"].as_f64().unwrap_or(-1.0);
+    assert!((success - 1.0 / 3.0).abs() < 1e-9, "{figures}");
+    let compensation = figures["compensation_rate"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (compensation - 1.0 / 3.0).abs() < 1e-9,
+        "only the decline was compensated: {figures}"
+    );
+    assert!(
+        figures["duration_seconds"]["p99"]
+            .as_f64()
+            .is_some_and(|p| p >= 0.0)
+    );
+
+    // The Prometheus counters are process-wide (other tests add to them): they must exist and
+    // be at least this test's own figures.
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(value("order_saga_started_total") >= 3.0, "{text}");
+    assert!(value("order_saga_completed_total") >= 1.0);
+    assert!(value("order_saga_failed_total") >= 2.0);
+    assert!(value("order_saga_compensated_total") >= 1.0);
+    assert!(text.contains("order_saga_duration_seconds"), "{text}");
+}

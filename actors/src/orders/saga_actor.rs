@@ -120,6 +120,7 @@ impl OrderSagaState {
                 .clone()
                 .ok_or(SagaError::UnknownOrder(self.order_id));
         }
+        Self::record_metrics(None, &next);
         self.publish_status(&next);
         self.arm(&next);
         self.snapshot = Some(next.clone());
@@ -154,6 +155,7 @@ impl OrderSagaState {
             match self.deps.store.commit(&transition.next, &outbox).await {
                 Ok(()) => {
                     let status = transition.next.status;
+                    Self::record_metrics(self.snapshot.as_ref(), &transition.next);
                     self.publish_status(&transition.next);
                     if transition.next.deadline != current_deadline {
                         self.arm(&transition.next);
@@ -176,6 +178,43 @@ impl OrderSagaState {
         Err(SagaError::Store(StoreError::Unavailable(
             "too many concurrent writers for one order".into(),
         )))
+    }
+
+    /// Counts what a committed transition means for the saga metrics.
+    fn record_metrics(previous: Option<&OrderState>, next: &OrderState) {
+        use crate::metrics as m;
+        match previous {
+            None => metrics::counter!(m::SAGA_STARTED).increment(1),
+            Some(before) => {
+                if before.compensation.is_none() && next.compensation.is_some() {
+                    metrics::counter!(m::SAGA_COMPENSATED).increment(1);
+                }
+                let timed_out = next
+                    .history
+                    .last()
+                    .and_then(|h| h.reason.as_deref())
+                    .is_some_and(|r| r.contains("timed out"));
+                if timed_out && next.history.len() > before.history.len() {
+                    let step = if before.status == crate::saga::OrderStatus::Pending {
+                        "inventory"
+                    } else {
+                        "payment"
+                    };
+                    metrics::counter!(m::SAGA_TIMEOUTS, "step" => step).increment(1);
+                }
+                if !before.is_terminal() && next.is_terminal() {
+                    let name = if next.status == crate::saga::OrderStatus::Completed {
+                        m::SAGA_COMPLETED
+                    } else {
+                        m::SAGA_FAILED
+                    };
+                    metrics::counter!(name).increment(1);
+                    let seconds =
+                        (next.updated_at - next.created_at).num_milliseconds() as f64 / 1000.0;
+                    metrics::histogram!(m::SAGA_DURATION).record(seconds.max(0.0));
+                }
+            }
+        }
     }
 
     fn publish_status(&self, next: &OrderState) {

@@ -1,0 +1,61 @@
+//! `GET /orders/metrics`: the saga figures as JSON, computed from the snapshots (so they cover
+//! every process and survive restarts): counts by status, success and compensation rates, and
+//! p50/p95/p99 of the time from placement to a finished order's last change.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+
+pub async fn saga_metrics(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM order_snapshots GROUP BY status")
+            .fetch_all(&state.pool)
+            .await?;
+    let compensated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM order_snapshots WHERE status = 'CANCELLED' AND jsonb_typeof(state->'compensation') = 'object'",
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    let percentiles: (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.95) WITHIN GROUP (ORDER BY d),
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY d)
+         FROM (SELECT extract(epoch FROM updated_at - created_at)::float8 AS d FROM order_snapshots
+               WHERE status IN ('COMPLETED', 'CANCELLED')) AS finished",
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    let count = |s: &str| {
+        by_status
+            .iter()
+            .find(|(status, _)| status == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let (completed, cancelled) = (count("COMPLETED"), count("CANCELLED"));
+    let finished = completed + cancelled;
+    let rate = |n: i64| {
+        if finished == 0 {
+            Value::Null
+        } else {
+            json!(n as f64 / finished as f64)
+        }
+    };
+    let statuses: serde_json::Map<String, Value> = [
+        "PENDING",
+        "STOCK_RESERVED",
+        "PAYMENT_PROCESSING",
+        "COMPLETED",
+        "CANCELLED",
+    ]
+    .into_iter()
+    .map(|s| (s.to_owned(), json!(count(s))))
+    .collect();
+    Ok(Json(json!({
+        "orders": {"total": by_status.iter().map(|(_, n)| n).sum::<i64>(), "by_status": statuses},
+        "success_rate": rate(completed),
+        "compensation_rate": rate(compensated),
+        "duration_seconds": {"p50": percentiles.0, "p95": percentiles.1, "p99": percentiles.2},
+    })))
+}
