@@ -303,3 +303,61 @@ async fn concurrent_reservations_of_one_sku_through_the_shards_never_exceed_the_
     }
     assert_eq!((reserved, refused), (10, 30));
 }
+
+#[tokio::test]
+async fn the_sweeper_releases_expired_reservations_once_and_says_so() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-1", 5)]));
+    let shards = spawn_shards(2, &ledger).await;
+    let order_id = OrderId::new();
+    let created = order_created(order_id, &[("SKU-1", 2)]);
+    shards
+        .on_message(&created)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ledger.stock("SKU-1").reserved, 2);
+
+    // Not yet due: nothing happens.
+    let now = shards
+        .sweep_expired(ledger.as_ref(), 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(now, 0);
+    // Sixteen minutes later (TTL 15 min) the reservation is released and announced.
+    let later = InventoryShards::spawn(
+        2,
+        ledger.clone(),
+        Arc::new(FixedClock(t0() + chrono::Duration::minutes(16))),
+        TTL,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        later
+            .sweep_expired(ledger.as_ref(), 100)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        1
+    );
+    assert_eq!(ledger.stock("SKU-1").reserved, 0);
+    assert_eq!(
+        ledger.subjects(order_id).last().copied(),
+        Some(subjects::INVENTORY_RELEASED)
+    );
+    let released = ledger
+        .outbox()
+        .into_iter()
+        .rev()
+        .find(|e| e.order_id == order_id);
+    match released.map(|e| e.body) {
+        Some(EventBody::InventoryReleased(r)) => assert_eq!(r.reason, "reservation expired"),
+        other => panic!("expected inventory.released.v1, got {other:?}"),
+    }
+    // A second sweep finds nothing left to release.
+    assert_eq!(
+        later
+            .sweep_expired(ledger.as_ref(), 100)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        0
+    );
+}

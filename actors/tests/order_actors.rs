@@ -404,3 +404,74 @@ async fn status_changes_are_broadcast_for_waiters() {
         }
     );
 }
+
+/// A clock the test moves forward.
+struct MovableClock(std::sync::Mutex<chrono::DateTime<chrono::Utc>>);
+
+impl actors::ports::Clock for MovableClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[tokio::test]
+async fn the_supervisor_fires_a_deadline_and_the_saga_times_out() {
+    use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps};
+    use ractor::Actor;
+
+    let store = std::sync::Arc::new(common::snapshots::InMemorySnapshotStore::default());
+    let clock = std::sync::Arc::new(MovableClock(std::sync::Mutex::new(common::t0())));
+    let (status_changes, _) = tokio::sync::broadcast::channel(16);
+    let deps = SagaDeps {
+        store: store.clone(),
+        clock: clock.clone(),
+        status_changes,
+        timeouts: actors::saga::StepTimeouts {
+            inventory_ms: 1_000,
+            payment_ms: 2_000,
+        },
+    };
+    let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let orders = OrderSupervisorHandle::new(supervisor, std::time::Duration::from_secs(5));
+    let order = orders
+        .place(common::new_order())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        order.deadline,
+        Some(common::t0() + chrono::Duration::seconds(1))
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while orders.armed_timers().await.unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the placement armed no timer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Inventory never answers; time passes the deadline.
+    *clock.0.lock().unwrap_or_else(|p| p.into_inner()) =
+        common::t0() + chrono::Duration::seconds(2);
+    let cancelled = loop {
+        let state = store.get(order.order_id);
+        if let Some(s) = state.filter(|s| s.is_terminal()) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deadline never fired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        cancelled.cancel_reason.as_deref(),
+        Some("inventory step timed out after 1s")
+    );
+    assert_eq!(
+        orders.armed_timers().await.unwrap_or(99),
+        0,
+        "the fired timer is gone"
+    );
+}
