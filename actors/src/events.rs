@@ -1,8 +1,8 @@
 //! The messages that travel over NATS JetStream: one JSON envelope, versioned subjects.
 //!
 //! The subject of a message is its type (`order.created.v1`); a breaking change gets a new `.v2`
-//! subject. Consumers terminate messages of types they do not know, so they must learn `.v2`
-//! before producers start sending it. Every envelope carries the order id, the
+//! subject. Consumers park messages of types they do not know as dead letters, so they must
+//! learn `.v2` before producers start sending it. Every envelope carries the order id, the
 //! correlation id and a unique message id, which doubles as JetStream's `Nats-Msg-Id` dedup key.
 //! Commands the saga sends (`payment.requested.v1`, `inventory.release_requested.v1`) use the same
 //! envelope; they are named as requests so they can never be mistaken for facts.
@@ -245,7 +245,8 @@ pub struct PaymentRefundRequested {
 /// not succeeded. A success that still happens is refunded through the late-payment path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentCancelRequested {
-    /// `None` if the charge's id is not known yet (the payment role looks it up by attempt).
+    /// `None` if the charge's id is not known yet: nothing can be canceled then, and a charge
+    /// that still happens is refunded through the late-payment path.
     pub payment_reference: Option<String>,
     pub attempt: u32,
     pub reason: String,

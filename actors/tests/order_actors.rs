@@ -415,7 +415,7 @@ impl actors::ports::Clock for MovableClock {
 }
 
 #[tokio::test]
-async fn the_supervisor_fires_a_deadline_and_the_saga_times_out() {
+async fn the_supervisor_fires_a_deadline_retries_it_through_an_outage_and_the_saga_times_out() {
     use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps};
     use ractor::Actor;
 

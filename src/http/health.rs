@@ -11,18 +11,29 @@ use serde_json::json;
 
 use super::AppState;
 
+/// Longest a readiness probe waits for one dependency.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 pub async fn ready(State(state): State<AppState>) -> Response {
     let started = Instant::now();
-    let postgres = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&state.pool)
-        .await;
+    let postgres = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
+    )
+    .await
+    .map_err(|_| ())
+    .and_then(|r| r.map_err(|_| ()));
     let postgres_ms = started.elapsed().as_secs_f64() * 1000.0;
     let started = Instant::now();
-    let nats = state.nats.flush().await;
+    // Bounded: during an outage the flush would otherwise wait for the reconnect.
+    let nats = tokio::time::timeout(PROBE_TIMEOUT, state.nats.flush())
+        .await
+        .map_err(|_| ())
+        .and_then(|r| r.map_err(|_| ()));
     let nats_ms = started.elapsed().as_secs_f64() * 1000.0;
     let check =
         |ok: bool, ms: f64| json!({"status": if ok { "up" } else { "down" }, "latency_ms": ms});
@@ -33,7 +44,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     });
     if let Some(payments) = &state.payments {
         let started = Instant::now();
-        let stripe = payments.stripe.ping().await;
+        let stripe = tokio::time::timeout(PROBE_TIMEOUT, payments.stripe.ping())
+            .await
+            .map_err(|_| ())
+            .and_then(|r| r.map_err(|_| ()));
         checks["stripe"] = check(stripe.is_ok(), started.elapsed().as_secs_f64() * 1000.0);
         checks["stripe"]["api_base"] = json!(payments.stripe.api_base());
         ready &= stripe.is_ok();

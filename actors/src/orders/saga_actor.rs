@@ -70,6 +70,9 @@ impl Actor for OrderSagaActor {
             }
             OrderSagaMessage::Handle(event, reply) => {
                 let result = state.handle(&event).await;
+                if let SagaEvent::DeadlinePassed { deadline } = &event {
+                    state.after_timer(*deadline, &result);
+                }
                 let _ = reply.send(result);
             }
         }
@@ -93,6 +96,39 @@ impl OrderSagaState {
             }
         }
         Ok(())
+    }
+
+    /// A timer that could not be handled is retried; one that timed a step out is counted.
+    fn after_timer(
+        &self,
+        deadline: chrono::DateTime<chrono::Utc>,
+        result: &Result<Delivery, SagaError>,
+    ) {
+        match result {
+            Err(_) => {
+                if let Some(supervisor) = &self.supervisor {
+                    let _ = supervisor
+                        .send_message(SupervisorMessage::RetryTimer(self.order_id, deadline));
+                }
+            }
+            Ok(Delivery::Applied(_)) => {
+                // Which step timed out: the status before the timer (kept in the history).
+                let step = self
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| s.history.iter().rev().nth(1))
+                    .map(|h| {
+                        if h.status == crate::saga::OrderStatus::Pending {
+                            "inventory"
+                        } else {
+                            "payment"
+                        }
+                    })
+                    .unwrap_or("payment");
+                metrics::counter!(crate::metrics::SAGA_TIMEOUTS, "step" => step).increment(1);
+            }
+            Ok(Delivery::Ignored(_)) => {}
+        }
     }
 
     /// Asks the supervisor to fire this order's current deadline, if it has one.
@@ -188,19 +224,6 @@ impl OrderSagaState {
             Some(before) => {
                 if before.compensation.is_none() && next.compensation.is_some() {
                     metrics::counter!(m::SAGA_COMPENSATED).increment(1);
-                }
-                let timed_out = next
-                    .history
-                    .last()
-                    .and_then(|h| h.reason.as_deref())
-                    .is_some_and(|r| r.contains("timed out"));
-                if timed_out && next.history.len() > before.history.len() {
-                    let step = if before.status == crate::saga::OrderStatus::Pending {
-                        "inventory"
-                    } else {
-                        "payment"
-                    };
-                    metrics::counter!(m::SAGA_TIMEOUTS, "step" => step).increment(1);
                 }
                 if !before.is_terminal() && next.is_terminal() {
                     let name = if next.status == crate::saga::OrderStatus::Completed {

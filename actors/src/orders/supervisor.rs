@@ -28,11 +28,16 @@ pub enum SupervisorMessage {
     /// Deliver `DeadlinePassed` to the order when its deadline comes (sent by saga actors after
     /// each commit, and in bulk at start-up for every live order: crash recovery).
     Arm(Vec<(OrderId, DateTime<Utc>)>),
+    /// A timer whose handling failed (the store was down): fire it again a little later.
+    RetryTimer(OrderId, DateTime<Utc>),
     /// Number of armed timers (inspection, tests).
     ArmedTimers(RpcReplyPort<usize>),
     /// Periodic: fire due timers.
     Tick,
 }
+
+/// (when to fire, order, the deadline to report), ordered by firing time.
+type Timer = (DateTime<Utc>, OrderId, DateTime<Utc>);
 
 /// How often due timers are checked: the resolution of step timeouts.
 const TICK: Duration = Duration::from_millis(100);
@@ -44,7 +49,8 @@ pub struct SupervisorState {
     restarts: u64,
     /// Timers of every live order, earliest first. Small entries, not actors: an order waiting
     /// for its deadline needs no actor in memory (it is rehydrated when the timer fires).
-    deadlines: BinaryHeap<Reverse<(DateTime<Utc>, OrderId)>>,
+    /// Entries are (when to fire, order, the deadline to report).
+    deadlines: BinaryHeap<Reverse<Timer>>,
 }
 
 impl Actor for OrderSupervisor {
@@ -79,24 +85,32 @@ impl Actor for OrderSupervisor {
                 let _ = reply.send(state.children.len());
             }
             SupervisorMessage::Arm(timers) => {
-                state
-                    .deadlines
-                    .extend(timers.into_iter().map(|(order, at)| Reverse((at, order))));
+                state.deadlines.extend(
+                    timers
+                        .into_iter()
+                        .map(|(order, at)| Reverse((at, order, at))),
+                );
+            }
+            SupervisorMessage::RetryTimer(order, deadline) => {
+                let retry_at = state.deps.clock.now() + chrono::Duration::seconds(1);
+                state.deadlines.push(Reverse((retry_at, order, deadline)));
             }
             SupervisorMessage::ArmedTimers(reply) => {
                 let _ = reply.send(state.deadlines.len());
             }
             SupervisorMessage::Tick => {
                 let now = state.deps.clock.now();
-                while let Some(Reverse((at, order_id))) = state.deadlines.peek().copied() {
-                    if at > now {
+                while let Some(Reverse((fire_at, order_id, deadline))) =
+                    state.deadlines.peek().copied()
+                {
+                    if fire_at > now {
                         break;
                     }
                     state.deadlines.pop();
-                    // Nobody waits for the answer: a failed delivery is retried by the saga's
-                    // own re-arm on its next load, and a stale timer is ignored by the saga.
+                    // Nobody waits for the answer: the saga asks for a retry if it could not
+                    // handle the timer, and ignores a stale one.
                     let (tx, _rx) = tokio::sync::oneshot::channel();
-                    let event = SagaEvent::DeadlinePassed { deadline: at };
+                    let event = SagaEvent::DeadlinePassed { deadline };
                     state
                         .route(
                             &myself,

@@ -150,7 +150,7 @@ pub fn start_with_timeouts(
             reason: Some("order placed".into()),
         }],
         timeouts,
-        deadline: Some(now + timeouts.inventory()),
+        deadline: Some(deadline_after(now, timeouts.inventory())),
     };
     Transition {
         next,
@@ -270,6 +270,13 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
     }
 }
 
+/// `now + step`, at the microsecond precision Postgres stores, so the deadline in the snapshot's
+/// JSON and in the `deadline` column (read back by crash recovery) are the same instant.
+fn deadline_after(now: DateTime<Utc>, step: chrono::Duration) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    (now + step).trunc_subsecs(6)
+}
+
 fn apply(next: OrderState, bodies: Vec<EventBody>) -> Decision {
     Decision::Apply(Box::new(Transition {
         next,
@@ -292,9 +299,9 @@ fn advance(
     bump(&mut next, now);
     next.status = to;
     next.deadline = match to {
-        OrderStatus::Pending => Some(now + state.timeouts.inventory()),
+        OrderStatus::Pending => Some(deadline_after(now, state.timeouts.inventory())),
         // Entering the payment step starts its clock; PAYMENT_PROCESSING is the same step.
-        OrderStatus::StockReserved => Some(now + state.timeouts.payment()),
+        OrderStatus::StockReserved => Some(deadline_after(now, state.timeouts.payment())),
         OrderStatus::PaymentProcessing => state.deadline,
         OrderStatus::Completed | OrderStatus::Cancelled => None,
     };
@@ -348,7 +355,7 @@ fn compensate_payment(
         reason: reason.clone(),
         started_at: now,
     });
-    next.deadline = Some(now + state.timeouts.inventory());
+    next.deadline = Some(deadline_after(now, state.timeouts.inventory()));
     next.history.push(HistoryEntry {
         status: state.status,
         at: now,
@@ -416,7 +423,7 @@ fn on_deadline(state: &OrderState, deadline: DateTime<Utc>, now: DateTime<Utc>) 
             // Inventory has not confirmed the release: ask again, and keep waiting.
             let mut next = state.clone();
             bump(&mut next, now);
-            next.deadline = Some(now + state.timeouts.inventory());
+            next.deadline = Some(deadline_after(now, state.timeouts.inventory()));
             next.history.push(HistoryEntry {
                 status: state.status,
                 at: now,

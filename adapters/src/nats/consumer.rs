@@ -75,7 +75,7 @@ pub struct ConsumerContext {
 /// Messages handled at once per consumer.
 const IN_FLIGHT: usize = 256;
 
-fn config(spec: &ConsumerSpec, policy: &RetryPolicy) -> pull::Config {
+fn config(spec: &ConsumerSpec, _policy: &RetryPolicy) -> pull::Config {
     pull::Config {
         durable_name: Some(spec.durable.to_owned()),
         filter_subject: spec.filter.to_owned(),
@@ -85,9 +85,10 @@ fn config(spec: &ConsumerSpec, policy: &RetryPolicy) -> pull::Config {
         // No server-side `backoff` list: nats-server 2.9 lets it override the delays of our naks,
         // and the step's retry policy is what should decide them.
         ack_wait: Duration::from_secs(30),
-        // One more than the policy allows, so the server never silently stops delivering a
-        // message before this code had the chance to park it.
-        max_deliver: i64::from(policy.max_attempts) + 1,
+        // Unlimited: this code decides when to give up (the step's retry policy) and parks the
+        // message; if parking fails (database down) it naks and tries again later. A server-side
+        // limit would silently drop a message in that case.
+        max_deliver: -1,
         max_ack_pending: 4096,
         ..Default::default()
     }

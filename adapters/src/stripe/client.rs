@@ -261,7 +261,8 @@ impl StripeClient {
             let mut request = self
                 .http
                 .request(method.clone(), &url)
-                .bearer_auth(&self.config.secret_key);
+                .bearer_auth(&self.config.secret_key)
+                .header("Stripe-Version", STRIPE_API_VERSION);
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
             }

@@ -110,8 +110,9 @@ impl WebhookInbox {
     }
 }
 
-/// Webhook events processed at once.
-const IN_FLIGHT: usize = 64;
+/// Webhook events processed at once (each holds a database connection while it runs, so this
+/// stays well below the pool size).
+const IN_FLIGHT: usize = 8;
 
 async fn outcome_of(
     service: &PaymentService,
