@@ -217,6 +217,10 @@ pub struct Settings {
     #[arg(long, env = "PAYMENT_FAILURE_STREAK_ALERT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub payment_failure_streak_alert: u32,
 
+    /// Bearer token for the operators' inspection API (`/actors/...`); unset closes it.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
     /// Log output: JSON lines (default) or human-readable.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,

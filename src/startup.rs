@@ -326,6 +326,8 @@ impl Application {
             status_changes,
             nats,
             payments: payment_http,
+            shards: shards.clone(),
+            admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
             order_rate_limit: http::rate_limit::OrderRateLimit::new(
                 settings.order_rate_limit_per_sec,
                 settings.order_rate_limit_burst,

@@ -2,6 +2,7 @@
 //! stores, and map every failure through the single `ApiError` type, so each error has the same
 //! JSON shape: `{"error":{"code","message","field"}}`.
 
+mod admin;
 mod error;
 mod health;
 mod inventory;
@@ -37,6 +38,10 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// `None` when this process does not run the payment role.
     pub payments: Option<PaymentHttp>,
+    /// `None` when this process does not run the inventory role.
+    pub shards: Option<actors::inventory::InventoryShards>,
+    /// The operators' bearer token; `None` closes the admin API.
+    pub admin_token: Option<String>,
     /// `None` when order placement is not rate limited.
     pub order_rate_limit: Option<std::sync::Arc<rate_limit::OrderRateLimit>>,
 }
@@ -53,7 +58,17 @@ pub struct PaymentHttp {
 pub const MAX_WEBHOOK_BYTES: usize = 512 * 1024;
 
 pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/actors", get(admin::overview))
+        .route("/actors/stuck", get(admin::stuck))
+        .route("/actors/orders/{id}", get(admin::order))
+        .route("/actors/inventory/{sku}", get(admin::inventory))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin,
+        ));
     Router::new()
+        .merge(admin)
         .route(
             "/orders",
             post(orders::place_order).layer(axum::middleware::from_fn_with_state(

@@ -5,6 +5,7 @@ mod helpers;
 
 mod bad_input;
 mod faults;
+mod inspection;
 mod inventory;
 mod orders;
 mod payments;

@@ -80,6 +80,16 @@ impl OrderSupervisorHandle {
         self.call(SupervisorMessage::LiveOrders).await
     }
 
+    /// The in-memory state of the order's actor, if one is live.
+    pub async fn inspect(&self, order_id: OrderId) -> Result<Option<OrderState>, SagaError> {
+        self.call(move |reply| SupervisorMessage::InspectOrder(order_id, reply))
+            .await
+    }
+
+    pub async fn overview(&self) -> Result<super::supervisor::SupervisorOverview, SagaError> {
+        self.call(SupervisorMessage::Overview).await
+    }
+
     pub async fn armed_timers(&self) -> Result<usize, SagaError> {
         self.call(SupervisorMessage::ArmedTimers).await
     }

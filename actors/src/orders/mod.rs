@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 pub use handle::OrderSupervisorHandle;
 pub use saga_actor::{OrderSagaActor, OrderSagaMessage};
-pub use supervisor::{OrderSupervisor, SupervisorMessage};
+pub use supervisor::{OrderSupervisor, SupervisorMessage, SupervisorOverview};
 
 use crate::domain::OrderId;
 use crate::ports::{OrderSnapshotStore, SharedClock, StoreError};

@@ -24,6 +24,8 @@ pub enum OrderSagaMessage {
     Start(NewOrder, RpcReplyPort<Result<OrderState, SagaError>>),
     /// React to an event about this order.
     Handle(SagaEvent, RpcReplyPort<Result<Delivery, SagaError>>),
+    /// The state this actor holds in memory right now (`None` if not loaded yet).
+    Inspect(RpcReplyPort<Option<OrderState>>),
 }
 
 pub struct OrderSagaState {
@@ -67,6 +69,11 @@ impl Actor for OrderSagaActor {
             OrderSagaMessage::Start(order, reply) => {
                 let result = state.start(order).await;
                 let _ = reply.send(result);
+            }
+            OrderSagaMessage::Inspect(reply) => {
+                let _ = reply.send(state.snapshot.clone());
+                // Inspecting must not keep an idle actor alive or stop a live one.
+                return Ok(());
             }
             OrderSagaMessage::Handle(event, reply) => {
                 let result = state.handle(&event).await;

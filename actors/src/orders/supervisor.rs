@@ -17,7 +17,7 @@ use tracing::{error, warn};
 use super::saga_actor::{OrderSagaActor, OrderSagaMessage};
 use super::{SagaDeps, SagaError};
 use crate::domain::OrderId;
-use crate::saga::SagaEvent;
+use crate::saga::{OrderState, SagaEvent};
 
 pub struct OrderSupervisor;
 
@@ -32,8 +32,21 @@ pub enum SupervisorMessage {
     RetryTimer(OrderId, DateTime<Utc>),
     /// Number of armed timers (inspection, tests).
     ArmedTimers(RpcReplyPort<usize>),
+    /// The in-memory state of a live order actor; `None` if the order has no live actor.
+    InspectOrder(OrderId, RpcReplyPort<Option<OrderState>>),
+    /// Figures about the supervisor itself.
+    Overview(RpcReplyPort<SupervisorOverview>),
     /// Periodic: fire due timers.
     Tick,
+}
+
+/// What `GET /actors` shows about the order supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SupervisorOverview {
+    pub live_order_actors: usize,
+    pub armed_timers: usize,
+    pub next_timer: Option<DateTime<Utc>>,
+    pub restarts: u64,
 }
 
 /// (when to fire, order, the deadline to report), ordered by firing time.
@@ -97,6 +110,27 @@ impl Actor for OrderSupervisor {
             }
             SupervisorMessage::ArmedTimers(reply) => {
                 let _ = reply.send(state.deadlines.len());
+            }
+            SupervisorMessage::InspectOrder(order_id, reply) => match state.children.get(&order_id)
+            {
+                Some(child) => {
+                    if let Err(MessagingErr::SendErr(OrderSagaMessage::Inspect(reply))) =
+                        child.send_message(OrderSagaMessage::Inspect(reply))
+                    {
+                        let _ = reply.send(None);
+                    }
+                }
+                None => {
+                    let _ = reply.send(None);
+                }
+            },
+            SupervisorMessage::Overview(reply) => {
+                let _ = reply.send(SupervisorOverview {
+                    live_order_actors: state.children.len(),
+                    armed_timers: state.deadlines.len(),
+                    next_timer: state.deadlines.peek().map(|Reverse((at, _, _))| *at),
+                    restarts: state.restarts,
+                });
             }
             SupervisorMessage::Tick => {
                 let now = state.deps.clock.now();
@@ -219,6 +253,9 @@ fn fail(msg: OrderSagaMessage, reason: String) {
         }
         OrderSagaMessage::Handle(_, reply) => {
             let _ = reply.send(Err(SagaError::ActorUnavailable(reason)));
+        }
+        OrderSagaMessage::Inspect(reply) => {
+            let _ = reply.send(None);
         }
     }
 }

@@ -1,0 +1,176 @@
+//! Actor inspection for operators, behind the `ADMIN_TOKEN` bearer token (401 without it; the
+//! whole surface is closed when no token is configured):
+//! - `GET /actors`: the supervisor (live order actors, armed timers, restarts), live sagas by
+//!   status, and the inventory shards;
+//! - `GET /actors/orders/{id}`: the live in-memory state of an order's actor, or its snapshot
+//!   marked `passivated` when no actor is live;
+//! - `GET /actors/inventory/{sku}`: the owning shard, stock and active reservations;
+//! - `GET /actors/stuck`: live sagas whose current step is past its deadline.
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use actors::domain::{OrderId, Sku};
+use adapters::postgres::snapshots::read_snapshot;
+
+use super::{ApiError, AppState};
+
+/// Checks `Authorization: Bearer <ADMIN_TOKEN>` in constant time.
+pub async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let allowed = match (&state.admin_token, presented) {
+        (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
+        _ => false,
+    };
+    if allowed {
+        return next.run(request).await;
+    }
+    let message = if state.admin_token.is_none() {
+        "the admin API is disabled: set ADMIN_TOKEN to enable it"
+    } else {
+        "a valid admin bearer token is required"
+    };
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+pub async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let supervisor = match &state.orders {
+        Some(orders) => Some(orders.overview().await?),
+        None => None,
+    };
+    let live: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM order_snapshots WHERE status NOT IN ('COMPLETED', 'CANCELLED') GROUP BY status",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let live_by_status: serde_json::Map<String, Value> =
+        live.into_iter().map(|(s, n)| (s, json!(n))).collect();
+    let shards = state.shards.as_ref().map(|s| s.shard_count());
+    Ok(Json(json!({
+        "order_supervisor": supervisor,
+        "live_sagas_by_status": live_by_status,
+        "inventory": shards.map(|count| json!({"shards": count})),
+    })))
+}
+
+pub async fn order(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let order_id = OrderId::parse(&raw).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()).with_field("order_id")
+    })?;
+    let live = match &state.orders {
+        Some(orders) => orders.inspect(order_id).await?,
+        None => None,
+    };
+    let (state_json, source) = match live {
+        Some(live) => (live, "live"),
+        None => (
+            read_snapshot(&state.pool, order_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("order {order_id} does not exist")))?,
+            "passivated",
+        ),
+    };
+    let now = Utc::now();
+    let pending_timer = state_json
+        .deadline
+        .map(|d| json!({"deadline": d, "overdue": d < now}));
+    let step = match (
+        state_json.status.as_str(),
+        state_json.compensation.is_some(),
+    ) {
+        (_, true) if !state_json.is_terminal() => "compensation (waiting for the stock release)",
+        ("PENDING", _) => "inventory (waiting for the reservation)",
+        ("STOCK_RESERVED" | "PAYMENT_PROCESSING", _) => "payment (waiting for the outcome)",
+        _ => "none (finished)",
+    };
+    let attempt = state_json.payment.as_ref().map(|p| p.attempt);
+    let last_error = state_json.payment.as_ref().and_then(|p| p.failure.clone());
+    Ok(Json(json!({
+        "source": source,
+        "order_id": order_id,
+        "status": state_json.status.as_str(),
+        "version": state_json.version,
+        "current_step": step,
+        "payment_attempt": attempt,
+        "pending_timer": pending_timer,
+        "last_error": last_error,
+        "state": state_json,
+    })))
+}
+
+pub async fn inventory(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let sku = Sku::parse(&raw).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()).with_field("sku")
+    })?;
+    let product = state
+        .catalog
+        .get(&sku)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no product with SKU {sku}")))?;
+    let reservations: Vec<(uuid::Uuid, i32, DateTime<Utc>, String)> = sqlx::query_as(
+        "SELECT order_id, quantity, expires_at, correlation_id FROM stock_reservations
+         WHERE sku = $1 AND status = 'RESERVED' ORDER BY expires_at LIMIT 1000",
+    )
+    .bind(sku.as_str())
+    .fetch_all(&state.pool)
+    .await?;
+    let reservations: Vec<Value> = reservations
+        .into_iter()
+        .map(|(order_id, quantity, expires_at, correlation_id)| {
+            json!({"order_id": order_id, "quantity": quantity, "expires_at": expires_at, "correlation_id": correlation_id})
+        })
+        .collect();
+    Ok(Json(json!({
+        "sku": sku,
+        "owning_shard": state.shards.as_ref().map(|s| s.shard_of(&sku)),
+        "on_hand": product.on_hand,
+        "reserved": product.reserved,
+        "available": product.available,
+        "low_stock_threshold": product.low_stock_threshold,
+        "active_reservations": reservations,
+    })))
+}
+
+pub async fn stuck(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let rows: Vec<(uuid::Uuid, String, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT order_id, status, deadline, updated_at FROM order_snapshots
+         WHERE status NOT IN ('COMPLETED', 'CANCELLED') AND (deadline IS NULL OR deadline < now())
+         ORDER BY deadline NULLS FIRST LIMIT 500",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let now = Utc::now();
+    let stuck: Vec<Value> = rows
+        .into_iter()
+        .map(|(order_id, status, deadline, updated_at)| {
+            let overdue = deadline.map(|d| (now - d).num_milliseconds() as f64 / 1000.0);
+            json!({"order_id": order_id, "status": status, "deadline": deadline, "overdue_seconds": overdue, "in_status_since": updated_at})
+        })
+        .collect();
+    Ok(Json(json!({"count": stuck.len(), "stuck": stuck})))
+}
