@@ -5,7 +5,9 @@
 //! - `GET /actors/orders/{id}`: the live in-memory state of an order's actor, or its snapshot
 //!   marked `passivated` when no actor is live;
 //! - `GET /actors/inventory/{sku}`: the owning shard, stock and active reservations;
-//! - `GET /actors/stuck`: live sagas whose current step is past its deadline.
+//! - `GET /actors/stuck`: live sagas whose current step is past its deadline;
+//! - `POST /actors/orders/{id}/retry` and `/cancel` (`{"by","reason"}`): run the current step
+//!   again now, or compensate and cancel; both recorded in the order's history with who and why.
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
@@ -173,4 +175,80 @@ pub async fn stuck(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         })
         .collect();
     Ok(Json(json!({"count": stuck.len(), "stuck": stuck})))
+}
+
+/// Who acts and why: recorded in the order's history.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorAction {
+    by: String,
+    reason: String,
+}
+
+fn checked(field: &'static str, value: &str) -> Result<String, ApiError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 200 || trimmed.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            field,
+            "must be 1 to 200 printable characters",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+async fn act(
+    state: &AppState,
+    raw: &str,
+    action: OperatorAction,
+    retry: bool,
+) -> Result<Json<Value>, ApiError> {
+    let order_id = OrderId::parse(raw).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()).with_field("order_id")
+    })?;
+    let by = checked("by", &action.by)?;
+    let reason = checked("reason", &action.reason)?;
+    let Some(orders) = &state.orders else {
+        return Err(ApiError::unavailable(
+            "this process does not run the order role",
+        ));
+    };
+    let event = if retry {
+        actors::saga::SagaEvent::OperatorRetry {
+            by: by.clone(),
+            reason: reason.clone(),
+        }
+    } else {
+        actors::saga::SagaEvent::OperatorCancel {
+            by: by.clone(),
+            reason: reason.clone(),
+        }
+    };
+    tracing::info!(%order_id, operator = %by, %reason, retry, "operator action");
+    match orders.deliver(order_id, event).await? {
+        actors::orders::Delivery::Applied(status) => Ok(Json(
+            json!({"order_id": order_id, "applied": true, "status": status.as_str()}),
+        )),
+        actors::orders::Delivery::Ignored(why) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "not_applicable", why))
+        }
+    }
+}
+
+/// `POST /actors/orders/{id}/retry`: run the current step again now.
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    super::json::JsonBody(action): super::json::JsonBody<OperatorAction>,
+) -> Result<Json<Value>, ApiError> {
+    act(&state, &raw, action, true).await
+}
+
+/// `POST /actors/orders/{id}/cancel`: compensate and cancel.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    super::json::JsonBody(action): super::json::JsonBody<OperatorAction>,
+) -> Result<Json<Value>, ApiError> {
+    act(&state, &raw, action, false).await
 }

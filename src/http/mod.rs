@@ -63,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/actors/stuck", get(admin::stuck))
         .route("/actors/orders/{id}", get(admin::order))
         .route("/actors/inventory/{sku}", get(admin::inventory))
+        .route("/actors/orders/{id}/retry", post(admin::retry))
+        .route("/actors/orders/{id}/cancel", post(admin::cancel))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,

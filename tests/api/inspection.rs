@@ -153,3 +153,121 @@ async fn inspection_shows_the_state_a_saga_is_really_in() {
             .is_some_and(|s| s > 3000.0)
     );
 }
+
+async fn admin_post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+    let response = app
+        .http
+        .post(format!("{}{path}", app.base))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn operators_can_force_cancel_and_retry_a_stuck_order_end_to_end() {
+    let app = spawn_app_with(|s| s.admin_token = TOKEN.parse().ok()).await;
+    app.put_product("MUG", 10, 100).await;
+    let stuck = app.place(&[("MUG", 3)], "pm_fake_no_webhook").await;
+    eventually(
+        Duration::from_secs(15),
+        "the order to wait for its payment",
+        || async {
+            let (_, o) = app.get_json(&format!("/orders/{stuck}")).await;
+            (o["status"] == "PAYMENT_PROCESSING").then_some(())
+        },
+    )
+    .await;
+
+    // Retry: the payment request is re-sent; the provider's idempotency key makes it harmless.
+    let (status, body) = admin_post(
+        &app,
+        &format!("/actors/orders/{stuck}/retry"),
+        serde_json::json!({"by": "alice", "reason": "webhook lost?"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["applied"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    let (_, order) = app.get_json(&format!("/orders/{stuck}")).await;
+    let last = order["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("retried by operator alice: webhook lost?")),
+        "{last}"
+    );
+
+    // Force cancel: the stock comes back, the intent is canceled, who and why are on the order.
+    let (status, body) = admin_post(
+        &app,
+        &format!("/actors/orders/{stuck}/cancel"),
+        serde_json::json!({"by": "bob", "reason": "customer called"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cancelled = app.wait_terminal(&stuck).await;
+    assert_eq!(cancelled["status"], "CANCELLED");
+    assert!(
+        cancelled["cancel_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cancelled by operator bob: customer called")),
+        "{cancelled}"
+    );
+    assert_eq!(app.settled_product("MUG").await["on_hand"], 10);
+    let pi = cancelled["payment_reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    eventually(
+        Duration::from_secs(10),
+        "the intent to be canceled",
+        || async {
+            let ledger = app.ledger().await;
+            let status = ledger["intents"]
+                .as_array()?
+                .iter()
+                .find(|i| i["id"] == pi.as_str())?["status"]
+                .clone();
+            (status == "canceled").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(app.charges_of(&pi).await, 0, "retried once, charged never");
+
+    // A finished order cannot be acted on; bad bodies and missing tokens are refused.
+    let (status, body) = admin_post(
+        &app,
+        &format!("/actors/orders/{stuck}/cancel"),
+        serde_json::json!({"by": "bob", "reason": "again"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("not_applicable"))
+    );
+    let (status, body) = admin_post(
+        &app,
+        &format!("/actors/orders/{stuck}/retry"),
+        serde_json::json!({"by": "", "reason": "x"}),
+    )
+    .await;
+    assert_eq!((status, body["error"]["field"].as_str()), (422, Some("by")));
+    let unauthenticated = app
+        .http
+        .post(format!("{}/actors/orders/{stuck}/retry", app.base))
+        .json(&serde_json::json!({"by": "x", "reason": "y"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(unauthenticated.status(), 401);
+}

@@ -47,6 +47,18 @@ pub enum SagaEvent {
     DeadlinePassed {
         deadline: DateTime<Utc>,
     },
+    /// An operator asks to run the current step again now (its messages are re-sent; every
+    /// consumer is idempotent, so a step that did happen is not repeated).
+    OperatorRetry {
+        by: String,
+        reason: String,
+    },
+    /// An operator gives up on the order: compensate (release stock, cancel the payment) and
+    /// cancel.
+    OperatorCancel {
+        by: String,
+        reason: String,
+    },
 }
 
 impl SagaEvent {
@@ -91,6 +103,8 @@ impl SagaEvent {
             SagaEvent::PaymentCanceled { .. } => "payment_canceled",
             SagaEvent::PaymentRefunded { .. } => "payment_refunded",
             SagaEvent::DeadlinePassed { .. } => "deadline_passed",
+            SagaEvent::OperatorRetry { .. } => "operator_retry",
+            SagaEvent::OperatorCancel { .. } => "operator_cancel",
         }
     }
 }
@@ -173,6 +187,8 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
             },
         ) => record_refund(state, reference, refund_id, now),
         (_, E::DeadlinePassed { deadline }) => on_deadline(state, *deadline, now),
+        (_, E::OperatorRetry { by, reason }) => operator_retry(state, by, reason, now),
+        (_, E::OperatorCancel { by, reason }) => operator_cancel(state, by, reason, now),
         (S::Pending, E::StockReserved) => {
             let mut next = advance(state, now, S::StockReserved, Some("stock reserved"));
             next.payment = Some(PaymentInfo {
@@ -376,6 +392,82 @@ fn cancel_payment(state: &OrderState, reason: &str) -> Vec<EventBody> {
             })]
         }
         _ => Vec::new(),
+    }
+}
+
+/// Re-sends the current step's messages, with a fresh deadline, recording who asked and why.
+fn operator_retry(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc>) -> Decision {
+    let (body, step, timeout) = match (state.status, &state.compensation) {
+        (OrderStatus::Completed | OrderStatus::Cancelled, _) => {
+            return Decision::Ignore("the order is finished");
+        }
+        (_, Some(compensation)) => (
+            EventBody::InventoryReleaseRequested(InventoryReleaseRequested {
+                reason: compensation.reason.clone(),
+            }),
+            "stock release",
+            state.timeouts.inventory(),
+        ),
+        (OrderStatus::Pending, None) => (
+            EventBody::OrderCreated(OrderCreated {
+                customer_id: state.customer_id.clone(),
+                lines: state.lines.clone(),
+                amount: state.amount,
+            }),
+            "inventory",
+            state.timeouts.inventory(),
+        ),
+        (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, None) => (
+            EventBody::PaymentRequested(PaymentRequested {
+                amount: state.amount,
+                payment_method: state.payment_method.clone(),
+                attempt: state.payment.as_ref().map(|p| p.attempt).unwrap_or(1),
+            }),
+            "payment",
+            state.timeouts.payment(),
+        ),
+    };
+    let mut next = state.clone();
+    bump(&mut next, now);
+    next.deadline = Some(deadline_after(now, timeout));
+    next.history.push(HistoryEntry {
+        status: state.status,
+        at: now,
+        reason: Some(format!("{step} step retried by operator {by}: {reason}")),
+    });
+    apply(next, vec![body])
+}
+
+/// Cancels on an operator's word: directly while nothing is reserved, else by compensation.
+fn operator_cancel(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc>) -> Decision {
+    let why = format!("cancelled by operator {by}: {reason}");
+    match (state.status, &state.compensation) {
+        (OrderStatus::Completed | OrderStatus::Cancelled, _) => {
+            Decision::Ignore("the order is finished")
+        }
+        (_, Some(_)) => Decision::Ignore("the order is already being cancelled"),
+        (OrderStatus::Pending, None) => {
+            let mut next = advance(state, now, OrderStatus::Cancelled, Some(&why));
+            next.cancel_reason = Some(why.clone());
+            // Inventory releases a reservation that arrives after this (order.cancelled.v1).
+            apply(
+                next,
+                vec![EventBody::OrderCancelled(OrderCancelled { reason: why })],
+            )
+        }
+        (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, None) => {
+            let Decision::Apply(mut transition) =
+                compensate_payment(state, now, None, "operator_cancelled", &why)
+            else {
+                return Decision::Ignore("cannot compensate");
+            };
+            let cancel: Vec<Effect> = cancel_payment(state, &why)
+                .into_iter()
+                .map(Effect::Publish)
+                .collect();
+            transition.effects.splice(0..0, cancel);
+            Decision::Apply(transition)
+        }
     }
 }
 

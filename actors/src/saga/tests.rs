@@ -732,3 +732,89 @@ fn stale_and_early_timers_are_ignored() {
         Decision::Ignore(_)
     ));
 }
+
+fn retry() -> SagaEvent {
+    SagaEvent::OperatorRetry {
+        by: "alice".into(),
+        reason: "broker hiccup".into(),
+    }
+}
+
+fn operator_cancel() -> SagaEvent {
+    SagaEvent::OperatorCancel {
+        by: "bob".into(),
+        reason: "customer called".into(),
+    }
+}
+
+#[test]
+fn an_operator_retry_resends_the_current_step_and_records_who_and_why() {
+    let cases: Vec<(Vec<SagaEvent>, &str)> = vec![
+        (vec![], "order.created.v1"),
+        (vec![reserved()], "payment.requested.v1"),
+        (vec![reserved(), pending()], "payment.requested.v1"),
+        (vec![reserved(), failed()], "inventory.release_requested.v1"),
+    ];
+    for (before, resent) in cases {
+        let (state, _) = run(&before);
+        let (next, published) = applied(decide(&state, &retry(), t(50)));
+        assert_eq!(published, [resent], "after {before:?}");
+        assert_eq!(
+            next.status, state.status,
+            "a retry does not change the status"
+        );
+        assert!(next.deadline > state.deadline, "a fresh deadline is armed");
+        let last = next
+            .history
+            .last()
+            .and_then(|h| h.reason.clone())
+            .unwrap_or_default();
+        assert!(
+            last.contains("operator alice") && last.contains("broker hiccup"),
+            "{last}"
+        );
+    }
+    let (done, _) = run(&[reserved(), succeeded()]);
+    assert!(matches!(
+        decide(&done, &retry(), t(50)),
+        Decision::Ignore(_)
+    ));
+}
+
+#[test]
+fn an_operator_cancel_compensates_when_stock_is_held_and_cancels_directly_otherwise() {
+    let (pending_cancel, published) = applied(decide(&placed(), &operator_cancel(), t(5)));
+    assert_eq!(pending_cancel.status, OrderStatus::Cancelled);
+    assert_eq!(published, ["order.cancelled.v1"]);
+    assert_eq!(
+        pending_cancel.cancel_reason.as_deref(),
+        Some("cancelled by operator bob: customer called")
+    );
+
+    let (processing, _) = run(&[reserved(), pending()]);
+    let (compensating, published) = applied(decide(&processing, &operator_cancel(), t(5)));
+    assert_eq!(
+        published,
+        [
+            "payment.cancel_requested.v1",
+            "inventory.release_requested.v1"
+        ]
+    );
+    let Decision::Apply(done) = decide(&compensating, &released(), t(6)) else {
+        panic!("release applies")
+    };
+    assert_eq!(done.next.status, OrderStatus::Cancelled);
+    assert!(
+        done.next
+            .cancel_reason
+            .unwrap_or_default()
+            .contains("cancelled by operator bob")
+    );
+    assert!(
+        matches!(
+            decide(&compensating, &operator_cancel(), t(7)),
+            Decision::Ignore(_)
+        ),
+        "already cancelling"
+    );
+}
