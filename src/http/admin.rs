@@ -158,8 +158,11 @@ pub async fn inventory(
     })))
 }
 
+/// (order id, status, deadline, last change) of a live saga.
+type StuckRow = (uuid::Uuid, String, Option<DateTime<Utc>>, DateTime<Utc>);
+
 pub async fn stuck(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let rows: Vec<(uuid::Uuid, String, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<StuckRow> = sqlx::query_as(
         "SELECT order_id, status, deadline, updated_at FROM order_snapshots
          WHERE status NOT IN ('COMPLETED', 'CANCELLED') AND (deadline IS NULL OR deadline < now())
          ORDER BY deadline NULLS FIRST LIMIT 500",
