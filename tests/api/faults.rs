@@ -4,7 +4,6 @@
 //! reserved, every charge made once, no event applied twice.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +12,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{TestDb, TestNats, eventually, free_port, order_body, spawn_app_with};
+use crate::helpers::{
+    ChildProcess, TestDb, TestNats, eventually, free_port, order_body, spawn_app_with, wait_healthy,
+};
 
 const SKUS: [&str; 3] = ["FA", "FB", "FC"];
 const STOCK: i64 = 120;
@@ -164,52 +165,6 @@ async fn assert_invariants(pool: &PgPool, placed: usize, ledger: Option<Value>) 
     }
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn binary(args: &[&str], env: &[(&str, String)]) -> Proc {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ordersaga"));
-    command
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .env("RUST_LOG", "warn");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    Proc(
-        command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start ordersaga: {e}")),
-    )
-}
-
-async fn healthy(port: u16) {
-    let http = reqwest::Client::new();
-    eventually(
-        Duration::from_secs(30),
-        "the process to answer /health",
-        || {
-            let http = http.clone();
-            async move {
-                let r = http
-                    .get(format!("http://127.0.0.1:{port}/health"))
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())
-            }
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn sigkill_in_the_middle_of_500_orders_loses_nothing_and_charges_nothing_twice() {
     ordersaga::install_crypto_provider();
@@ -218,7 +173,7 @@ async fn sigkill_in_the_middle_of_500_orders_loses_nothing_and_charges_nothing_t
     let (port, fake_port) = (free_port(), free_port());
     let secret = "whsec_fault_test".to_owned();
     // The Stripe fake runs as its own process so its ledger survives the crash.
-    let _fake = binary(
+    let _fake = ChildProcess::ordersaga(
         &["stripe-fake"],
         &[
             ("STRIPE_FAKE_ADDR", format!("127.0.0.1:{fake_port}")),
@@ -240,8 +195,8 @@ async fn sigkill_in_the_middle_of_500_orders_loses_nothing_and_charges_nothing_t
         ("STRIPE_WEBHOOK_SECRET", secret),
         ("ORDER_RATE_LIMIT_PER_SEC", "0".to_owned()),
     ];
-    let mut serve = binary(&["serve"], &env);
-    healthy(port).await;
+    let mut serve = ChildProcess::ordersaga(&["serve"], &env);
+    wait_healthy(port).await;
     let pool = sqlx::PgPool::connect(&db.url)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -257,10 +212,9 @@ async fn sigkill_in_the_middle_of_500_orders_loses_nothing_and_charges_nothing_t
     })
     .await;
     // SIGKILL: no shutdown, no draining, nothing flushed.
-    let _ = serve.0.kill();
-    let _ = serve.0.wait();
-    serve = binary(&["serve"], &env);
-    healthy(port).await;
+    serve.kill();
+    serve = ChildProcess::ordersaga(&["serve"], &env);
+    wait_healthy(port).await;
 
     let placed = load.await.unwrap_or_default();
     assert_eq!(placed.len(), 500, "every order was eventually accepted");

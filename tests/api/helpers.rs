@@ -404,3 +404,59 @@ pub fn statuses(order: &Value) -> Vec<String> {
     }
     out
 }
+
+/// A child process (the real `ordersaga` binary), killed when dropped.
+pub struct ChildProcess(pub Child);
+
+impl ChildProcess {
+    /// Runs `ordersaga <args>` with `env`, output discarded.
+    pub fn ordersaga(args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ordersaga"));
+        command
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env("RUST_LOG", "warn");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self(
+            command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start ordersaga: {e}")),
+        )
+    }
+
+    /// SIGKILL: no shutdown, no draining, nothing flushed.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits (with a deadline) until a process answers `GET /health` on `port`.
+pub async fn wait_healthy(port: u16) {
+    let client = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(30),
+        "ordersaga to answer /health",
+        || {
+            let client = client.clone();
+            async move {
+                let r = client
+                    .get(format!("http://127.0.0.1:{port}/health"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            }
+        },
+    )
+    .await;
+}

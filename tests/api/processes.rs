@@ -1,59 +1,26 @@
 //! Several real `ordersaga serve` processes against one database and one JetStream: two
 //! all-role processes sharing the work, and the three roles as three separate services.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{TestDb, TestNats, eventually, free_port};
+use crate::helpers::{ChildProcess, TestDb, TestNats, free_port, wait_healthy};
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(db: &TestDb, nats: &TestNats, port: u16) -> Serve {
+fn serve(db: &TestDb, nats: &TestNats, port: u16) -> ChildProcess {
     serve_roles(db, nats, port, "order,inventory,payment")
 }
 
-fn serve_roles(db: &TestDb, nats: &TestNats, port: u16, roles: &str) -> Serve {
-    let child = Command::new(env!("CARGO_BIN_EXE_ordersaga"))
-        .arg("serve")
-        .env("ROLES", roles)
-        .env("DATABASE_URL", &db.url)
-        .env("NATS_URL", &nats.url)
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("SEED_DEMO_CATALOG", "false")
-        .env("DATABASE_MAX_CONNECTIONS", "10")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start ordersaga: {e}"));
-    Serve(child)
-}
-
-async fn wait_healthy(port: u16) {
-    let client = reqwest::Client::new();
-    eventually(
-        Duration::from_secs(30),
-        "ordersaga to answer /health",
-        || {
-            let client = client.clone();
-            async move {
-                let r = client
-                    .get(format!("http://127.0.0.1:{port}/health"))
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())
-            }
-        },
+fn serve_roles(db: &TestDb, nats: &TestNats, port: u16, roles: &str) -> ChildProcess {
+    ChildProcess::ordersaga(
+        &["serve"],
+        &[
+            ("ROLES", roles.to_owned()),
+            ("DATABASE_URL", db.url.clone()),
+            ("NATS_URL", nats.url.clone()),
+            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("SEED_DEMO_CATALOG", "false".to_owned()),
+            ("DATABASE_MAX_CONNECTIONS", "10".to_owned()),
+        ],
     )
-    .await;
 }
 
 #[tokio::test]

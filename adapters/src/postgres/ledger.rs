@@ -92,6 +92,48 @@ async fn settle_rows(
     Ok(rows.into_iter().map(|(s, q)| (s, i64::from(q))).unzip())
 }
 
+/// What happens to an order's RESERVED units.
+#[derive(Clone, Copy)]
+enum Settlement {
+    /// Sold: they leave stock (on_hand and reserved both drop).
+    Commit,
+    /// Not sold: they go back on sale (reserved drops).
+    Release,
+}
+
+/// Moves the order's RESERVED rows to COMMITTED or RELEASED and adjusts `products` to match,
+/// locking the products in SKU order like every other writer.
+async fn settle(
+    tx: &mut Transaction<'_, Postgres>,
+    order_id: OrderId,
+    how: Settlement,
+) -> Result<SettleOutcome, sqlx::Error> {
+    let (status, update) = match how {
+        Settlement::Commit => (
+            "COMMITTED",
+            "UPDATE products p SET on_hand = p.on_hand - w.qty, reserved = p.reserved - w.qty, updated_at = now()
+             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+        ),
+        Settlement::Release => (
+            "RELEASED",
+            "UPDATE products p SET reserved = p.reserved - w.qty, updated_at = now()
+             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+        ),
+    };
+    let (skus, quantities) = settle_rows(tx, order_id, status).await?;
+    if !skus.is_empty() {
+        lock_available(tx, &skus).await?;
+        sqlx::query(update)
+            .bind(&skus)
+            .bind(&quantities)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(SettleOutcome {
+        rows_changed: skus.len() as u64,
+    })
+}
+
 #[async_trait]
 impl ReservationLedger for PgReservationLedger {
     async fn reserve(
@@ -172,24 +214,9 @@ impl ReservationLedger for PgReservationLedger {
         messages: OutcomeMessages<'_, SettleOutcome>,
     ) -> Result<SettleOutcome, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let (skus, quantities) = settle_rows(&mut tx, order_id, "COMMITTED")
+        let outcome = settle(&mut tx, order_id, Settlement::Commit)
             .await
             .map_err(unavailable)?;
-        if !skus.is_empty() {
-            lock_available(&mut tx, &skus).await.map_err(unavailable)?;
-            sqlx::query(
-                "UPDATE products p SET on_hand = p.on_hand - w.qty, reserved = p.reserved - w.qty, updated_at = now()
-                 FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
-            )
-            .bind(&skus)
-            .bind(&quantities)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
-        let outcome = SettleOutcome {
-            rows_changed: skus.len() as u64,
-        };
         self.finish(tx, messages(&outcome)).await?;
         Ok(outcome)
     }
@@ -231,24 +258,9 @@ impl ReservationLedger for PgReservationLedger {
         claim_decision(&mut tx, order_id, "CANCELLED")
             .await
             .map_err(unavailable)?;
-        let (skus, quantities) = settle_rows(&mut tx, order_id, "RELEASED")
+        let outcome = settle(&mut tx, order_id, Settlement::Release)
             .await
             .map_err(unavailable)?;
-        if !skus.is_empty() {
-            lock_available(&mut tx, &skus).await.map_err(unavailable)?;
-            sqlx::query(
-                "UPDATE products p SET reserved = p.reserved - w.qty, updated_at = now()
-                 FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
-            )
-            .bind(&skus)
-            .bind(&quantities)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
-        let outcome = SettleOutcome {
-            rows_changed: skus.len() as u64,
-        };
         self.finish(tx, messages(&outcome)).await?;
         Ok(outcome)
     }
