@@ -1065,7 +1065,7 @@ proptest! {
     }
 
     #[test]
-    #[ignore = "bug: a reservation that expires before order.confirmed is committed leaves a COMPLETED order with no units (see the regression test below)"]
+    #[ignore = "known limit: an order.confirmed.v1 delivered to inventory after the reservation's TTL commits nothing (the saga decided in time; inventory does not re-take expired stock yet). Keep RESERVATION_TTL_SECS well above the step timeouts; the start-up warns otherwise"]
     fn with_an_expiry_sweeper_too(s in scenario(true)) {
         run(&s)?;
     }
@@ -1166,7 +1166,6 @@ fn the_model_ends_a_charge_that_never_resolves_by_its_deadline() {
 /// finished"), and `order.confirmed.v1` then commits nothing. The order is COMPLETED and charged,
 /// but its units went back on sale: they can be sold twice.
 #[test]
-#[ignore = "bug: a payment success processed after the payment deadline completes an order whose reservation already expired; the expiry's inventory.released is ignored and nothing is committed"]
 fn a_late_success_does_not_complete_an_order_whose_reservation_expired() {
     let deliver = |dt_ms| Step::Deliver { pick: 0, dt_ms };
     let s = Scenario {

@@ -120,7 +120,16 @@ async fn inspection_shows_the_state_a_saga_is_really_in() {
     assert_eq!(overview["live_sagas_by_status"]["PAYMENT_PROCESSING"], 1);
     assert_eq!(overview["inventory"]["shards"], 8);
 
-    let (_, stock) = admin_get(&app, "/actors/inventory/MUG", Some(TOKEN)).await;
+    // The finished order's units are committed just after COMPLETED: wait for that.
+    let stock = eventually(
+        Duration::from_secs(10),
+        "only the waiting order's units to be held",
+        || async {
+            let (_, stock) = admin_get(&app, "/actors/inventory/MUG", Some(TOKEN)).await;
+            (stock["reserved"] == 2).then_some(stock)
+        },
+    )
+    .await;
     assert!(
         stock["owning_shard"].as_u64().is_some_and(|s| s < 8),
         "{stock}"

@@ -213,6 +213,17 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
                 vec![EventBody::OrderCancelled(OrderCancelled { reason })],
             )
         }
+        (S::Pending, E::StockReleased) => {
+            // Only an expiry releases stock before the saga asked for anything: the reservation
+            // came and went before its news reached us. The units are gone; cancel.
+            let reason = "stock reservation expired before the payment completed".to_owned();
+            let mut next = advance(state, now, S::Cancelled, Some(&reason));
+            next.cancel_reason = Some(reason.clone());
+            apply(
+                next,
+                vec![EventBody::OrderCancelled(OrderCancelled { reason })],
+            )
+        }
         (S::Pending, _) => {
             Decision::Ignore("nothing but a reservation outcome is expected while PENDING")
         }
@@ -221,6 +232,14 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
             let mut next = advance(state, now, S::PaymentProcessing, Some("payment processing"));
             set_payment(&mut next, PaymentStatus::Pending, Some(reference), None);
             apply(next, vec![])
+        }
+        (S::StockReserved | S::PaymentProcessing, E::PaymentSucceeded { reference })
+            if !compensating && state.deadline.is_some_and(|d| now >= d) =>
+        {
+            // The payment step is over even if its timer has not fired yet, and the held stock
+            // may already be gone (an expired reservation): never complete on it. Compensate and
+            // give the money back.
+            late_success(state, reference, now)
         }
         (S::StockReserved | S::PaymentProcessing, E::PaymentSucceeded { reference })
             if !compensating =>
@@ -530,6 +549,37 @@ fn on_deadline(state: &OrderState, deadline: DateTime<Utc>, now: DateTime<Utc>) 
             Decision::Ignore("the order is finished")
         }
     }
+}
+
+/// A success that arrived after the payment step's deadline: the step timed out, so compensate
+/// (release the stock) and refund the charge.
+fn late_success(state: &OrderState, reference: &str, now: DateTime<Utc>) -> Decision {
+    let secs = state.timeouts.payment().num_milliseconds() as f64 / 1000.0;
+    let reason = format!("payment step timed out after {secs}s (the payment succeeded too late)");
+    let reference_owned = reference.to_owned();
+    let Decision::Apply(mut transition) = compensate_payment(
+        state,
+        now,
+        Some(&reference_owned),
+        "payment_timeout",
+        &reason,
+    ) else {
+        return Decision::Ignore("cannot compensate");
+    };
+    transition.next.late_payment = Some(LatePayment {
+        reference: reference_owned.clone(),
+        at: now,
+        refund_id: None,
+        refunded_at: None,
+    });
+    let refund = PaymentRefundRequested {
+        payment_reference: reference_owned,
+        amount: state.amount,
+    };
+    transition
+        .effects
+        .push(Effect::Publish(EventBody::PaymentRefundRequested(refund)));
+    Decision::Apply(transition)
 }
 
 /// Money was taken for an order that will not be fulfilled: record it and ask for a refund.

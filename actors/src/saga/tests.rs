@@ -818,3 +818,53 @@ fn an_operator_cancel_compensates_when_stock_is_held_and_cancels_directly_otherw
         "already cancelling"
     );
 }
+
+#[test]
+fn a_success_after_the_payment_deadline_compensates_and_refunds_instead_of_completing() {
+    let (processing, _) = run(&[reserved(), pending()]);
+    let too_late = processing.deadline.unwrap_or_default() + chrono::Duration::milliseconds(1);
+    let (compensating, published) = applied(decide(&processing, &succeeded(), too_late));
+    assert_eq!(
+        published,
+        [
+            "inventory.release_requested.v1",
+            "payment.refund_requested.v1"
+        ]
+    );
+    assert_eq!(
+        compensating.status,
+        OrderStatus::PaymentProcessing,
+        "cancelled once the stock is back"
+    );
+    assert_eq!(
+        compensating
+            .late_payment
+            .as_ref()
+            .map(|l| l.reference.as_str()),
+        Some("pi_1")
+    );
+    let Decision::Apply(done) = decide(&compensating, &released(), too_late) else {
+        panic!("release applies")
+    };
+    assert_eq!(done.next.status, OrderStatus::Cancelled);
+    // Just before the deadline the same success completes the order.
+    let in_time = processing.deadline.unwrap_or_default() - chrono::Duration::milliseconds(1);
+    let (completed, _) = applied(decide(&processing, &succeeded(), in_time));
+    assert_eq!(completed.status, OrderStatus::Completed);
+}
+
+#[test]
+fn a_release_that_overtakes_its_reservation_cancels_the_pending_order() {
+    // The reservation expired before its inventory.reserved.v1 reached the saga.
+    let (state, published) = run(&[released(), reserved()]);
+    assert_eq!(state.status, OrderStatus::Cancelled);
+    assert_eq!(
+        state.cancel_reason.as_deref(),
+        Some("stock reservation expired before the payment completed")
+    );
+    assert_eq!(
+        published,
+        ["order.cancelled.v1"],
+        "no payment is requested afterwards"
+    );
+}
