@@ -248,6 +248,8 @@ struct Inventory {
     sweeper: bool,
     /// Commits that actually moved units.
     commits: u32,
+    /// What the sweeper released, so a late confirmation can take it again.
+    expired: Vec<(usize, i64)>,
 }
 
 impl Inventory {
@@ -268,6 +270,7 @@ impl Inventory {
             expires_at: None,
             sweeper: ttl_ms.is_some(),
             commits: 0,
+            expired: Vec::new(),
         }
     }
 
@@ -313,6 +316,9 @@ impl Inventory {
     /// The expiry sweeper: releases a hold past its TTL and says so.
     fn sweep(&mut self, now: DateTime<Utc>) -> Vec<EventBody> {
         let due = self.sweeper && self.expires_at.is_some_and(|at| now >= at);
+        if due {
+            self.expired.extend(self.held.iter().copied());
+        }
         if due && self.settle(false) > 0 {
             Self::released("reservation expired")
         } else {
@@ -325,7 +331,21 @@ impl Inventory {
         if !commit {
             self.decided.get_or_insert(Decided::Cancelled);
         }
-        let held = std::mem::take(&mut self.held);
+        let mut held = std::mem::take(&mut self.held);
+        // Like the Postgres ledger: a confirmation that finds its reservation expired takes the
+        // units again if they are still available.
+        if commit && held.is_empty() && self.commits == 0 {
+            let expired = std::mem::take(&mut self.expired);
+            let available = expired
+                .iter()
+                .all(|(s, q)| self.on_hand[*s] - self.reserved[*s] >= *q);
+            if available {
+                for (s, quantity) in &expired {
+                    self.reserved[*s] += quantity;
+                }
+                held = expired;
+            }
+        }
         for (s, quantity) in &held {
             self.reserved[*s] -= quantity;
             if commit {
@@ -1065,7 +1085,6 @@ proptest! {
     }
 
     #[test]
-    #[ignore = "known limit: an order.confirmed.v1 delivered to inventory after the reservation's TTL commits nothing (the saga decided in time; inventory does not re-take expired stock yet). Keep RESERVATION_TTL_SECS well above the step timeouts; the start-up warns otherwise"]
     fn with_an_expiry_sweeper_too(s in scenario(true)) {
         run(&s)?;
     }

@@ -402,3 +402,72 @@ async fn a_message_that_keeps_failing_is_parked_and_stops_blocking_nothing() {
     shutdown.cancel();
     let _ = consumer.await;
 }
+
+#[tokio::test]
+async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_there() {
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
+    sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand) VALUES ('EXP', 'exp', 1, 'EUR', 5)")
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ledger = PgReservationLedger::new(pool.clone(), Arc::new(Notify::new()));
+    let request = |order_id: OrderId, q: i64| ReservationRequest {
+        order_id,
+        correlation_id: CorrelationId::new(),
+        lines: vec![OrderLine {
+            sku: ok(Sku::parse("EXP")),
+            quantity: ok(Quantity::try_from(q)),
+        }],
+        expires_at: Utc::now() - chrono::Duration::seconds(1),
+    };
+    let stock = || async {
+        let row: (i64, i64) = ok(sqlx::query_as(
+            "SELECT on_hand, reserved FROM products WHERE sku = 'EXP'",
+        )
+        .fetch_one(&pool)
+        .await);
+        row
+    };
+
+    // Reserved, expired (the sweeper releases it), then confirmed: taken again, stock conserved.
+    let late = OrderId::new();
+    assert_eq!(
+        ok(ledger.reserve(&request(late, 2), &|_| Vec::new()).await),
+        ReservationOutcome::Reserved
+    );
+    let due = ok(ledger.due_for_expiry(Utc::now(), 10).await);
+    assert_eq!(
+        due.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![late]
+    );
+    ok(ledger.release(late, &|_| Vec::new()).await);
+    assert_eq!(stock().await, (5, 0));
+    let committed = ok(ledger.commit(late, &|_| Vec::new()).await);
+    assert_eq!(committed.rows_changed, 1);
+    assert_eq!(
+        stock().await,
+        (3, 0),
+        "the late confirmation took its 2 units"
+    );
+    assert_eq!(
+        ok(ledger.commit(late, &|_| Vec::new()).await).rows_changed,
+        0,
+        "a repeat commits nothing"
+    );
+
+    // Expired, then the units are sold to another order, then confirmed: nothing taken.
+    let unlucky = OrderId::new();
+    ok(ledger.reserve(&request(unlucky, 2), &|_| Vec::new()).await);
+    ok(ledger.release(unlucky, &|_| Vec::new()).await);
+    let other = OrderId::new();
+    assert_eq!(
+        ok(ledger.reserve(&request(other, 3), &|_| Vec::new()).await),
+        ReservationOutcome::Reserved
+    );
+    assert_eq!(
+        ok(ledger.commit(unlucky, &|_| Vec::new()).await).rows_changed,
+        0
+    );
+    assert_eq!(stock().await, (3, 3), "never more than what is on hand");
+}

@@ -128,7 +128,56 @@ async fn settle(
             .bind(&quantities)
             .execute(&mut **tx)
             .await?;
+    } else if matches!(how, Settlement::Commit) {
+        return retake_expired(tx, order_id).await;
     }
+    Ok(SettleOutcome {
+        rows_changed: skus.len() as u64,
+    })
+}
+
+/// A confirmation that finds nothing reserved: the order completed but its reservation expired
+/// first (the sweeper released it). The order is sold, so take its units again if they are still
+/// available, all or nothing; if they are not, they were sold to someone else meanwhile: that is
+/// logged as an error for an operator (the customer paid for units that are gone).
+async fn retake_expired(
+    tx: &mut Transaction<'_, Postgres>,
+    order_id: OrderId,
+) -> Result<SettleOutcome, sqlx::Error> {
+    let rows: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT sku, quantity FROM stock_reservations WHERE order_id = $1 AND status = 'RELEASED' ORDER BY sku FOR UPDATE",
+    )
+    .bind(order_id.as_uuid())
+    .fetch_all(&mut **tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(SettleOutcome { rows_changed: 0 });
+    }
+    let (skus, quantities): (Vec<String>, Vec<i64>) =
+        rows.into_iter().map(|(s, q)| (s, i64::from(q))).unzip();
+    let available = lock_available(tx, &skus).await?;
+    let short = skus
+        .iter()
+        .zip(&quantities)
+        .any(|(sku, q)| available.get(sku).copied().unwrap_or(0) < *q);
+    if short {
+        tracing::error!(%order_id, "order completed after its reservation expired and the units were sold meanwhile: stock shortfall");
+        metrics::counter!("inventory_commit_shortfall_total").increment(1);
+        return Ok(SettleOutcome { rows_changed: 0 });
+    }
+    sqlx::query(
+        "UPDATE products p SET on_hand = p.on_hand - w.qty, updated_at = now()
+         FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+    )
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE stock_reservations SET status = 'COMMITTED', updated_at = now() WHERE order_id = $1 AND status = 'RELEASED'")
+        .bind(order_id.as_uuid())
+        .execute(&mut **tx)
+        .await?;
+    tracing::warn!(%order_id, "order confirmed after its reservation expired; its units were taken again");
     Ok(SettleOutcome {
         rows_changed: skus.len() as u64,
     })
