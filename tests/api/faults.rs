@@ -386,3 +386,32 @@ async fn a_database_cut_answers_503_with_retry_after_and_everything_resumes() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn readiness_flips_to_503_while_nats_is_down_and_back_when_it_returns() {
+    let mut app = spawn_app_with(|_| {}).await;
+    let (status, _) = app.get_json("/health/ready").await;
+    assert_eq!(status, 200);
+    app.stop_nats();
+    let down = eventually(
+        Duration::from_secs(15),
+        "readiness to report NATS down",
+        || async {
+            let (status, body) = app.get_json("/health/ready").await;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(down["checks"]["nats"]["status"], "down", "{down}");
+    assert_eq!(down["checks"]["postgres"]["status"], "up");
+    assert_eq!(
+        app.get_json("/health").await.0,
+        200,
+        "liveness is not readiness"
+    );
+    app.start_nats();
+    eventually(Duration::from_secs(30), "readiness to recover", || async {
+        (app.get_json("/health/ready").await.0 == 200).then_some(())
+    })
+    .await;
+}
