@@ -7,6 +7,28 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+pub const OUTBOX_LAG: &str = "outbox_lag_seconds";
+pub const OUTBOX_PENDING: &str = "outbox_pending_messages";
+
+/// Samples the outbox every few seconds: how many messages wait and how old the oldest is.
+pub async fn sample_outbox(pool: sqlx::PgPool, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        let sample: Result<(i64, f64), sqlx::Error> = sqlx::query_as(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM outbox",
+        )
+        .fetch_one(&pool)
+        .await;
+        if let Ok((pending, lag)) = sample {
+            metrics::gauge!(OUTBOX_PENDING).set(pending as f64);
+            metrics::gauge!(OUTBOX_LAG).set(lag);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// The process's recorder handle, installing it on first use. `None` if another recorder was
@@ -24,6 +46,21 @@ pub fn handle() -> Option<PrometheusHandle> {
                 }
             });
             actors::metrics::describe();
+            metrics::describe_counter!(
+                "http_requests_total",
+                "HTTP requests by method, route template and status"
+            );
+            metrics::describe_histogram!(
+                "http_request_duration_seconds",
+                metrics::Unit::Seconds,
+                "HTTP request latency by method and route template"
+            );
+            metrics::describe_gauge!(
+                OUTBOX_LAG,
+                metrics::Unit::Seconds,
+                "Age of the oldest message waiting in the outbox"
+            );
+            metrics::describe_gauge!(OUTBOX_PENDING, "Messages waiting in the outbox");
             Some(handle)
         })
         .clone()

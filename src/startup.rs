@@ -189,6 +189,12 @@ impl Application {
             info!("seeded the demo catalog");
         }
 
+        let (sampled, token) = (pool.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            crate::metrics::sample_outbox(sampled, token).await;
+            ("outbox sampler", Ok(()))
+        });
+
         // Every role writes to the outbox, so every process relays it.
         let relay = bus::OutboxRelay::new(pool.clone(), js.clone(), signal.clone());
         let token = shutdown.clone();

@@ -9,6 +9,7 @@ mod inventory;
 mod json;
 mod orders;
 pub mod rate_limit;
+mod request_metrics;
 mod saga_metrics;
 mod webhooks;
 
@@ -94,5 +95,6 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(request_metrics::record))
         .with_state(state)
 }

@@ -271,4 +271,17 @@ async fn saga_figures_are_served_as_json_and_as_prometheus_metrics() {
     assert!(value("order_saga_failed_total") >= 2.0);
     assert!(value("order_saga_compensated_total") >= 1.0);
     assert!(text.contains("order_saga_duration_seconds"), "{text}");
+    // HTTP requests by route template (never the raw path) and status, and the outbox sampler.
+    assert!(
+        text.lines().any(|l| l.starts_with("http_requests_total{")
+            && l.contains(r#"route="/orders""#)
+            && l.contains(r#"status="202""#)),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("http_requests_total{") && l.contains(r#"route="/orders/{id}""#)), "{text}");
+    assert!(
+        !text.contains(&format!("route=\"/orders/{ok}\"")),
+        "no raw paths as labels"
+    );
+    assert!(text.contains("outbox_pending_messages"), "{text}");
 }
