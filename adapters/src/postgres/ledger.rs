@@ -28,21 +28,6 @@ impl PgReservationLedger {
     pub fn new(pool: PgPool, signal: OutboxSignal) -> Self {
         Self { pool, signal }
     }
-
-    async fn finish(
-        &self,
-        mut tx: Transaction<'_, Postgres>,
-        messages: Vec<actors::events::Envelope>,
-    ) -> Result<(), StoreError> {
-        outbox::insert(&mut tx, &messages)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        if !messages.is_empty() {
-            self.signal.notify_one();
-        }
-        Ok(())
-    }
 }
 
 /// Claims the order's single decision row; `false` means an earlier delivery already decided.
@@ -253,7 +238,7 @@ impl ReservationLedger for PgReservationLedger {
             .map_err(unavailable)?;
             ReservationOutcome::OutOfStock(shortages)
         };
-        self.finish(tx, messages(&outcome)).await?;
+        outbox::commit_with(tx, &messages(&outcome), &self.signal).await?;
         Ok(outcome)
     }
 
@@ -266,7 +251,7 @@ impl ReservationLedger for PgReservationLedger {
         let outcome = settle(&mut tx, order_id, Settlement::Commit)
             .await
             .map_err(unavailable)?;
-        self.finish(tx, messages(&outcome)).await?;
+        outbox::commit_with(tx, &messages(&outcome), &self.signal).await?;
         Ok(outcome)
     }
 
@@ -310,7 +295,7 @@ impl ReservationLedger for PgReservationLedger {
         let outcome = settle(&mut tx, order_id, Settlement::Release)
             .await
             .map_err(unavailable)?;
-        self.finish(tx, messages(&outcome)).await?;
+        outbox::commit_with(tx, &messages(&outcome), &self.signal).await?;
         Ok(outcome)
     }
 }

@@ -1,7 +1,7 @@
 //! PostgreSQL through sqlx: connection and migrations here, one module per store.
 //!
 //! Every state change that emits messages writes them to `outbox` in the same transaction
-//! (`outbox::insert`), then pokes the relay through `OutboxSignal` so publishing starts at once
+//! (`outbox::commit_with`), which also pokes the relay through `OutboxSignal` so publishing starts at once
 //! instead of at the next poll.
 
 mod catalog;

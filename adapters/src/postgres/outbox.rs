@@ -41,6 +41,23 @@ pub async fn insert(
     Ok(())
 }
 
+/// Appends `messages` to the outbox, commits `tx`, and wakes the relay if there is anything to
+/// publish: the one way every store ends a transaction that emits messages.
+pub async fn commit_with(
+    mut tx: Transaction<'_, Postgres>,
+    messages: &[Envelope],
+    signal: &super::OutboxSignal,
+) -> Result<(), actors::ports::StoreError> {
+    insert(&mut tx, messages)
+        .await
+        .map_err(super::unavailable)?;
+    tx.commit().await.map_err(super::unavailable)?;
+    if !messages.is_empty() {
+        signal.notify_one();
+    }
+    Ok(())
+}
+
 /// One message waiting to be published.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingMessage {

@@ -107,11 +107,7 @@ impl PaymentRecords for PgPaymentRecords {
         if inserted == 0 {
             return Ok(false);
         }
-        outbox::insert(&mut tx, &messages(outcome))
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        self.signal.notify_one();
+        outbox::commit_with(tx, &messages(outcome), &self.signal).await?;
         Ok(true)
     }
 
@@ -196,11 +192,7 @@ impl PaymentRecords for PgPaymentRecords {
             attempt: u32::try_from(attempt).unwrap_or(1),
             correlation_id: CorrelationId::parse(&correlation).unwrap_or_default(),
         };
-        outbox::insert(&mut tx, &messages(&applied))
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        self.signal.notify_one();
+        outbox::commit_with(tx, &messages(&applied), &self.signal).await?;
         Ok(Some(applied))
     }
 
@@ -233,11 +225,7 @@ impl PaymentRecords for PgPaymentRecords {
         if inserted == 0 {
             return Ok(false);
         }
-        outbox::insert(&mut tx, messages)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        self.signal.notify_one();
+        outbox::commit_with(tx, messages, &self.signal).await?;
         Ok(true)
     }
 }

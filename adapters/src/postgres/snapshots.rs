@@ -72,11 +72,7 @@ impl OrderSnapshotStore for PgOrderSnapshotStore {
         if inserted == 0 {
             return Ok(false);
         }
-        outbox::insert(&mut tx, messages)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        self.signal.notify_one();
+        outbox::commit_with(tx, messages, &self.signal).await?;
         Ok(true)
     }
 
@@ -102,13 +98,7 @@ impl OrderSnapshotStore for PgOrderSnapshotStore {
         if updated == 0 {
             return Err(StoreError::VersionConflict { expected });
         }
-        outbox::insert(&mut tx, messages)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        if !messages.is_empty() {
-            self.signal.notify_one();
-        }
+        outbox::commit_with(tx, messages, &self.signal).await?;
         Ok(())
     }
 
