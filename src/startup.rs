@@ -191,8 +191,8 @@ impl Application {
 
         let (sampled, token) = (pool.clone(), shutdown.clone());
         tasks.spawn(async move {
-            crate::metrics::sample_outbox(sampled, token).await;
-            ("outbox sampler", Ok(()))
+            crate::metrics::sample_store(sampled, token).await;
+            ("store sampler", Ok(()))
         });
 
         // Every role writes to the outbox, so every process relays it.
@@ -339,6 +339,18 @@ impl Application {
                 settings.order_rate_limit_burst,
             ),
         };
+        // Keeps the readiness gauges current between `/health/ready` calls (alerts use them).
+        let (probed, token) = (state.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            loop {
+                http::health::probe(&probed).await;
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                }
+            }
+            ("readiness probe", Ok(()))
+        });
         let router = http::router(state);
         let token = shutdown.clone();
         tasks.spawn(async move {

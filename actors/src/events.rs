@@ -74,6 +74,8 @@ pub enum EventBody {
     InventoryReleased(InventoryReleased),
     #[serde(rename = "inventory.release_requested.v1")]
     InventoryReleaseRequested(InventoryReleaseRequested),
+    #[serde(rename = "inventory.low_stock.v1")]
+    InventoryLowStock(InventoryLowStock),
     #[serde(rename = "payment.requested.v1")]
     PaymentRequested(PaymentRequested),
     #[serde(rename = "payment.pending.v1")]
@@ -104,6 +106,7 @@ impl EventBody {
             EventBody::InventoryOutOfStock(_) => subjects::INVENTORY_OUT_OF_STOCK,
             EventBody::InventoryReleased(_) => subjects::INVENTORY_RELEASED,
             EventBody::InventoryReleaseRequested(_) => subjects::INVENTORY_RELEASE_REQUESTED,
+            EventBody::InventoryLowStock(_) => subjects::INVENTORY_LOW_STOCK,
             EventBody::PaymentRequested(_) => subjects::PAYMENT_REQUESTED,
             EventBody::PaymentPending(_) => subjects::PAYMENT_PENDING,
             EventBody::PaymentSucceeded(_) => subjects::PAYMENT_SUCCEEDED,
@@ -126,6 +129,7 @@ pub mod subjects {
     pub const INVENTORY_OUT_OF_STOCK: &str = "inventory.out_of_stock.v1";
     pub const INVENTORY_RELEASED: &str = "inventory.released.v1";
     pub const INVENTORY_RELEASE_REQUESTED: &str = "inventory.release_requested.v1";
+    pub const INVENTORY_LOW_STOCK: &str = "inventory.low_stock.v1";
     pub const PAYMENT_REQUESTED: &str = "payment.requested.v1";
     pub const PAYMENT_PENDING: &str = "payment.pending.v1";
     pub const PAYMENT_SUCCEEDED: &str = "payment.succeeded.v1";
@@ -193,6 +197,17 @@ pub struct InventoryOutOfStock {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryReleased {
     pub reason: String,
+}
+
+/// A reservation took a product's available stock down to its low-stock threshold (published
+/// once per crossing: a restock above the threshold re-arms it). The envelope's order is the one
+/// whose reservation crossed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryLowStock {
+    pub sku: Sku,
+    /// Units still available (on hand minus reserved) after the reservation.
+    pub available: i64,
+    pub threshold: i64,
 }
 
 /// The saga asks inventory to give an order's reserved units back (compensation).

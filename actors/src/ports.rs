@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{CorrelationId, Money, OrderId, OrderLine, PaymentMethod};
-use crate::events::{Envelope, Shortage};
+use crate::events::{Envelope, InventoryLowStock, Shortage};
 use crate::saga::OrderState;
 
 /// Failures of a storage port, split by what the caller should do about them.
@@ -35,8 +35,15 @@ pub trait OrderSnapshotStore: Send + Sync + 'static {
     /// already exists (placing an order is idempotent).
     async fn create(&self, first: &OrderState, outbox: &[Envelope]) -> Result<bool, StoreError>;
 
-    /// Stores `next` if the stored version is still `next.version - 1`, else `VersionConflict`.
-    async fn commit(&self, next: &OrderState, outbox: &[Envelope]) -> Result<(), StoreError>;
+    /// Stores `next` if the stored version is still `expected` (the version the transition was
+    /// decided on), else `VersionConflict`. A transition usually adds one version; a resume that
+    /// decides held events adds one per event.
+    async fn commit(
+        &self,
+        expected: i64,
+        next: &OrderState,
+        outbox: &[Envelope],
+    ) -> Result<(), StoreError>;
 
     /// Every order that is not finished, with its current deadline: what crash recovery re-arms.
     async fn live_deadlines(&self) -> Result<Vec<(OrderId, Option<DateTime<Utc>>)>, StoreError>;
@@ -53,7 +60,11 @@ pub struct ReservationRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReservationOutcome {
-    Reserved,
+    /// Reserved; `low_stock` lists the products this reservation took down to (or below) their
+    /// low-stock threshold (empty almost always).
+    Reserved {
+        low_stock: Vec<InventoryLowStock>,
+    },
     OutOfStock(Vec<Shortage>),
     /// The order was already decided (reserved, refused or cancelled) by an earlier delivery.
     AlreadyDecided,

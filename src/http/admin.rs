@@ -6,8 +6,10 @@
 //!   marked `passivated` when no actor is live;
 //! - `GET /actors/inventory/{sku}`: the owning shard, stock and active reservations;
 //! - `GET /actors/stuck`: live sagas whose current step is past its deadline;
-//! - `POST /actors/orders/{id}/retry` and `/cancel` (`{"by","reason"}`): run the current step
-//!   again now, or compensate and cancel; both recorded in the order's history with who and why.
+//! - `POST /actors/orders/{id}/retry`, `/cancel`, `/pause` and `/resume` (`{"by","reason"}`):
+//!   run the current step again now, compensate and cancel, hold the saga (its events are kept
+//!   and its deadline stops), or release it; each recorded in the order's history with who and
+//!   why. Each is one saga event, decided by the same pure state machine as everything else.
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
@@ -21,6 +23,8 @@ use subtle::ConstantTimeEq;
 use actors::domain::{OrderId, Sku};
 use adapters::postgres::snapshots::read_snapshot;
 
+use super::error::ErrorBody;
+use super::openapi;
 use super::{ApiError, AppState};
 
 /// Checks `Authorization: Bearer <ADMIN_TOKEN>` in constant time.
@@ -54,6 +58,17 @@ pub async fn require_admin(
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/actors",
+    tag = "admin",
+    security(("ADMIN_TOKEN" = [])),
+    responses(
+        (status = 200, description = "This process's order supervisor, unfinished sagas by status, inventory shards.", body = openapi::ActorsOverview),
+        (status = 401, description = "`unauthorized`: no valid admin bearer token, or `ADMIN_TOKEN` is unset (with `WWW-Authenticate: Bearer`).", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database or the order service is unavailable.", body = ErrorBody),
+    )
+)]
 pub async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let supervisor = match &state.orders {
         Some(orders) => Some(orders.overview().await?),
@@ -74,6 +89,20 @@ pub async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiE
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/actors/orders/{id}",
+    tag = "admin",
+    security(("ADMIN_TOKEN" = [])),
+    params(("id" = String, Path, description = "The order id (a UUID).")),
+    responses(
+        (status = 200, description = "The saga: live in this process, or its stored snapshot.", body = openapi::SagaInspection),
+        (status = 400, description = "`invalid_path`: the id is not a UUID.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid admin bearer token, or `ADMIN_TOKEN` is unset (with `WWW-Authenticate: Bearer`).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database or the order service is unavailable.", body = ErrorBody),
+    )
+)]
 pub async fn order(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -85,13 +114,14 @@ pub async fn order(
         Some(orders) => orders.inspect(order_id).await?,
         None => None,
     };
-    let (state_json, source) = match live {
-        Some(live) => (live, "live"),
+    let (state_json, source, mailbox_depth) = match live {
+        Some(live) => (live.state, "live", Some(live.mailbox_depth)),
         None => (
             read_snapshot(&state.pool, order_id)
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("order {order_id} does not exist")))?,
             "passivated",
+            None,
         ),
     };
     let now = Utc::now();
@@ -102,6 +132,7 @@ pub async fn order(
         state_json.status.as_str(),
         state_json.compensation.is_some(),
     ) {
+        _ if state_json.paused.is_some() => "paused by an operator (resume to continue)",
         (_, true) if !state_json.is_terminal() => "compensation (waiting for the stock release)",
         ("PENDING", _) => "inventory (waiting for the reservation)",
         ("STOCK_RESERVED" | "PAYMENT_PROCESSING", _) => "payment (waiting for the outcome)",
@@ -118,10 +149,26 @@ pub async fn order(
         "payment_attempt": attempt,
         "pending_timer": pending_timer,
         "last_error": last_error,
+        "mailbox_depth": mailbox_depth,
+        "paused": state_json.paused,
         "state": state_json,
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/actors/inventory/{sku}",
+    tag = "admin",
+    security(("ADMIN_TOKEN" = [])),
+    params(("sku" = String, Path, description = "1 to 64 upper-case letters, digits, `-` and `_`.")),
+    responses(
+        (status = 200, description = "The owning shard, the stock and the active reservations.", body = openapi::StockInspection),
+        (status = 400, description = "`invalid_path`: not a valid SKU.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid admin bearer token, or `ADMIN_TOKEN` is unset (with `WWW-Authenticate: Bearer`).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such product.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable.", body = ErrorBody),
+    )
+)]
 pub async fn inventory(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -161,10 +208,22 @@ pub async fn inventory(
 /// (order id, status, deadline, last change) of a live saga.
 type StuckRow = (uuid::Uuid, String, Option<DateTime<Utc>>, DateTime<Utc>);
 
+#[utoipa::path(
+    get,
+    path = "/actors/stuck",
+    tag = "admin",
+    security(("ADMIN_TOKEN" = [])),
+    responses(
+        (status = 200, description = "Unfinished sagas whose deadline has passed (or that have none), paused ones aside, most overdue first.", body = openapi::StuckSagas),
+        (status = 401, description = "`unauthorized`: no valid admin bearer token, or `ADMIN_TOKEN` is unset (with `WWW-Authenticate: Bearer`).", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable.", body = ErrorBody),
+    )
+)]
 pub async fn stuck(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let rows: Vec<StuckRow> = sqlx::query_as(
         "SELECT order_id, status, deadline, updated_at FROM order_snapshots
          WHERE status NOT IN ('COMPLETED', 'CANCELLED') AND (deadline IS NULL OR deadline < now())
+           AND NOT (state ? 'paused')
          ORDER BY deadline NULLS FIRST LIMIT 500",
     )
     .fetch_all(&state.pool)
@@ -181,10 +240,13 @@ pub async fn stuck(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 }
 
 /// Who acts and why: recorded in the order's history.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"by": "alice", "reason": "payment provider incident INC-42"}))]
 pub struct OperatorAction {
+    /// Who acts: 1 to 200 printable characters.
     by: String,
+    /// Why: 1 to 200 printable characters.
     reason: String,
 }
 
@@ -200,11 +262,20 @@ fn checked(field: &'static str, value: &str) -> Result<String, ApiError> {
     Ok(trimmed.to_owned())
 }
 
+/// The operator controls, each one saga event.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Retry,
+    Cancel,
+    Pause,
+    Resume,
+}
+
 async fn act(
     state: &AppState,
     raw: &str,
     action: OperatorAction,
-    retry: bool,
+    control: Control,
 ) -> Result<Json<Value>, ApiError> {
     let order_id = OrderId::parse(raw).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()).with_field("order_id")
@@ -216,18 +287,15 @@ async fn act(
             "this process does not run the order role",
         ));
     };
-    let event = if retry {
-        actors::saga::SagaEvent::OperatorRetry {
-            by: by.clone(),
-            reason: reason.clone(),
-        }
-    } else {
-        actors::saga::SagaEvent::OperatorCancel {
-            by: by.clone(),
-            reason: reason.clone(),
-        }
+    use actors::saga::SagaEvent;
+    let (by_, reason_) = (by.clone(), reason.clone());
+    let event = match control {
+        Control::Retry => SagaEvent::OperatorRetry { by, reason },
+        Control::Cancel => SagaEvent::OperatorCancel { by, reason },
+        Control::Pause => SagaEvent::OperatorPause { by, reason },
+        Control::Resume => SagaEvent::OperatorResume { by, reason },
     };
-    tracing::info!(%order_id, operator = %by, %reason, retry, "operator action");
+    tracing::info!(%order_id, operator = %by_, reason = %reason_, action = event.name(), "operator action");
     match orders.deliver(order_id, event).await? {
         actors::orders::Delivery::Applied(status) => Ok(Json(
             json!({"order_id": order_id, "applied": true, "status": status.as_str()}),
@@ -239,19 +307,113 @@ async fn act(
 }
 
 /// `POST /actors/orders/{id}/retry`: run the current step again now.
+#[utoipa::path(
+    post,
+    path = "/actors/orders/{id}/retry",
+    tag = "admin",
+    security(("ADMIN_TOKEN" = [])),
+    params(("id" = String, Path, description = "The order id (a UUID).")),
+    request_body = OperatorAction,
+    responses(
+        (status = 200, description = "The current step's message was sent again with a fresh deadline; recorded in the order's history.", body = openapi::OperatorActionResult),
+        (status = 400, description = "`invalid_path`, `malformed_json`, `invalid_field`, `unreadable_body`.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid admin bearer token, or `ADMIN_TOKEN` is unset (with `WWW-Authenticate: Bearer`).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order.", body = ErrorBody),
+        (status = 409, description = "`not_applicable`: the order is finished, or paused (resume it first).", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over 64 KiB.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `by` or `reason` is not 1 to 200 printable characters.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable.", body = ErrorBody),
+    )
+)]
 pub async fn retry(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     super::json::JsonBody(action): super::json::JsonBody<OperatorAction>,
 ) -> Result<Json<Value>, ApiError> {
-    act(&state, &raw, action, true).await
+    act(&state, &raw, action, Control::Retry).await
 }
 
 /// `POST /actors/orders/{id}/cancel`: compensate and cancel.
+#[utoipa::path(
+    post,
+    path = "/actors/orders/{id}/cancel",
+    tag = "admin",
+    security(("ADMIN_TOKEN" = [])),
+    params(("id" = String, Path, description = "The order id (a UUID).")),
+    request_body = OperatorAction,
+    responses(
+        (status = 200, description = "Cancelled at once (`PENDING`) or compensation started (payment cancelled if in flight, stock released, then `CANCELLED`); recorded in the order's history.", body = openapi::OperatorActionResult),
+        (status = 400, description = "`invalid_path`, `malformed_json`, `invalid_field`, `unreadable_body`.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid admin bearer token, or `ADMIN_TOKEN` is unset (with `WWW-Authenticate: Bearer`).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order.", body = ErrorBody),
+        (status = 409, description = "`not_applicable`: the order is finished, already being cancelled, or paused (resume it first).", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over 64 KiB.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `by` or `reason` is not 1 to 200 printable characters.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable.", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     super::json::JsonBody(action): super::json::JsonBody<OperatorAction>,
 ) -> Result<Json<Value>, ApiError> {
-    act(&state, &raw, action, false).await
+    act(&state, &raw, action, Control::Cancel).await
+}
+
+/// `POST /actors/orders/{id}/pause`: hold the saga (no step taken, deadline stopped, events kept).
+#[utoipa::path(
+    post,
+    path = "/actors/orders/{id}/pause",
+    tag = "admin",
+    security(("ADMIN_TOKEN" = [])),
+    params(("id" = String, Path, description = "The order id (a UUID).")),
+    request_body = OperatorAction,
+    responses(
+        (status = 200, description = "Paused: the saga takes no step and its deadline is held; events that arrive are kept in its snapshot until it is resumed. Recorded in the order's history.", body = openapi::OperatorActionResult),
+        (status = 400, description = "`invalid_path`, `malformed_json`, `invalid_field`, `unreadable_body`.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid admin bearer token, or `ADMIN_TOKEN` is unset (with `WWW-Authenticate: Bearer`).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order.", body = ErrorBody),
+        (status = 409, description = "`not_applicable`: the order is finished or already paused.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over 64 KiB.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `by` or `reason` is not 1 to 200 printable characters.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable.", body = ErrorBody),
+    )
+)]
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    super::json::JsonBody(action): super::json::JsonBody<OperatorAction>,
+) -> Result<Json<Value>, ApiError> {
+    act(&state, &raw, action, Control::Pause).await
+}
+
+/// `POST /actors/orders/{id}/resume`: release a paused saga.
+#[utoipa::path(
+    post,
+    path = "/actors/orders/{id}/resume",
+    tag = "admin",
+    security(("ADMIN_TOKEN" = [])),
+    params(("id" = String, Path, description = "The order id (a UUID).")),
+    request_body = OperatorAction,
+    responses(
+        (status = 200, description = "Resumed: the step gets back the time it had left and the events kept while paused are decided in arrival order. Recorded in the order's history.", body = openapi::OperatorActionResult),
+        (status = 400, description = "`invalid_path`, `malformed_json`, `invalid_field`, `unreadable_body`.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid admin bearer token, or `ADMIN_TOKEN` is unset (with `WWW-Authenticate: Bearer`).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order.", body = ErrorBody),
+        (status = 409, description = "`not_applicable`: the order is not paused.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over 64 KiB.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `by` or `reason` is not 1 to 200 printable characters.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable.", body = ErrorBody),
+    )
+)]
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    super::json::JsonBody(action): super::json::JsonBody<OperatorAction>,
+) -> Result<Json<Value>, ApiError> {
+    act(&state, &raw, action, Control::Resume).await
 }

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use actors::orders::SagaError;
 use actors::ports::StoreError;
@@ -57,11 +57,36 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer: `{"error":{"code","message","field"}}`.
+// The OpenAPI document describes errors with this same type, so the two cannot drift apart.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "validation_failed", "message": "must be an integer from 1 to 1000", "field": "items[0].quantity"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `validation_failed`, `not_found`, `unavailable`...
+    #[schema(example = "validation_failed")]
+    pub code: String,
+    /// For people; wording may change.
+    pub message: String,
+    /// The offending field, header or parameter (`items[0].quantity`, `Idempotency-Key`), or
+    /// `null` when the error is not about one. Always present.
+    #[schema(required = true)]
+    pub field: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": {"code": self.code, "message": self.message, "field": self.field}
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response

@@ -14,11 +14,39 @@ use super::AppState;
 /// Longest a readiness probe waits for one dependency.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "The process is up.", body = super::openapi::Liveness))
+)]
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: PostgreSQL, NATS and (payment role) Stripe or the fake answer.", body = super::openapi::Readiness),
+        (status = 503, description = "Not ready: at least one dependency is down (same body, `status: not_ready`).", body = super::openapi::Readiness),
+    )
+)]
 pub async fn ready(State(state): State<AppState>) -> Response {
+    let (ready, checks) = probe(&state).await;
+    let body = json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks});
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Probes every dependency (each bounded by `PROBE_TIMEOUT`), records the verdict in the
+/// readiness gauges and returns it with the per-dependency details.
+pub async fn probe(state: &AppState) -> (bool, serde_json::Value) {
     let started = Instant::now();
     let postgres = tokio::time::timeout(
         PROBE_TIMEOUT,
@@ -42,6 +70,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         "postgres": check(postgres.is_ok(), postgres_ms),
         "nats": check(nats.is_ok(), nats_ms),
     });
+    let mut dependencies = vec![("postgres", postgres.is_ok()), ("nats", nats.is_ok())];
     if let Some(payments) = &state.payments {
         let started = Instant::now();
         let stripe = tokio::time::timeout(PROBE_TIMEOUT, payments.stripe.ping())
@@ -51,17 +80,22 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         checks["stripe"] = check(stripe.is_ok(), started.elapsed().as_secs_f64() * 1000.0);
         checks["stripe"]["api_base"] = json!(payments.stripe.api_base());
         ready &= stripe.is_ok();
+        dependencies.push(("stripe", stripe.is_ok()));
     }
-    let body = json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks});
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    crate::metrics::record_readiness(ready, &dependencies);
+    (ready, checks)
 }
 
 /// Prometheus text exposition of every metric this process recorded.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition of this process's metrics.", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 503, description = "Another metrics recorder was installed first (plain text).", body = String, content_type = "text/plain"),
+    )
+)]
 pub async fn metrics() -> Response {
     match crate::metrics::handle() {
         Some(handle) => (

@@ -1,12 +1,15 @@
 //! The HTTP API (axum). Handlers parse raw input into domain types at the edge, call the actors or
 //! stores, and map every failure through the single `ApiError` type, so each error has the same
-//! JSON shape: `{"error":{"code","message","field"}}`.
+//! JSON shape: `{"error":{"code","message","field"}}`. Every route is documented by a
+//! `#[utoipa::path]` on its handler; `openapi.rs` serves the document at `/openapi.json` and
+//! Swagger UI at `/docs`.
 
 mod admin;
 mod error;
-mod health;
+pub(crate) mod health;
 mod inventory;
 mod json;
+mod openapi;
 mod orders;
 pub mod rate_limit;
 mod request_metrics;
@@ -66,12 +69,16 @@ pub fn router(state: AppState) -> Router {
         .route("/actors/inventory/{sku}", get(admin::inventory))
         .route("/actors/orders/{id}/retry", post(admin::retry))
         .route("/actors/orders/{id}/cancel", post(admin::cancel))
+        .route("/actors/orders/{id}/pause", post(admin::pause))
+        .route("/actors/orders/{id}/resume", post(admin::resume))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,
         ));
     Router::new()
         .merge(admin)
+        // `GET /openapi.json` (generated from the handlers' annotations) and Swagger UI at `/docs`.
+        .merge(openapi::routes())
         .route(
             "/orders",
             post(orders::place_order).layer(axum::middleware::from_fn_with_state(

@@ -23,6 +23,7 @@ use actors::saga::{HistoryEntry, NewOrder, OrderState, PaymentInfo};
 use adapters::postgres::IdempotencyClaim;
 use adapters::postgres::snapshots::read_snapshot;
 
+use super::error::ErrorBody;
 use super::json::JsonBody;
 use super::{ApiError, AppState};
 
@@ -34,29 +35,68 @@ const CROSS_PROCESS_POLL: Duration = Duration::from_millis(500);
 /// Longest `?wait=` a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"customer_id": "c-1", "items": [{"sku": "MUG-LOGO", "quantity": 2}], "currency": "EUR", "payment_method": "pm_card_visa"}))]
 pub struct PlaceOrderBody {
+    /// 1 to 64 characters, no control characters.
     customer_id: String,
+    /// 1 to 100 lines, each SKU at most once; prices come from the catalog, never from the client.
+    #[schema(min_items = 1, max_items = 100)]
     items: Vec<ItemBody>,
+    /// Three letters (ISO 4217, either case); every SKU must be sold in it.
     currency: String,
+    /// The payment method to charge, 1 to 100 letters, digits and `_` (e.g. `pm_card_visa`).
     payment_method: String,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemBody {
+    /// 1 to 64 upper-case letters, digits, `-` and `_`; must be in the catalog.
     sku: String,
+    #[schema(minimum = 1, maximum = 1000)]
     quantity: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PlacedOrder {
+    #[schema(value_type = String, format = "uuid")]
     order_id: OrderId,
+    /// `PENDING` for a new order; the current status when an `Idempotency-Key` replays one.
+    #[schema(value_type = super::openapi::OrderStatus)]
     status: &'static str,
     correlation_id: String,
 }
 
+/// `POST /orders`: place an order. It is priced from the catalog and handed to its saga; the
+/// answer comes once the PENDING order is stored, before stock or payment are settled.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    request_body = PlaceOrderBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. The same key with the same body answers with the same order (header `Idempotent-Replayed: true`); with another body, 422 `idempotency_key_reused`."),
+        ("X-Correlation-Id" = Option<String>, Header, description = "1 to 128 letters, digits, `-`, `_`, `.` or `:`; generated when absent; echoed and carried by every message of the saga."),
+        ("X-Client-Key" = Option<String>, Header, description = "What the rate limit counts against (1 to 128 bytes); the peer IP address when absent."),
+    ),
+    responses(
+        (status = 202, description = "Accepted: the saga runs on; follow it with `GET /orders/{id}`.", body = PlacedOrder,
+            headers(
+                ("Location" = String, description = "`/orders/{order_id}`"),
+                ("X-Correlation-Id" = String, description = "The correlation id of the order."),
+                ("Idempotent-Replayed" = String, description = "`true` when an earlier request with this `Idempotency-Key` placed the order; absent otherwise."),
+            )),
+        (status = 400, description = "Malformed JSON or a field of the wrong type (`malformed_json`, `invalid_field` with the field path, `unreadable_body`), or a bad `Idempotency-Key` / `X-Correlation-Id` (`invalid_header`).", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: the body exceeds 64 KiB.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "Parsed but not acceptable: `validation_failed` (bad customer id, currency, payment method, quantity outside 1..1000, 0 or over 100 lines, a repeated SKU, a currency the SKU is not sold in), `unknown_sku`, `idempotency_key_reused`.", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: this client places orders too fast; nothing was stored.", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait."))),
+        (status = 503, description = "`unavailable`: the database or the order service is unavailable, or this process does not run the order role.", body = ErrorBody),
+    )
+)]
 pub async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -245,33 +285,51 @@ fn request_hash(body: &PlaceOrderBody) -> String {
     hex::encode(Sha256::digest(&canonical))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GetOrderQuery {
+    /// Hold the request until the order is `COMPLETED` or `CANCELLED`, at most this long:
+    /// `5s`, `500ms` or plain seconds (`2`), at most 30 s. Without it the answer is immediate.
+    #[param(example = "5s")]
     wait: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// An order as clients see it. Every field is always present (`null` when it has no value).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
+    #[schema(value_type = String, format = "uuid")]
     order_id: OrderId,
+    #[schema(value_type = super::openapi::OrderStatus)]
     status: &'static str,
     customer_id: String,
     lines: Vec<LineView>,
     amount_cents: i64,
     currency: String,
     payment_method: String,
+    /// The provider's id for the charge (a PaymentIntent id with Stripe), once known.
+    #[schema(required = true)]
     payment_reference: Option<String>,
+    #[schema(value_type = Option<super::openapi::PaymentInfo>, required = true)]
     payment: Option<PaymentInfo>,
+    /// Why the order was cancelled (`out_of_stock`, `payment_failed`, `payment_timeout`...).
+    #[schema(required = true)]
     cancel_reason: Option<String>,
+    /// The saga is undoing its work (releasing stock, cancelling the payment).
     compensating: bool,
+    /// A payment that succeeded after the order was cancelled, and its refund.
+    #[schema(value_type = Option<super::openapi::LatePayment>, required = true)]
     refund_due: Option<actors::saga::LatePayment>,
     correlation_id: String,
+    /// Incremented by every transition.
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// Every transition, oldest first.
+    #[schema(value_type = Vec<super::openapi::HistoryEntry>)]
     history: Vec<HistoryEntry>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LineView {
     sku: String,
     quantity: u32,
@@ -312,6 +370,19 @@ impl From<OrderState> for OrderView {
     }
 }
 
+/// `GET /orders/{id}`: the order, read from PostgreSQL (any process answers).
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    params(("id" = String, Path, description = "The order id (a UUID)."), GetOrderQuery),
+    responses(
+        (status = 200, description = "The order (terminal, or as it stands when `wait` ran out).", body = OrderView),
+        (status = 400, description = "`invalid_path`: the id is not a UUID; `invalid_query`: a bad `wait`.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable.", body = ErrorBody),
+    )
+)]
 pub async fn get_order(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,

@@ -8,6 +8,15 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 
+#[utoipa::path(
+    get,
+    path = "/orders/metrics",
+    tag = "orders",
+    responses(
+        (status = 200, description = "Figures over all orders of every process.", body = super::openapi::SagaMetrics),
+        (status = 503, description = "`unavailable`: the database is unavailable.", body = super::error::ErrorBody),
+    )
+)]
 pub async fn saga_metrics(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let by_status: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM order_snapshots GROUP BY status")

@@ -11,10 +11,23 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use adapters::stripe::Recorded;
-use adapters::stripe::webhook::parse_event;
+use adapters::stripe::webhook::{parse_event, type_label};
 
 use super::{ApiError, AppState};
 
+#[utoipa::path(
+    post,
+    path = "/payments/webhook",
+    tag = "payments",
+    params(("Stripe-Signature" = String, Header, description = "Stripe's signature over the raw body (`t=...,v1=...`), checked against `STRIPE_WEBHOOK_SECRET` (or the fake's secret).")),
+    request_body(content = Object, content_type = "application/json", description = "A Stripe event (`id`, `type`, `data.object`...), read as raw bytes up to 512 KiB; the `Content-Type` is not checked."),
+    responses(
+        (status = 200, description = "Recorded (or already recorded: `duplicate`); event types that are not handled are acknowledged too.", body = super::openapi::WebhookAck),
+        (status = 400, description = "`invalid_signature` (field `Stripe-Signature`) or `malformed_event`; nothing changed.", body = super::error::ErrorBody),
+        (status = 413, description = "The body exceeds 512 KiB (axum's plain-text answer, not the JSON error shape).", body = String, content_type = "text/plain"),
+        (status = 503, description = "`unavailable`: this process does not run the payment role, or the database is unavailable.", body = super::error::ErrorBody),
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -30,6 +43,7 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok());
     let now = chrono::Utc::now().timestamp();
     if let Err(e) = payments.verifier.verify(signature, &body, now) {
+        counted("unknown", "rejected");
         tracing::warn!(error = %e, "webhook refused: bad signature");
         return Err(
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_signature", e.to_string())
@@ -37,6 +51,7 @@ pub async fn receive(
         );
     }
     let event = parse_event(&body).map_err(|e| {
+        counted("unknown", "rejected");
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_event",
@@ -46,8 +61,28 @@ pub async fn receive(
     let raw: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_event", e.to_string()))?;
     let recorded = payments.inbox.record(&event, &raw).await?;
-    tracing::info!(event_id = %event.id, event_type = %event.kind, duplicate = (recorded == Recorded::Duplicate), "webhook received");
+    let result = if recorded == Recorded::Duplicate {
+        "duplicate"
+    } else {
+        "accepted"
+    };
+    counted(type_label(&event.kind), result);
+    // Our PaymentIntents carry the order's ids in their metadata: log them with the event.
+    let metadata = &raw["data"]["object"]["metadata"];
+    tracing::info!(
+        event_id = %event.id,
+        event_type = %event.kind,
+        duplicate = (recorded == Recorded::Duplicate),
+        order_id = metadata["order_id"].as_str().unwrap_or(""),
+        correlation_id = metadata["correlation_id"].as_str().unwrap_or(""),
+        "webhook received"
+    );
     Ok(Json(
         json!({"received": true, "duplicate": recorded == Recorded::Duplicate}),
     ))
+}
+
+fn counted(kind: &'static str, result: &'static str) {
+    metrics::counter!(actors::metrics::WEBHOOK_EVENTS, "type" => kind, "result" => result)
+        .increment(1);
 }

@@ -191,8 +191,10 @@ async fn create_intent(State(state): State<Shared>, headers: HeaderMap, body: St
             Some("payment_method"),
         );
     };
-    if behaviour.fail_first_create {
-        if let Some(k) = &key {
+    if behaviour.fail_first_create
+        && let Some(k) = &key
+    {
+        {
             let first = state.with(|inner| inner.failed_first.insert(k.clone()));
             if first {
                 // Like a failure before the API started executing: nothing is stored for the key.

@@ -47,11 +47,11 @@ async fn place_many(base: String, count: usize, in_flight: usize) -> Vec<String>
                         .json(&body)
                         .send()
                         .await;
-                    if let Ok(r) = sent {
-                        if r.status() == 202 {
-                            let v: Value = r.json().await.unwrap_or_default();
-                            return v["order_id"].as_str().map(str::to_owned);
-                        }
+                    if let Ok(r) = sent
+                        && r.status() == 202
+                    {
+                        let v: Value = r.json().await.unwrap_or_default();
+                        return v["order_id"].as_str().map(str::to_owned);
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -427,6 +427,24 @@ impl ChildProcess {
         )
     }
 
+    /// Runs `ordersaga <args>` with `env`, its log lines (stdout) written to `log`.
+    pub fn ordersaga_logging(args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("log file: {e}"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ordersaga"));
+        command
+            .args(args)
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self(
+            command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start ordersaga: {e}")),
+        )
+    }
+
     /// SIGKILL: no shutdown, no draining, nothing flushed.
     pub fn kill(&mut self) {
         let _ = self.0.kill();

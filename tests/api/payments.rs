@@ -16,7 +16,7 @@ async fn order(app: &TestApp, method: &str) -> Value {
     app.wait_terminal(&id).await
 }
 
-fn reference(order: &Value) -> String {
+pub(crate) fn reference(order: &Value) -> String {
     order["payment_reference"]
         .as_str()
         .unwrap_or_else(|| panic!("no payment reference in {order}"))
@@ -233,7 +233,11 @@ async fn processing_after_succeeded_does_not_regress_the_payment() {
     );
 }
 
-async fn post_webhook(app: &TestApp, body: &str, signature: Option<String>) -> (u16, Value) {
+pub(crate) async fn post_webhook(
+    app: &TestApp,
+    body: &str,
+    signature: Option<String>,
+) -> (u16, Value) {
     let mut request = app
         .http
         .post(format!("{}/payments/webhook", app.base))
@@ -247,7 +251,7 @@ async fn post_webhook(app: &TestApp, body: &str, signature: Option<String>) -> (
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-fn signed(body: &str) -> Option<String> {
+pub(crate) fn signed(body: &str) -> Option<String> {
     Some(signature_header(
         DEV_WEBHOOK_SECRET,
         chrono::Utc::now().timestamp(),

@@ -89,7 +89,11 @@ async fn a_transition_and_its_messages_commit_together_and_a_stale_version_write
         },
     );
     ok(store
-        .commit(&step.next, std::slice::from_ref(&request))
+        .commit(
+            step.next.version - 1,
+            &step.next,
+            std::slice::from_ref(&request),
+        )
         .await);
     assert_eq!(
         outbox_subjects(&pool).await,
@@ -112,7 +116,7 @@ async fn a_transition_and_its_messages_commit_together_and_a_stale_version_write
         EventBody::OrderCancelled(OrderCancelled { reason: "x".into() }),
     );
     assert_eq!(
-        store.commit(&stale.next, &[cancel]).await,
+        store.commit(1, &stale.next, &[cancel]).await,
         Err(StoreError::VersionConflict { expected: 1 })
     );
     assert_eq!(
@@ -169,7 +173,7 @@ async fn concurrent_reservations_from_two_ledgers_never_oversell_and_the_databas
     }
     let mut reserved = 0;
     for t in tasks {
-        if ok(t.await) == ReservationOutcome::Reserved {
+        if matches!(ok(t.await), ReservationOutcome::Reserved { .. }) {
             reserved += 1;
         }
     }
@@ -253,6 +257,7 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
         stream: "orders",
         durable: "test-redelivery",
         filter: "order.>",
+        step: "test",
     };
     let shutdown = CancellationToken::new();
     let context = ConsumerContext {
@@ -346,6 +351,7 @@ async fn a_message_that_keeps_failing_is_parked_and_stops_blocking_nothing() {
         stream: "orders",
         durable: "test-parking",
         filter: "order.>",
+        step: "test",
     };
     let shutdown = CancellationToken::new();
     let consumer = tokio::spawn(bus::run_consumer(context, spec, handler, shutdown.clone()));
@@ -434,7 +440,9 @@ async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_the
     let late = OrderId::new();
     assert_eq!(
         ok(ledger.reserve(&request(late, 2), &|_| Vec::new()).await),
-        ReservationOutcome::Reserved
+        ReservationOutcome::Reserved {
+            low_stock: Vec::new()
+        }
     );
     let due = ok(ledger.due_for_expiry(Utc::now(), 10).await);
     assert_eq!(
@@ -463,7 +471,9 @@ async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_the
     let other = OrderId::new();
     assert_eq!(
         ok(ledger.reserve(&request(other, 3), &|_| Vec::new()).await),
-        ReservationOutcome::Reserved
+        ReservationOutcome::Reserved {
+            low_stock: Vec::new()
+        }
     );
     assert_eq!(
         ok(ledger.commit(unlucky, &|_| Vec::new()).await).rows_changed,

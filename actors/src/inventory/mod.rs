@@ -130,15 +130,19 @@ impl InventoryShards {
         let due = ledger.due_for_expiry(self.clock.now(), limit).await?;
         let count = due.len();
         for (order_id, correlation_id) in due {
-            self.call(self.shard_of_order(order_id), |reply| {
-                ShardMessage::Release {
-                    order_id,
-                    correlation_id,
-                    cause: ReleaseCause::Expired,
-                    reply,
-                }
-            })
-            .await?;
+            let released = self
+                .call(self.shard_of_order(order_id), |reply| {
+                    ShardMessage::Release {
+                        order_id,
+                        correlation_id,
+                        cause: ReleaseCause::Expired,
+                        reply,
+                    }
+                })
+                .await?;
+            if released.rows_changed > 0 {
+                metrics::counter!(crate::metrics::RESERVATIONS_EXPIRED).increment(1);
+            }
         }
         Ok(count)
     }
@@ -172,13 +176,17 @@ impl InventoryShards {
                 "no shard {shard}"
             )));
         };
+        crate::metrics::mailbox_enqueued(crate::metrics::INVENTORY_SHARD);
         match actor.call(build, Some(self.timeout)).await {
             Ok(CallResult::Success(result)) => Ok(result?),
             Ok(CallResult::Timeout) => Err(InventoryError::ShardUnavailable("timed out".into())),
             Ok(CallResult::SenderError) => {
                 Err(InventoryError::ShardUnavailable("no answer".into()))
             }
-            Err(e) => Err(InventoryError::ShardUnavailable(e.to_string())),
+            Err(e) => {
+                crate::metrics::mailbox_dequeued(crate::metrics::INVENTORY_SHARD);
+                Err(InventoryError::ShardUnavailable(e.to_string()))
+            }
         }
     }
 }

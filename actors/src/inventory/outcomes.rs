@@ -29,10 +29,18 @@ pub fn reservation_messages(
     now: DateTime<Utc>,
 ) -> Vec<Envelope> {
     let body = match outcome {
-        ReservationOutcome::Reserved => EventBody::InventoryReserved(InventoryReserved {
-            lines: request.lines.clone(),
-            expires_at: request.expires_at,
-        }),
+        ReservationOutcome::Reserved { low_stock } => {
+            let reserved = EventBody::InventoryReserved(InventoryReserved {
+                lines: request.lines.clone(),
+                expires_at: request.expires_at,
+            });
+            return std::iter::once(reserved)
+                .chain(low_stock.iter().cloned().map(EventBody::InventoryLowStock))
+                .map(|body| {
+                    Envelope::new(request.order_id, request.correlation_id.clone(), now, body)
+                })
+                .collect();
+        }
         ReservationOutcome::OutOfStock(shortages) => {
             EventBody::InventoryOutOfStock(InventoryOutOfStock {
                 shortages: shortages.clone(),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::outcomes::{ReleaseCause, release_messages, reservation_messages};
 use crate::domain::{CorrelationId, OrderId};
@@ -59,13 +59,27 @@ impl Actor for InventoryShard {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        crate::metrics::mailbox_dequeued(crate::metrics::INVENTORY_SHARD);
         match message {
             ShardMessage::Reserve(request, reply) => {
                 let messages = |outcome: &ReservationOutcome| {
                     reservation_messages(&request, outcome, state.clock.now())
                 };
                 let result = state.ledger.reserve(&request, &messages).await;
-                debug!(shard = state.index, order_id = %request.order_id, ?result, "reservation decided");
+                debug!(shard = state.index, order_id = %request.order_id, correlation_id = %request.correlation_id, ?result, "reservation decided");
+                if let Ok(ReservationOutcome::Reserved { low_stock }) = &result {
+                    for alert in low_stock {
+                        metrics::counter!(crate::metrics::LOW_STOCK_ALERTS).increment(1);
+                        warn!(
+                            sku = %alert.sku,
+                            available = alert.available,
+                            threshold = alert.threshold,
+                            order_id = %request.order_id,
+                            correlation_id = %request.correlation_id,
+                            "low stock: available units fell to the product's threshold"
+                        );
+                    }
+                }
                 let _ = reply.send(result);
             }
             ShardMessage::Commit(order_id, reply) => {

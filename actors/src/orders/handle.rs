@@ -6,10 +6,11 @@ use std::time::Duration;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 
-use super::saga_actor::OrderSagaMessage;
+use super::saga_actor::{LiveOrder, OrderSagaMessage};
 use super::supervisor::SupervisorMessage;
 use super::{Delivery, SagaError};
 use crate::domain::OrderId;
+use crate::metrics as m;
 use crate::saga::{NewOrder, OrderState, SagaEvent};
 
 #[derive(Clone)]
@@ -33,10 +34,22 @@ impl OrderSupervisorHandle {
 
     pub async fn place(&self, order: NewOrder) -> Result<OrderState, SagaError> {
         let order_id = order.order_id;
-        self.call(move |reply: RpcReplyPort<Result<OrderState, SagaError>>| {
+        m::mailbox_enqueued(m::ORDER_SUPERVISOR);
+        let build = move |reply: RpcReplyPort<Result<OrderState, SagaError>>| {
             SupervisorMessage::Route(order_id, OrderSagaMessage::Start(order, reply))
-        })
-        .await?
+        };
+        match self.supervisor.call(build, Some(self.timeout)).await {
+            Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => Err(SagaError::ActorUnavailable("timed out".into())),
+            Ok(CallResult::SenderError) => Err(SagaError::ActorUnavailable(
+                "the order actor stopped before answering".into(),
+            )),
+            Err(e) => {
+                // Never delivered: it is not waiting in the mailbox.
+                m::mailbox_dequeued(m::ORDER_SUPERVISOR);
+                Err(SagaError::ActorUnavailable(e.to_string()))
+            }
+        }
     }
 
     pub async fn deliver(
@@ -56,13 +69,17 @@ impl OrderSupervisorHandle {
     ) -> impl Future<Output = Result<Delivery, SagaError>> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let reply: RpcReplyPort<Result<Delivery, SagaError>> = tx.into();
+        m::mailbox_enqueued(m::ORDER_SUPERVISOR);
         let sent = self
             .supervisor
             .send_message(SupervisorMessage::Route(
                 order_id,
                 OrderSagaMessage::Handle(event, reply),
             ))
-            .map_err(|e| SagaError::ActorUnavailable(e.to_string()));
+            .map_err(|e| {
+                m::mailbox_dequeued(m::ORDER_SUPERVISOR);
+                SagaError::ActorUnavailable(e.to_string())
+            });
         let timeout = self.timeout;
         async move {
             sent?;
@@ -81,7 +98,7 @@ impl OrderSupervisorHandle {
     }
 
     /// The in-memory state of the order's actor, if one is live.
-    pub async fn inspect(&self, order_id: OrderId) -> Result<Option<OrderState>, SagaError> {
+    pub async fn inspect(&self, order_id: OrderId) -> Result<Option<LiveOrder>, SagaError> {
         self.call(move |reply| SupervisorMessage::InspectOrder(order_id, reply))
             .await
     }

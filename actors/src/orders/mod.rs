@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 pub use handle::OrderSupervisorHandle;
-pub use saga_actor::{OrderSagaActor, OrderSagaMessage};
+pub use saga_actor::{LiveOrder, OrderSagaActor, OrderSagaMessage};
 pub use supervisor::{OrderSupervisor, SupervisorMessage, SupervisorOverview};
 
 use crate::domain::OrderId;

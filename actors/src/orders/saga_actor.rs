@@ -3,6 +3,10 @@
 //! messages, and only then answered. Across processes, the snapshot version arbitrates: a commit
 //! on a stale version fails, the actor reloads and decides again on the fresh state.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info};
 
@@ -10,8 +14,11 @@ use super::supervisor::SupervisorMessage;
 use super::{Delivery, SagaDeps, SagaError, StatusChange};
 use crate::domain::OrderId;
 use crate::events::Envelope;
+use crate::metrics as m;
 use crate::ports::StoreError;
-use crate::saga::{self, Decision, Effect, NewOrder, OrderState, SagaEvent, Transition};
+use crate::saga::{
+    self, Decision, Effect, NewOrder, OrderState, OrderStatus, SagaEvent, Transition,
+};
 
 /// How often a commit that lost an optimistic-concurrency race is re-decided before giving up
 /// (the message is then redelivered by the broker).
@@ -25,7 +32,15 @@ pub enum OrderSagaMessage {
     /// React to an event about this order.
     Handle(SagaEvent, RpcReplyPort<Result<Delivery, SagaError>>),
     /// The state this actor holds in memory right now (`None` if not loaded yet).
-    Inspect(RpcReplyPort<Option<OrderState>>),
+    Inspect(RpcReplyPort<Option<LiveOrder>>),
+}
+
+/// What inspection sees of a live order actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveOrder {
+    pub state: OrderState,
+    /// Messages waiting behind the inspection request.
+    pub mailbox_depth: usize,
 }
 
 pub struct OrderSagaState {
@@ -35,17 +50,19 @@ pub struct OrderSagaState {
     supervisor: Option<ractor::ActorCell>,
     /// `None` until the first message loads it: spawning stays cheap and never touches the store.
     snapshot: Option<OrderState>,
+    /// Messages routed to this actor and not yet taken (shared with the supervisor).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Actor for OrderSagaActor {
     type Msg = OrderSagaMessage;
     type State = OrderSagaState;
-    type Arguments = (OrderId, SagaDeps);
+    type Arguments = (OrderId, SagaDeps, Arc<AtomicUsize>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (order_id, deps): Self::Arguments,
+        (order_id, deps, queued): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(OrderSagaState {
             order_id,
@@ -53,6 +70,7 @@ impl Actor for OrderSagaActor {
             // ractor links the supervisor only after pre_start; looked up on the first message.
             supervisor: None,
             snapshot: None,
+            queued,
         })
     }
 
@@ -65,20 +83,36 @@ impl Actor for OrderSagaActor {
         if state.supervisor.is_none() {
             state.supervisor = myself.try_get_supervisor();
         }
+        // Saturating: an actor spawned outside the supervisor has nobody counting for it.
+        let _ = state
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        m::mailbox_dequeued(m::ORDER_SAGA);
         match message {
             OrderSagaMessage::Start(order, reply) => {
                 let result = state.start(order).await;
                 let _ = reply.send(result);
             }
             OrderSagaMessage::Inspect(reply) => {
-                let _ = reply.send(state.snapshot.clone());
+                let live = state.snapshot.clone().map(|snapshot| LiveOrder {
+                    state: snapshot,
+                    mailbox_depth: state.queued.load(Ordering::Relaxed),
+                });
+                let _ = reply.send(live);
                 // Inspecting must not keep an idle actor alive or stop a live one.
                 return Ok(());
             }
             OrderSagaMessage::Handle(event, reply) => {
                 let result = state.handle(&event).await;
-                if let SagaEvent::DeadlinePassed { deadline } = &event {
-                    state.after_timer(*deadline, &result);
+                match &event {
+                    SagaEvent::DeadlinePassed { deadline } => state.after_timer(*deadline, &result),
+                    SagaEvent::OperatorRetry { .. } if result.is_ok() => {
+                        if let Some(current) = &state.snapshot {
+                            metrics::counter!(m::STEP_RETRIES, "step" => step_of(current))
+                                .increment(1);
+                        }
+                    }
+                    _ => {}
                 }
                 let _ = reply.send(result);
             }
@@ -113,6 +147,9 @@ impl OrderSagaState {
     ) {
         match result {
             Err(_) => {
+                if let Some(current) = &self.snapshot {
+                    metrics::counter!(m::STEP_RETRIES, "step" => step_of(current)).increment(1);
+                }
                 if let Some(supervisor) = &self.supervisor {
                     let _ = supervisor
                         .send_message(SupervisorMessage::RetryTimer(self.order_id, deadline));
@@ -125,7 +162,7 @@ impl OrderSagaState {
                     .as_ref()
                     .and_then(|s| s.history.iter().rev().nth(1))
                     .map(|h| {
-                        if h.status == crate::saga::OrderStatus::Pending {
+                        if h.status == OrderStatus::Pending {
                             "inventory"
                         } else {
                             "payment"
@@ -182,9 +219,10 @@ impl OrderSagaState {
             };
             let now = self.deps.clock.now();
             let current_deadline = current.deadline;
+            let current_version = current.version;
             let transition = match saga::decide(current, event, now) {
                 Decision::Ignore(why) if fresh => {
-                    debug!(order_id = %self.order_id, event = event.name(), why, "event ignored");
+                    debug!(order_id = %self.order_id, correlation_id = %current.correlation_id, event = event.name(), why, "event ignored");
                     return Ok(Delivery::Ignored(why));
                 }
                 Decision::Ignore(_) => {
@@ -195,9 +233,22 @@ impl OrderSagaState {
                 Decision::Apply(transition) => transition,
             };
             let outbox = envelopes(&transition.next, &transition.effects);
-            match self.deps.store.commit(&transition.next, &outbox).await {
+            match self
+                .deps
+                .store
+                .commit(current_version, &transition.next, &outbox)
+                .await
+            {
                 Ok(()) => {
                     let status = transition.next.status;
+                    debug!(
+                        order_id = %self.order_id,
+                        correlation_id = %transition.next.correlation_id,
+                        event = event.name(),
+                        status = status.as_str(),
+                        version = transition.next.version,
+                        "transition committed"
+                    );
                     Self::record_metrics(self.snapshot.as_ref(), &transition.next);
                     self.publish_status(&transition.next);
                     if transition.next.deadline != current_deadline {
@@ -207,7 +258,7 @@ impl OrderSagaState {
                     return Ok(Delivery::Applied(status));
                 }
                 Err(StoreError::VersionConflict { expected }) => {
-                    debug!(order_id = %self.order_id, expected, "snapshot moved on elsewhere; reloading");
+                    debug!(order_id = %self.order_id, correlation_id = %transition.next.correlation_id, expected, "snapshot moved on elsewhere; reloading");
                     self.snapshot = None;
                     fresh = true;
                 }
@@ -225,15 +276,22 @@ impl OrderSagaState {
 
     /// Counts what a committed transition means for the saga metrics.
     fn record_metrics(previous: Option<&OrderState>, next: &OrderState) {
-        use crate::metrics as m;
         match previous {
             None => metrics::counter!(m::SAGA_STARTED).increment(1),
             Some(before) => {
+                let step = step_of(before);
+                if step != step_of(next) {
+                    let seconds = (next.updated_at - step_started_at(before))
+                        .num_microseconds()
+                        .unwrap_or(0) as f64
+                        / 1e6;
+                    metrics::histogram!(m::STEP_DURATION, "step" => step).record(seconds.max(0.0));
+                }
                 if before.compensation.is_none() && next.compensation.is_some() {
                     metrics::counter!(m::SAGA_COMPENSATED).increment(1);
                 }
                 if !before.is_terminal() && next.is_terminal() {
-                    let name = if next.status == crate::saga::OrderStatus::Completed {
+                    let name = if next.status == OrderStatus::Completed {
                         m::SAGA_COMPLETED
                     } else {
                         m::SAGA_FAILED
@@ -262,6 +320,30 @@ impl OrderSagaState {
             order_id: next.order_id,
             status: next.status,
         });
+    }
+}
+
+/// The step a saga is in, as the `step` label of the step metrics.
+pub(crate) fn step_of(state: &OrderState) -> &'static str {
+    match (state.status, &state.compensation) {
+        (OrderStatus::Completed | OrderStatus::Cancelled, _) => "finished",
+        (_, Some(_)) => "compensation",
+        (OrderStatus::Pending, None) => "inventory",
+        (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, None) => "payment",
+    }
+}
+
+/// When the saga entered its current step.
+fn step_started_at(state: &OrderState) -> DateTime<Utc> {
+    match (state.status, &state.compensation) {
+        (_, Some(compensation)) => compensation.started_at,
+        (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, None) => state
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.status == OrderStatus::StockReserved)
+            .map_or(state.created_at, |h| h.at),
+        _ => state.created_at,
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,10 +16,11 @@ use ractor::{
 };
 use tracing::{error, warn};
 
-use super::saga_actor::{OrderSagaActor, OrderSagaMessage};
+use super::saga_actor::{LiveOrder, OrderSagaActor, OrderSagaMessage};
 use super::{SagaDeps, SagaError};
 use crate::domain::OrderId;
-use crate::saga::{OrderState, SagaEvent};
+use crate::metrics as m;
+use crate::saga::SagaEvent;
 
 pub struct OrderSupervisor;
 
@@ -33,7 +36,7 @@ pub enum SupervisorMessage {
     /// Number of armed timers (inspection, tests).
     ArmedTimers(RpcReplyPort<usize>),
     /// The in-memory state of a live order actor; `None` if the order has no live actor.
-    InspectOrder(OrderId, RpcReplyPort<Option<OrderState>>),
+    InspectOrder(OrderId, RpcReplyPort<Option<LiveOrder>>),
     /// Figures about the supervisor itself.
     Overview(RpcReplyPort<SupervisorOverview>),
     /// Periodic: fire due timers.
@@ -55,9 +58,16 @@ type Timer = (DateTime<Utc>, OrderId, DateTime<Utc>);
 /// How often due timers are checked: the resolution of step timeouts.
 const TICK: Duration = Duration::from_millis(100);
 
+/// A live order actor and the number of messages waiting in its mailbox (ractor does not
+/// expose mailbox lengths, so the supervisor counts what it routes and the actor what it takes).
+struct Child {
+    actor: ActorRef<OrderSagaMessage>,
+    queued: Arc<AtomicUsize>,
+}
+
 pub struct SupervisorState {
     deps: SagaDeps,
-    children: HashMap<OrderId, ActorRef<OrderSagaMessage>>,
+    children: HashMap<OrderId, Child>,
     owners: HashMap<ActorId, OrderId>,
     restarts: u64,
     /// Timers of every live order, earliest first. Small entries, not actors: an order waiting
@@ -93,7 +103,10 @@ impl Actor for OrderSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMessage::Route(order_id, msg) => state.route(&myself, order_id, msg).await,
+            SupervisorMessage::Route(order_id, msg) => {
+                m::mailbox_dequeued(m::ORDER_SUPERVISOR);
+                state.route(&myself, order_id, msg).await
+            }
             SupervisorMessage::LiveOrders(reply) => {
                 let _ = reply.send(state.children.len());
             }
@@ -114,9 +127,13 @@ impl Actor for OrderSupervisor {
             SupervisorMessage::InspectOrder(order_id, reply) => match state.children.get(&order_id)
             {
                 Some(child) => {
+                    child.queued.fetch_add(1, Ordering::Relaxed);
+                    m::mailbox_enqueued(m::ORDER_SAGA);
                     if let Err(MessagingErr::SendErr(OrderSagaMessage::Inspect(reply))) =
-                        child.send_message(OrderSagaMessage::Inspect(reply))
+                        child.actor.send_message(OrderSagaMessage::Inspect(reply))
                     {
+                        child.queued.fetch_sub(1, Ordering::Relaxed);
+                        m::mailbox_dequeued(m::ORDER_SAGA);
                         let _ = reply.send(None);
                     }
                 }
@@ -171,6 +188,7 @@ impl Actor for OrderSupervisor {
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 state.restarts += 1;
+                metrics::counter!(m::ACTOR_RESTARTS, "actor" => m::ORDER_SAGA).increment(1);
                 if let Some(order_id) = state.forget(cell.get_id()) {
                     error!(%order_id, error = %err, "order actor crashed; it will rehydrate from its snapshot on the next message");
                 }
@@ -187,11 +205,22 @@ impl SupervisorState {
         if self
             .children
             .get(&order_id)
-            .is_some_and(|c| c.get_id() == actor)
+            .is_some_and(|c| c.actor.get_id() == actor)
         {
-            self.children.remove(&order_id);
+            self.remove_child(order_id);
         }
         Some(order_id)
+    }
+
+    /// Drops a child; messages still counted in its mailbox died with it.
+    fn remove_child(&mut self, order_id: OrderId) {
+        if let Some(child) = self.children.remove(&order_id) {
+            let lost = child.queued.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                metrics::gauge!(m::MAILBOX_DEPTH, "actor" => m::ORDER_SAGA).decrement(lost as f64);
+            }
+        }
+        metrics::gauge!(m::ORDER_ACTORS_LIVE).set(self.children.len() as f64);
     }
 
     async fn route(
@@ -203,18 +232,22 @@ impl SupervisorState {
         let mut msg = msg;
         // Two rounds: the cached actor may have stopped since we last looked.
         for _ in 0..2 {
-            let child = match self.children.get(&order_id) {
-                Some(child) => child.clone(),
+            let (child, queued) = match self.children.get(&order_id) {
+                Some(child) => (child.actor.clone(), child.queued.clone()),
                 None => match self.spawn(myself, order_id).await {
                     Ok(child) => child,
                     Err(reason) => return fail(msg, reason),
                 },
             };
+            queued.fetch_add(1, Ordering::Relaxed);
+            m::mailbox_enqueued(m::ORDER_SAGA);
             match child.send_message(msg) {
                 Ok(()) => return,
                 Err(MessagingErr::SendErr(back)) => {
-                    self.children.remove(&order_id);
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    m::mailbox_dequeued(m::ORDER_SAGA);
                     self.owners.remove(&child.get_id());
+                    self.remove_child(order_id);
                     msg = back;
                 }
                 Err(other) => {
@@ -230,18 +263,26 @@ impl SupervisorState {
         &mut self,
         myself: &ActorRef<SupervisorMessage>,
         order_id: OrderId,
-    ) -> Result<ActorRef<OrderSagaMessage>, String> {
+    ) -> Result<(ActorRef<OrderSagaMessage>, Arc<AtomicUsize>), String> {
+        let queued = Arc::new(AtomicUsize::new(0));
         let (child, _join) = Actor::spawn_linked(
             None,
             OrderSagaActor,
-            (order_id, self.deps.clone()),
+            (order_id, self.deps.clone(), queued.clone()),
             myself.get_cell(),
         )
         .await
         .map_err(|e| e.to_string())?;
         self.owners.insert(child.get_id(), order_id);
-        self.children.insert(order_id, child.clone());
-        Ok(child)
+        self.children.insert(
+            order_id,
+            Child {
+                actor: child.clone(),
+                queued: queued.clone(),
+            },
+        );
+        metrics::gauge!(m::ORDER_ACTORS_LIVE).set(self.children.len() as f64);
+        Ok((child, queued))
     }
 }
 

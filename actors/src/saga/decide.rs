@@ -9,16 +9,18 @@
 use chrono::{DateTime, Utc};
 
 use super::state::{
-    Compensation, HistoryEntry, LatePayment, NewOrder, OrderState, OrderStatus, PaymentFailure,
-    PaymentInfo, PaymentStatus, StepTimeouts,
+    Compensation, HistoryEntry, LatePayment, NewOrder, OrderState, OrderStatus, Pause,
+    PaymentFailure, PaymentInfo, PaymentStatus, StepTimeouts,
 };
 use crate::events::{
     EventBody, InventoryReleaseRequested, OrderCancelled, OrderConfirmed, OrderCreated,
     PaymentCancelRequested, PaymentRefundRequested, PaymentRequested, Shortage,
 };
 
-/// What the saga reacts to, already stripped of transport details.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the saga reacts to, already stripped of transport details. Serialisable because a
+/// paused saga keeps the events it receives in its snapshot until it is resumed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum SagaEvent {
     StockReserved,
     OutOfStock {
@@ -56,6 +58,17 @@ pub enum SagaEvent {
     /// An operator gives up on the order: compensate (release stock, cancel the payment) and
     /// cancel.
     OperatorCancel {
+        by: String,
+        reason: String,
+    },
+    /// An operator holds the saga: no step is taken and its deadline stops; events are kept.
+    OperatorPause {
+        by: String,
+        reason: String,
+    },
+    /// An operator releases a paused saga: its step gets back the time it had left, and the
+    /// events kept while paused are decided in arrival order.
+    OperatorResume {
         by: String,
         reason: String,
     },
@@ -105,6 +118,8 @@ impl SagaEvent {
             SagaEvent::DeadlinePassed { .. } => "deadline_passed",
             SagaEvent::OperatorRetry { .. } => "operator_retry",
             SagaEvent::OperatorCancel { .. } => "operator_cancel",
+            SagaEvent::OperatorPause { .. } => "operator_pause",
+            SagaEvent::OperatorResume { .. } => "operator_resume",
         }
     }
 }
@@ -165,6 +180,7 @@ pub fn start_with_timeouts(
         }],
         timeouts,
         deadline: Some(deadline_after(now, timeouts.inventory())),
+        paused: None,
     };
     Transition {
         next,
@@ -176,6 +192,9 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
     use OrderStatus as S;
     use SagaEvent as E;
 
+    if let Some(pause) = &state.paused {
+        return decide_paused(state, pause, event, now);
+    }
     let compensating = state.compensation.is_some();
     match (state.status, event) {
         // A refund can land in any status (it follows a late payment, during or after cancel).
@@ -189,6 +208,8 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
         (_, E::DeadlinePassed { deadline }) => on_deadline(state, *deadline, now),
         (_, E::OperatorRetry { by, reason }) => operator_retry(state, by, reason, now),
         (_, E::OperatorCancel { by, reason }) => operator_cancel(state, by, reason, now),
+        (_, E::OperatorPause { by, reason }) => operator_pause(state, by, reason, now),
+        (_, E::OperatorResume { .. }) => Decision::Ignore("the order is not paused"),
         (S::Pending, E::StockReserved) => {
             let mut next = advance(state, now, S::StockReserved, Some("stock reserved"));
             next.payment = Some(PaymentInfo {
@@ -488,6 +509,99 @@ fn operator_cancel(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc
             Decision::Apply(transition)
         }
     }
+}
+
+/// Holds the saga: no effects, the deadline stops (its remaining time is kept).
+fn operator_pause(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc>) -> Decision {
+    if state.is_terminal() {
+        return Decision::Ignore("the order is finished");
+    }
+    let mut next = state.clone();
+    bump(&mut next, now);
+    next.paused = Some(Pause {
+        by: by.to_owned(),
+        reason: reason.to_owned(),
+        at: now,
+        remaining_ms: state.deadline.map(|d| (d - now).num_milliseconds().max(0)),
+        held: Vec::new(),
+    });
+    next.deadline = None;
+    next.history.push(HistoryEntry {
+        status: state.status,
+        at: now,
+        reason: Some(format!("paused by operator {by}: {reason}")),
+    });
+    apply(next, vec![])
+}
+
+/// A paused saga keeps what arrives and acts only on resume. Timers are moot (the deadline is
+/// held) and other operator actions wait for the resume, so nothing happens behind the back of
+/// the operator who paused it.
+fn decide_paused(
+    state: &OrderState,
+    pause: &Pause,
+    event: &SagaEvent,
+    now: DateTime<Utc>,
+) -> Decision {
+    match event {
+        SagaEvent::OperatorResume { by, reason } => resume(state, pause, by, reason, now),
+        SagaEvent::OperatorPause { .. } => Decision::Ignore("the order is already paused"),
+        SagaEvent::OperatorRetry { .. } | SagaEvent::OperatorCancel { .. } => {
+            Decision::Ignore("the order is paused: resume it first")
+        }
+        SagaEvent::DeadlinePassed { .. } => {
+            Decision::Ignore("the order is paused: its deadline is held")
+        }
+        held => {
+            let mut next = state.clone();
+            bump(&mut next, now);
+            if let Some(p) = next.paused.as_mut() {
+                p.held.push(held.clone());
+            }
+            next.history.push(HistoryEntry {
+                status: state.status,
+                at: now,
+                reason: Some(format!("{} held while paused", held.name())),
+            });
+            apply(next, vec![])
+        }
+    }
+}
+
+/// Un-pauses: the step's clock restarts with the time it had left, then the held events are
+/// decided in arrival order; one transition carries all their effects.
+fn resume(
+    state: &OrderState,
+    pause: &Pause,
+    by: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Decision {
+    let mut current = state.clone();
+    bump(&mut current, now);
+    current.paused = None;
+    current.deadline = pause
+        .remaining_ms
+        .map(|ms| deadline_after(now, chrono::Duration::milliseconds(ms)));
+    current.history.push(HistoryEntry {
+        status: state.status,
+        at: now,
+        reason: Some(format!(
+            "resumed by operator {by}: {reason} ({} held event(s) to decide)",
+            pause.held.len()
+        )),
+    });
+    let mut effects = Vec::new();
+    for event in &pause.held {
+        if let Decision::Apply(transition) = decide(&current, event, now) {
+            current = transition.next;
+            effects.extend(transition.effects);
+        }
+    }
+    Decision::Apply(Box::new(Transition {
+        next: current,
+        effects,
+    }))
 }
 
 /// A step's deadline passed: give up on it.

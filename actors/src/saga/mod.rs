@@ -12,6 +12,6 @@ mod tests;
 
 pub use decide::{Decision, Effect, SagaEvent, Transition, decide, start, start_with_timeouts};
 pub use state::{
-    Compensation, HistoryEntry, LatePayment, NewOrder, OrderState, OrderStatus, PaymentFailure,
-    PaymentInfo, PaymentStatus, StepTimeouts,
+    Compensation, HistoryEntry, LatePayment, NewOrder, OrderState, OrderStatus, Pause,
+    PaymentFailure, PaymentInfo, PaymentStatus, StepTimeouts,
 };

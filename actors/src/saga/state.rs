@@ -146,9 +146,28 @@ pub struct OrderState {
     pub history: Vec<HistoryEntry>,
     #[serde(default)]
     pub timeouts: StepTimeouts,
-    /// When the current step times out (`None` once terminal). Persisted, so a restart re-arms it.
+    /// When the current step times out (`None` once terminal, and while paused). Persisted, so
+    /// a restart re-arms it.
     #[serde(default)]
     pub deadline: Option<DateTime<Utc>>,
+    /// Set while an operator holds the saga (`None` almost always).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Pause>,
+}
+
+/// An operator paused the saga: it takes no step and its deadline is held. Events that arrive
+/// meanwhile are kept here, in the snapshot, and decided in arrival order on resume, so pausing
+/// never loses a payment outcome or a stock release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub by: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+    /// What was left of the step's time when paused; the step gets it back on resume.
+    pub remaining_ms: Option<i64>,
+    /// Events received while paused, oldest first.
+    #[serde(default)]
+    pub held: Vec<crate::saga::SagaEvent>,
 }
 
 impl OrderState {

@@ -868,3 +868,163 @@ fn a_release_that_overtakes_its_reservation_cancels_the_pending_order() {
         "no payment is requested afterwards"
     );
 }
+
+fn pause() -> SagaEvent {
+    SagaEvent::OperatorPause {
+        by: "carol".into(),
+        reason: "suspected fraud".into(),
+    }
+}
+
+fn resume_event() -> SagaEvent {
+    SagaEvent::OperatorResume {
+        by: "carol".into(),
+        reason: "checked with the bank".into(),
+    }
+}
+
+/// Feeds events starting at `state`, event i at t(start + i); returns the last state and the
+/// subjects published.
+fn run_from(
+    mut state: OrderState,
+    start: i64,
+    events: &[SagaEvent],
+) -> (OrderState, Vec<&'static str>) {
+    let mut published = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        if let Decision::Apply(tr) = decide(&state, event, t(start + i as i64)) {
+            assert!(
+                tr.next.version > state.version,
+                "every transition bumps the version"
+            );
+            assert_eq!(
+                tr.next.version as usize,
+                tr.next.history.len(),
+                "one history entry per version"
+            );
+            published.extend(tr.effects.iter().map(|Effect::Publish(b)| b.subject()));
+            state = tr.next;
+        }
+    }
+    (state, published)
+}
+
+#[test]
+fn a_paused_saga_holds_events_and_decides_them_in_order_on_resume() {
+    // (events while paused, status after resume, subjects published on resume)
+    let cases: Vec<(Vec<SagaEvent>, OrderStatus, Vec<&str>)> = vec![
+        (vec![], OrderStatus::StockReserved, vec![]),
+        (
+            vec![succeeded()],
+            OrderStatus::Completed,
+            vec!["order.confirmed.v1"],
+        ),
+        (
+            vec![pending(), succeeded(), succeeded()],
+            OrderStatus::Completed,
+            vec!["order.confirmed.v1"],
+        ),
+        (
+            vec![failed()],
+            OrderStatus::StockReserved,
+            vec!["inventory.release_requested.v1"],
+        ),
+        (
+            vec![failed(), released()],
+            OrderStatus::Cancelled,
+            vec!["inventory.release_requested.v1", "order.cancelled.v1"],
+        ),
+    ];
+    for (held, after, on_resume) in cases {
+        let (reserved_state, _) = run(&[reserved()]);
+        let (paused, published) = applied(decide(&reserved_state, &pause(), t(2)));
+        assert!(published.is_empty(), "pausing sends nothing");
+        assert_eq!(paused.deadline, None, "the deadline is held");
+        let (still_paused, published) = run_from(paused, 3, &held);
+        assert!(published.is_empty(), "nothing is acted on while paused");
+        assert_eq!(still_paused.status, OrderStatus::StockReserved);
+        assert_eq!(
+            still_paused.paused.as_ref().map(|p| p.held.len()),
+            Some(held.len()),
+            "every event is kept"
+        );
+        let (resumed, published) = run_from(still_paused, 100, &[resume_event()]);
+        assert_eq!(resumed.paused, None);
+        assert_eq!(resumed.status, after, "held {held:?}");
+        assert_eq!(published, on_resume, "held {held:?}");
+    }
+}
+
+#[test]
+fn a_pause_holds_the_step_clock_and_a_resume_gives_back_the_time_left() {
+    let (reserved_state, _) = run(&[reserved()]);
+    let deadline = reserved_state.deadline.unwrap_or_else(|| panic!("armed"));
+    let paused_at = t(10);
+    let left = deadline - paused_at;
+    let (paused, _) = applied(decide(&reserved_state, &pause(), paused_at));
+    assert_eq!(
+        paused.paused.as_ref().and_then(|p| p.remaining_ms),
+        Some(left.num_milliseconds())
+    );
+    // The old timer fires while paused: ignored, nothing happens.
+    assert!(matches!(
+        decide(&paused, &SagaEvent::DeadlinePassed { deadline }, deadline),
+        Decision::Ignore(_)
+    ));
+    // Resumed an hour later: the step has the same time left as when paused.
+    let later = t(3600);
+    let (resumed, _) = applied(decide(&paused, &resume_event(), later));
+    assert_eq!(resumed.deadline, Some(later + left));
+    let history = resumed
+        .history
+        .iter()
+        .filter_map(|h| h.reason.clone())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    assert!(
+        history.contains("paused by operator carol: suspected fraud")
+            && history.contains("resumed by operator carol: checked with the bank"),
+        "{history}"
+    );
+}
+
+#[test]
+fn while_paused_other_operator_actions_wait_and_pause_resume_are_not_repeated() {
+    let (paused, _) = applied(decide(&placed(), &pause(), t(1)));
+    for event in [retry(), operator_cancel(), pause()] {
+        assert!(
+            matches!(decide(&paused, &event, t(2)), Decision::Ignore(_)),
+            "{event:?}"
+        );
+    }
+    assert!(matches!(
+        decide(&placed(), &resume_event(), t(2)),
+        Decision::Ignore(_)
+    ));
+    let (done, _) = run(&[reserved(), succeeded()]);
+    assert!(
+        matches!(decide(&done, &pause(), t(5)), Decision::Ignore(_)),
+        "a finished order cannot be paused"
+    );
+    // A paused PENDING order keeps its out-of-stock answer and cancels on resume.
+    let (held, _) = run_from(paused, 2, &[out_of_stock()]);
+    let (resumed, published) = run_from(held, 3, &[resume_event()]);
+    assert_eq!(resumed.status, OrderStatus::Cancelled);
+    assert_eq!(published, ["order.cancelled.v1"]);
+}
+
+#[test]
+fn a_paused_snapshot_round_trips_through_json_with_its_held_events() {
+    let (paused, _) = applied(decide(&placed(), &pause(), t(1)));
+    let (held, _) = run_from(paused, 2, &[out_of_stock(), refunded("pi_9", "re_1")]);
+    let json = serde_json::to_string(&held).unwrap_or_else(|e| panic!("{e}"));
+    let back: OrderState = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back, held);
+    // A snapshot written before pausing existed has no `paused` field.
+    let mut old: serde_json::Value =
+        serde_json::to_value(placed()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(old.get("paused").is_none());
+    old.as_object_mut().map(|o| o.remove("paused"));
+    let parsed: OrderState = serde_json::from_value(old).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.paused, None);
+}

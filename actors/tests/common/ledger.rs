@@ -94,7 +94,9 @@ impl LedgerInner {
                 }
                 self.held.insert(order_id, wanted);
                 self.decisions.insert(order_id, Decided::Reserved);
-                ReservationOutcome::Reserved
+                ReservationOutcome::Reserved {
+                    low_stock: Vec::new(),
+                }
             }
             Plan::Refuse(shortages) => {
                 self.decisions.insert(order_id, Decided::OutOfStock);

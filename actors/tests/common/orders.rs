@@ -99,7 +99,7 @@ pub async fn advance_elsewhere(
         })
         .collect();
     store
-        .commit(&transition.next, &outbox)
+        .commit(current.version, &transition.next, &outbox)
         .await
         .unwrap_or_else(|e| panic!("the other process could not commit: {e}"));
 }

@@ -139,7 +139,12 @@ impl OrderSnapshotStore for InMemorySnapshotStore {
         Ok(true)
     }
 
-    async fn commit(&self, next: &OrderState, outbox: &[Envelope]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        expected: i64,
+        next: &OrderState,
+        outbox: &[Envelope],
+    ) -> Result<(), StoreError> {
         let panic_now = {
             let mut inner = lock(&self.inner);
             if inner.unavailable {
@@ -151,7 +156,6 @@ impl OrderSnapshotStore for InMemorySnapshotStore {
             panic!("the fake store driver blew up (deliberately)");
         }
         let mut inner = lock(&self.inner);
-        let expected = next.version - 1;
         let stored = inner.orders.get(&next.order_id).map(|o| o.version);
         if stored != Some(expected) {
             inner.conflicts += 1;

@@ -20,9 +20,10 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use actors::events::Envelope;
+use actors::metrics as m;
 
 use sqlx::PgPool;
 
@@ -34,6 +35,8 @@ pub struct ConsumerSpec {
     pub stream: &'static str,
     pub durable: &'static str,
     pub filter: &'static str,
+    /// The saga step whose messages this consumer carries (`step` label of the retry metric).
+    pub step: &'static str,
 }
 
 /// Why a handler could not finish a message.
@@ -217,8 +220,17 @@ async fn finish_one(
         .as_ref()
         .map(|e| e.correlation_id.to_string())
         .unwrap_or_default();
+    if delivered > 1 {
+        metrics::counter!(m::JETSTREAM_REDELIVERIES, "consumer" => spec.durable).increment(1);
+    }
+    let counted = |outcome: &'static str| {
+        metrics::counter!(m::JETSTREAM_CONSUMED, "consumer" => spec.durable, "outcome" => outcome)
+            .increment(1);
+    };
     let error = match result {
         Ok(()) => {
+            counted("ack");
+            debug!(consumer = spec.durable, subject = %message.subject, %order_id, %correlation_id, delivered, "message handled");
             if let Err(e) = message.ack().await {
                 warn!(consumer = spec.durable, %order_id, error = %e, "ack failed; the message will be redelivered and deduplicated");
             }
@@ -226,6 +238,8 @@ async fn finish_one(
         }
         Err(HandlerError::Retry(e)) if !context.policy.exhausted(delivered) => {
             let delay = context.policy.delay(delivered);
+            counted("retry");
+            metrics::counter!(m::STEP_RETRIES, "step" => spec.step).increment(1);
             warn!(consumer = spec.durable, %order_id, %correlation_id, delivered, retry_in_ms = delay.as_millis() as u64, error = %e, "handler failed; redelivering later");
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             return;
@@ -244,6 +258,7 @@ async fn finish_one(
     };
     match dead_letters::park(&context.pool, &letter).await {
         Ok(()) => {
+            counted("dead_letter");
             error!(consumer = spec.durable, %order_id, %correlation_id, delivered, error = %error, "message parked as a dead letter");
             let _ = message.ack().await;
         }

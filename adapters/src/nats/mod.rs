@@ -38,44 +38,62 @@ pub const STREAMS: [(&str, &str); 3] = [
 pub const ORDER_SAGA_INVENTORY: ConsumerSpec = ConsumerSpec {
     stream: "inventory",
     durable: "order-saga-inventory",
+    step: "saga",
     filter: "inventory.>",
 };
 /// The saga's inbound payment outcomes (it ignores the payment requests it sent itself).
 pub const ORDER_SAGA_PAYMENTS: ConsumerSpec = ConsumerSpec {
     stream: "payments",
     durable: "order-saga-payments",
+    step: "saga",
     filter: "payment.>",
 };
 /// Inventory reserves on order.created, commits on order.confirmed, releases on order.cancelled.
 pub const INVENTORY_ORDERS: ConsumerSpec = ConsumerSpec {
     stream: "orders",
     durable: "inventory-orders",
+    step: "inventory",
     filter: "order.>",
 };
 /// Inventory's compensation commands from the saga.
 pub const INVENTORY_COMMANDS: ConsumerSpec = ConsumerSpec {
     stream: "inventory",
     durable: "inventory-commands",
+    step: "compensation",
     filter: "inventory.release_requested.v1",
 };
 /// The payment role's refund requests (late payments of cancelled orders).
 pub const PAYMENT_REFUNDS: ConsumerSpec = ConsumerSpec {
     stream: "payments",
     durable: "payment-refunds",
+    step: "payment",
     filter: "payment.refund_requested.v1",
 };
 /// The payment role's cancel requests (the saga gave up on a payment).
 pub const PAYMENT_CANCELLATIONS: ConsumerSpec = ConsumerSpec {
     stream: "payments",
     durable: "payment-cancellations",
+    step: "payment",
     filter: "payment.cancel_requested.v1",
 };
 /// The payment role's charge requests.
 pub const PAYMENT_REQUESTS: ConsumerSpec = ConsumerSpec {
     stream: "payments",
     durable: "payment-requests",
+    step: "payment",
     filter: "payment.requested.v1",
 };
+
+/// Every durable consumer ordersaga runs (metrics register their series from this list).
+pub const ALL_CONSUMERS: [ConsumerSpec; 7] = [
+    ORDER_SAGA_INVENTORY,
+    ORDER_SAGA_PAYMENTS,
+    INVENTORY_ORDERS,
+    INVENTORY_COMMANDS,
+    PAYMENT_REFUNDS,
+    PAYMENT_CANCELLATIONS,
+    PAYMENT_REQUESTS,
+];
 
 /// Connects, failing fast with the address in the message if the server is not there; once
 /// connected, the client reconnects on its own forever.

@@ -10,7 +10,16 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use actors::metrics as names;
+
 use crate::postgres::{OutboxSignal, outbox};
+
+/// Subject prefix → stream, for the `stream` label (a fixed set, no allocation per message).
+const STREAM_LABELS: [(&str, &str); 3] = [
+    ("order.", "orders"),
+    ("payment.", "payments"),
+    ("inventory.", "inventory"),
+];
 
 pub struct OutboxRelay {
     pool: PgPool,
@@ -66,7 +75,14 @@ impl OutboxRelay {
             return Ok(0);
         }
         let mut acks = Vec::with_capacity(batch.messages.len());
+        let mut per_stream = [0u64; 3];
         for m in &batch.messages {
+            if let Some(i) = STREAM_LABELS
+                .iter()
+                .position(|(prefix, _)| m.subject.starts_with(prefix))
+            {
+                per_stream[i] += 1;
+            }
             let publish = PublishMessage::build()
                 .message_id(m.message_id.to_string())
                 .header("Correlation-Id", m.correlation_id.as_str())
@@ -76,14 +92,25 @@ impl OutboxRelay {
                 .js
                 .send_publish(m.subject.clone(), publish)
                 .await
-                .map_err(|e| format!("publish {}: {e}", m.subject))?;
+                .map_err(|e| {
+                    metrics::counter!(names::JETSTREAM_PUBLISH_FAILURES).increment(1);
+                    format!("publish {}: {e}", m.subject)
+                })?;
             acks.push(ack);
         }
         for ack in
             futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
                 .await
         {
-            ack.map_err(|e| format!("publish not acknowledged: {e}"))?;
+            ack.map_err(|e| {
+                metrics::counter!(names::JETSTREAM_PUBLISH_FAILURES).increment(1);
+                format!("publish not acknowledged: {e}")
+            })?;
+        }
+        for ((_, stream), n) in STREAM_LABELS.iter().zip(per_stream) {
+            if n > 0 {
+                metrics::counter!(names::JETSTREAM_PUBLISHED, "stream" => *stream).increment(n);
+            }
         }
         let count = batch.messages.len();
         batch.finish().await.map_err(|e| e.to_string())?;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use actors::domain::{CorrelationId, OrderId};
-use actors::events::Shortage;
+use actors::domain::{CorrelationId, OrderId, Sku};
+use actors::events::{InventoryLowStock, Shortage};
 use actors::ports::{
     OutcomeMessages, ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome,
     StoreError,
@@ -50,13 +50,48 @@ async fn lock_available(
     tx: &mut Transaction<'_, Postgres>,
     skus: &[String],
 ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT sku, on_hand - reserved FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    Ok(lock_stock(tx, skus)
+        .await?
+        .into_iter()
+        .map(|(sku, (available, _))| (sku, available))
+        .collect())
+}
+
+/// Locks the products rows in SKU order: (available, low-stock threshold) of each.
+async fn lock_stock(
+    tx: &mut Transaction<'_, Postgres>,
+    skus: &[String],
+) -> Result<BTreeMap<String, (i64, i64)>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT sku, on_hand - reserved, low_stock_threshold FROM products
+         WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
     )
     .bind(skus)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().map(|(s, a, t)| (s, (a, t))).collect())
+}
+
+/// The products whose available stock this reservation takes from above their threshold to at
+/// or below it: each crossing alerts once, and a restock above the threshold re-arms it.
+fn low_stock_crossings(
+    stock: &BTreeMap<String, (i64, i64)>,
+    wanted: &BTreeMap<String, i64>,
+) -> Vec<InventoryLowStock> {
+    wanted
+        .iter()
+        .filter_map(|(sku, want)| {
+            let (before, threshold) = *stock.get(sku)?;
+            let after = before - want;
+            let crossed = threshold > 0 && before > threshold && after <= threshold;
+            Some(InventoryLowStock {
+                sku: Sku::parse(sku).ok()?,
+                available: after,
+                threshold,
+            })
+            .filter(|_| crossed)
+        })
+        .collect()
 }
 
 /// Moves an order's RESERVED rows to `to` and returns (sku, quantity) of the rows moved.
@@ -147,7 +182,7 @@ async fn retake_expired(
         .any(|(sku, q)| available.get(sku).copied().unwrap_or(0) < *q);
     if short {
         tracing::error!(%order_id, "order completed after its reservation expired and the units were sold meanwhile: stock shortfall");
-        metrics::counter!("inventory_commit_shortfall_total").increment(1);
+        metrics::counter!(actors::metrics::COMMIT_SHORTFALL).increment(1);
         return Ok(SettleOutcome { rows_changed: 0 });
     }
     sqlx::query(
@@ -190,7 +225,9 @@ impl ReservationLedger for PgReservationLedger {
         {
             return Ok(ReservationOutcome::AlreadyDecided);
         }
-        let available = lock_available(&mut tx, &skus).await.map_err(unavailable)?;
+        let stock = lock_stock(&mut tx, &skus).await.map_err(unavailable)?;
+        let available: BTreeMap<&str, i64> =
+            stock.iter().map(|(s, (a, _))| (s.as_str(), *a)).collect();
         let shortages: Vec<Shortage> = request
             .lines
             .iter()
@@ -227,7 +264,9 @@ impl ReservationLedger for PgReservationLedger {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-            ReservationOutcome::Reserved
+            ReservationOutcome::Reserved {
+                low_stock: low_stock_crossings(&stock, &wanted),
+            }
         } else {
             sqlx::query(
                 "UPDATE inventory_decisions SET outcome = 'OUT_OF_STOCK' WHERE order_id = $1",

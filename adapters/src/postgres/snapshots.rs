@@ -76,9 +76,13 @@ impl OrderSnapshotStore for PgOrderSnapshotStore {
         Ok(true)
     }
 
-    async fn commit(&self, next: &OrderState, messages: &[Envelope]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        expected: i64,
+        next: &OrderState,
+        messages: &[Envelope],
+    ) -> Result<(), StoreError> {
         let state = encode(next)?;
-        let expected = next.version - 1;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let updated = sqlx::query(
             "UPDATE order_snapshots SET version = $2, status = $3, state = $4, updated_at = $5, deadline = $7

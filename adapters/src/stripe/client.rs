@@ -286,6 +286,8 @@ impl StripeClient {
                         .and_then(|v| v.to_str().ok())
                         .map(|v| v.eq_ignore_ascii_case("true"));
                     let bytes = response.bytes().await.unwrap_or_default();
+                    // Inside a consumer's span, so it carries the order and correlation ids.
+                    debug!(%url, attempt, status = status.as_u16(), "Stripe call answered");
                     if status.is_success() {
                         return serde_json::from_slice(&bytes).map_err(|e| StripeError::Api {
                             status: status.as_u16(),

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use actors::payments::PaymentService;
 
-use super::webhook::{StripeEvent, parse_event, payment_update};
+use super::webhook::{StripeEvent, parse_event, payment_update, type_label};
 use crate::postgres::stripe_events;
 
 #[derive(Clone)]
@@ -98,7 +98,6 @@ impl WebhookInbox {
         for (event_id, outcome) in outcomes {
             // `None`: not processed yet (a store failure); the next batch retries it.
             let Some(outcome) = outcome else { continue };
-            debug!(%event_id, %outcome, "webhook event processed");
             batch
                 .mark(&event_id, &outcome)
                 .await
@@ -114,6 +113,11 @@ impl WebhookInbox {
 /// stays well below the pool size).
 const IN_FLIGHT: usize = 8;
 
+fn counted(kind: &'static str, result: &'static str) {
+    metrics::counter!(actors::metrics::WEBHOOK_EVENTS, "type" => kind, "result" => result)
+        .increment(1);
+}
+
 async fn outcome_of(
     service: &PaymentService,
     event_id: &str,
@@ -123,15 +127,26 @@ async fn outcome_of(
         .ok()
         .and_then(|b| parse_event(&b).ok())
     else {
+        counted("other", "unreadable");
         return Some("unreadable".to_owned());
     };
+    let kind = type_label(&event.kind);
     let Some(update) = payment_update(&event) else {
+        counted(kind, "ignored");
         return Some(format!("ignored type {}", event.kind));
     };
     match service.on_provider_update(&update).await {
-        Ok(Some(applied)) => Some(format!("applied to order {}", applied.order_id)),
-        Ok(None) => Some("no change (unknown charge, duplicate or regression)".to_owned()),
+        Ok(Some(applied)) => {
+            counted(kind, "routed");
+            debug!(%event_id, event_type = %event.kind, order_id = %applied.order_id, correlation_id = %applied.correlation_id, "webhook event routed to its order");
+            Some(format!("applied to order {}", applied.order_id))
+        }
+        Ok(None) => {
+            counted(kind, "no_change");
+            Some("no change (unknown charge, duplicate or regression)".to_owned())
+        }
         Err(e) => {
+            counted(kind, "failed");
             warn!(%event_id, error = %e, "webhook event not processed yet");
             None
         }

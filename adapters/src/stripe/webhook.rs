@@ -21,6 +21,18 @@ pub struct EventData {
     pub object: serde_json::Value,
 }
 
+/// The event type as a metric label: the types we handle by name, anything else as `other`,
+/// so a sender cannot grow the label set.
+pub fn type_label(kind: &str) -> &'static str {
+    match kind {
+        "payment_intent.succeeded" => "payment_intent.succeeded",
+        "payment_intent.processing" => "payment_intent.processing",
+        "payment_intent.canceled" => "payment_intent.canceled",
+        "payment_intent.payment_failed" => "payment_intent.payment_failed",
+        _ => "other",
+    }
+}
+
 /// Parses a (verified) event body. Only the fields routing needs are required.
 pub fn parse_event(body: &[u8]) -> Result<StripeEvent, serde_json::Error> {
     serde_json::from_slice(body)
