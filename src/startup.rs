@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use ractor::Actor;
 use sqlx::PgPool;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use actors::events::Envelope;
 use actors::inventory::InventoryShards;
-use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps, SagaError};
+use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps, SagaError, StatusWatchers};
 use actors::payments::{FailureStreak, PaymentService};
 use actors::ports::{OrderSnapshotStore, ReservationLedger, SharedClock, SystemClock};
 use actors::saga::SagaEvent;
@@ -182,7 +182,7 @@ impl Application {
         let mut tasks = JoinSet::new();
         let signal: OutboxSignal = Arc::new(Notify::new());
         let clock: SharedClock = Arc::new(SystemClock);
-        let (status_changes, _) = broadcast::channel(4096);
+        let status_watchers = StatusWatchers::default();
 
         let catalog = Catalog::new(pool.clone());
         if settings.seed_demo_catalog && catalog.seed_demo_if_empty().await? {
@@ -209,7 +209,7 @@ impl Application {
             let deps = SagaDeps {
                 store: deps_store.clone(),
                 clock: clock.clone(),
-                status_changes: status_changes.clone(),
+                status_watchers: status_watchers.clone(),
                 timeouts: settings.step_timeouts(),
             };
             let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
@@ -329,7 +329,7 @@ impl Application {
             catalog,
             idempotency: IdempotencyKeys::new(pool.clone()),
             orders: orders.clone(),
-            status_changes,
+            status_watchers,
             nats,
             payments: payment_http,
             shards: shards.clone(),

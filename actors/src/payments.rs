@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, Utc};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::domain::{CorrelationId, OrderId};
 use crate::events::{
@@ -209,7 +209,7 @@ impl PaymentService {
             )
             .await?;
         if recorded {
-            info!(%order_id, correlation_id = %envelope.correlation_id, outcome = ?outcome, "payment recorded");
+            debug!(%order_id, correlation_id = %envelope.correlation_id, outcome = ?outcome, "payment recorded");
         }
         Ok(())
     }
@@ -257,10 +257,10 @@ impl PaymentService {
         let applied = self.records.apply_update(update, &messages).await?;
         match &applied {
             Some(a) => {
-                info!(order_id = %a.order_id, correlation_id = %a.correlation_id, reference = %update.reference, status = ?update.status, "payment update applied")
+                debug!(order_id = %a.order_id, correlation_id = %a.correlation_id, reference = %update.reference, status = ?update.status, "payment update applied")
             }
             None => {
-                info!(reference = %update.reference, status = ?update.status, "payment update ignored (unknown charge, duplicate or regression)")
+                debug!(reference = %update.reference, status = ?update.status, "payment update ignored (unknown charge, duplicate or regression)")
             }
         }
         Ok(applied)

@@ -1,15 +1,14 @@
 //! The order supervisor and its saga actors, driven through the supervisor handle against an
-//! in-memory snapshot store: placement, event delivery, late payments and status broadcasts.
+//! in-memory snapshot store: placement, event delivery, late payments and status waiters.
 //! Conflicts, outages and crashes are in `order_recovery.rs`.
 
 #[allow(dead_code)]
 mod common;
 
 use actors::events::{EventBody, OrderCreated, PaymentRefundRequested, subjects};
-use actors::orders::{Delivery, StatusChange};
+use actors::orders::Delivery;
 use actors::ports::OrderSnapshotStore;
 use actors::saga::{self, OrderStatus, PaymentStatus, SagaEvent};
-use tokio::sync::broadcast;
 
 use common::orders::spawn_orders;
 use common::{TIMEOUT, customer, eur, new_order, out_of_stock, pending, succeeded, t0};
@@ -91,8 +90,7 @@ async fn losing_a_placement_race_returns_the_winners_order() {
     let id = theirs.order_id;
     let inserted = orders.store.create(&theirs, &[]).await;
     assert_eq!(inserted, Ok(true));
-    // Our first load misses their row (it was not committed yet); our insert then loses.
-    orders.store.hide_next_load();
+    // Placement inserts without reading first; our insert loses and their order is returned.
 
     let mut ours = new_order();
     ours.order_id = id;
@@ -356,53 +354,54 @@ async fn each_order_gets_its_own_actor() {
 }
 
 #[tokio::test]
-async fn status_changes_are_broadcast_for_waiters() {
+async fn waiters_of_an_order_get_its_committed_states_and_nothing_else() {
     let orders = spawn_orders().await;
-    let mut waiter = orders.status_changes.subscribe();
     let order = new_order();
     let id = order.order_id;
+    let other = new_order();
+    let mut waiter = orders.status_watchers.watch(id);
+    let mut other_waiter = orders.status_watchers.watch(other.order_id);
 
-    async fn next(rx: &mut broadcast::Receiver<StatusChange>) -> StatusChange {
-        match tokio::time::timeout(TIMEOUT, rx.recv()).await {
-            Ok(Ok(change)) => change,
+    async fn next(watch: &mut actors::orders::StatusWatch) -> actors::saga::OrderState {
+        match tokio::time::timeout(TIMEOUT, watch.changed()).await {
+            Ok(Some(state)) => (*state).clone(),
             other => panic!("no status change: {other:?}"),
         }
     }
 
+    // Committed before the waiter looks: still seen (the watch remembers what it has not read).
     orders.place(order.clone()).await;
-    assert_eq!(
-        next(&mut waiter).await,
-        StatusChange {
-            order_id: id,
-            status: OrderStatus::Pending
-        }
-    );
+    let placed = next(&mut waiter).await;
+    assert_eq!((placed.status, placed.version), (OrderStatus::Pending, 1));
     orders.deliver(id, SagaEvent::StockReserved).await;
-    assert_eq!(
-        next(&mut waiter).await,
-        StatusChange {
-            order_id: id,
-            status: OrderStatus::StockReserved
-        }
-    );
+    assert_eq!(next(&mut waiter).await.status, OrderStatus::StockReserved);
 
-    // Neither an ignored duplicate nor an idempotent re-placement changes anything.
+    // Neither an ignored duplicate nor an idempotent re-placement publishes anything.
     let duplicate = orders.deliver(id, SagaEvent::StockReserved).await;
     assert!(matches!(duplicate, Delivery::Ignored(_)), "{duplicate:?}");
     orders.place(order).await;
-    assert_eq!(
-        waiter.try_recv(),
-        Err(broadcast::error::TryRecvError::Empty)
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(50), waiter.changed())
+            .await
+            .is_err(),
+        "nothing new was committed"
     );
 
     orders.deliver(id, succeeded("pi_1")).await;
-    assert_eq!(
-        next(&mut waiter).await,
-        StatusChange {
-            order_id: id,
-            status: OrderStatus::Completed
-        }
+    let done = next(&mut waiter).await;
+    assert_eq!(done.status, OrderStatus::Completed);
+    assert_eq!(done, orders.store.stored(id), "the committed state itself");
+    // The other order's waiter was never woken.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(10), other_waiter.changed())
+            .await
+            .is_err()
     );
+    // Registrations go away with their waiters.
+    assert_eq!(orders.status_watchers.watched_orders(), 2);
+    drop(waiter);
+    drop(other_waiter);
+    assert_eq!(orders.status_watchers.watched_orders(), 0);
 }
 
 /// A clock the test moves forward.
@@ -421,11 +420,10 @@ async fn the_supervisor_fires_a_deadline_retries_it_through_an_outage_and_the_sa
 
     let store = std::sync::Arc::new(common::snapshots::InMemorySnapshotStore::default());
     let clock = std::sync::Arc::new(MovableClock(std::sync::Mutex::new(common::t0())));
-    let (status_changes, _) = tokio::sync::broadcast::channel(16);
     let deps = SagaDeps {
         store: store.clone(),
         clock: clock.clone(),
-        status_changes,
+        status_watchers: actors::orders::StatusWatchers::default(),
         timeouts: actors::saga::StepTimeouts {
             inventory_ms: 1_000,
             payment_ms: 2_000,

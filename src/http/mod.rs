@@ -20,11 +20,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use sqlx::PgPool;
-use tokio::sync::broadcast;
 
 pub use error::ApiError;
 
-use actors::orders::{OrderSupervisorHandle, StatusChange};
+use actors::orders::{OrderSupervisorHandle, StatusWatchers};
 use adapters::postgres::{Catalog, IdempotencyKeys};
 use adapters::stripe::{StripeClient, WebhookInbox, WebhookVerifier};
 
@@ -38,7 +37,7 @@ pub struct AppState {
     pub idempotency: IdempotencyKeys,
     /// `None` when this process does not run the order role.
     pub orders: Option<OrderSupervisorHandle>,
-    pub status_changes: broadcast::Sender<StatusChange>,
+    pub status_watchers: StatusWatchers,
     pub nats: async_nats::Client,
     /// `None` when this process does not run the payment role.
     pub payments: Option<PaymentHttp>,

@@ -69,7 +69,7 @@ pub async fn receive(
     counted(type_label(&event.kind), result);
     // Our PaymentIntents carry the order's ids in their metadata: log them with the event.
     let metadata = &raw["data"]["object"]["metadata"];
-    tracing::info!(
+    tracing::debug!(
         event_id = %event.id,
         event_type = %event.kind,
         duplicate = (recorded == Recorded::Duplicate),

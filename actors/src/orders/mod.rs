@@ -6,14 +6,14 @@
 
 mod handle;
 mod saga_actor;
+mod status_watch;
 mod supervisor;
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
-
 pub use handle::OrderSupervisorHandle;
 pub use saga_actor::{LiveOrder, OrderSagaActor, OrderSagaMessage};
+pub use status_watch::{StatusWatch, StatusWatchers};
 pub use supervisor::{OrderSupervisor, SupervisorMessage, SupervisorOverview};
 
 use crate::domain::OrderId;
@@ -25,17 +25,10 @@ use crate::saga::{OrderStatus, StepTimeouts};
 pub struct SagaDeps {
     pub store: Arc<dyn OrderSnapshotStore>,
     pub clock: SharedClock,
-    /// Every committed status change, for in-process waiters (`GET /orders/{id}?wait=`).
-    /// Lossy by design: a lagging receiver rereads the store.
-    pub status_changes: broadcast::Sender<StatusChange>,
+    /// Waiters for committed changes of one order (`GET /orders/{id}?wait=`).
+    pub status_watchers: StatusWatchers,
     /// Step timeouts given to every new order.
     pub timeouts: StepTimeouts,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusChange {
-    pub order_id: OrderId,
-    pub status: OrderStatus,
 }
 
 /// The answer to a delivered event.

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::supervisor::SupervisorMessage;
-use super::{Delivery, SagaDeps, SagaError, StatusChange};
+use super::{Delivery, SagaDeps, SagaError};
 use crate::domain::OrderId;
 use crate::events::Envelope;
 use crate::metrics as m;
@@ -106,7 +106,9 @@ impl Actor for OrderSagaActor {
                 let result = state.handle(&event).await;
                 match &event {
                     SagaEvent::DeadlinePassed { deadline } => state.after_timer(*deadline, &result),
-                    SagaEvent::OperatorRetry { .. } if result.is_ok() => {
+                    SagaEvent::OperatorRetry { .. }
+                        if matches!(result, Ok(Delivery::Applied(_))) =>
+                    {
                         if let Some(current) = &state.snapshot {
                             metrics::counter!(m::STEP_RETRIES, "step" => step_of(current))
                                 .increment(1);
@@ -184,7 +186,8 @@ impl OrderSagaState {
     }
 
     async fn start(&mut self, order: NewOrder) -> Result<OrderState, SagaError> {
-        self.ensure_loaded().await?;
+        // A new order has nothing to load: try to create it straight away (the store refuses an
+        // existing one, which is then loaded), saving a read per placement.
         if let Some(existing) = &self.snapshot {
             return Ok(existing.clone());
         }
@@ -192,7 +195,7 @@ impl OrderSagaState {
             saga::start_with_timeouts(order, self.deps.timeouts, self.deps.clock.now());
         let outbox = envelopes(&next, &effects);
         if !self.deps.store.create(&next, &outbox).await? {
-            // Another process placed it between our load and our insert: theirs wins.
+            // It exists already (a replay, or another process placed it first): that one wins.
             self.snapshot = None;
             self.ensure_loaded().await?;
             return self
@@ -307,7 +310,7 @@ impl OrderSagaState {
 
     fn publish_status(&self, next: &OrderState) {
         if next.is_terminal() {
-            info!(
+            debug!(
                 order_id = %next.order_id,
                 correlation_id = %next.correlation_id,
                 status = next.status.as_str(),
@@ -315,11 +318,7 @@ impl OrderSagaState {
                 "order finished"
             );
         }
-        // No receivers is normal (nobody waiting); ignore.
-        let _ = self.deps.status_changes.send(StatusChange {
-            order_id: next.order_id,
-            status: next.status,
-        });
+        self.deps.status_watchers.publish(next);
     }
 }
 

@@ -4,11 +4,10 @@ use std::sync::Arc;
 
 use actors::domain::OrderId;
 use actors::events::Envelope;
-use actors::orders::{Delivery, OrderSupervisor, OrderSupervisorHandle, SagaDeps, StatusChange};
+use actors::orders::{Delivery, OrderSupervisor, OrderSupervisorHandle, SagaDeps, StatusWatchers};
 use actors::ports::OrderSnapshotStore;
 use actors::saga::{self, Decision, Effect, NewOrder, OrderState, OrderStatus, SagaEvent};
 use ractor::Actor;
-use tokio::sync::broadcast;
 
 use super::snapshots::InMemorySnapshotStore;
 use super::{FixedClock, TIMEOUT, eventually, new_order, pending, succeeded, t0};
@@ -16,16 +15,16 @@ use super::{FixedClock, TIMEOUT, eventually, new_order, pending, succeeded, t0};
 pub struct Orders {
     pub handle: OrderSupervisorHandle,
     pub store: Arc<InMemorySnapshotStore>,
-    pub status_changes: broadcast::Sender<StatusChange>,
+    pub status_watchers: StatusWatchers,
 }
 
 pub async fn spawn_orders() -> Orders {
     let store = Arc::new(InMemorySnapshotStore::default());
-    let (status_changes, _) = broadcast::channel(64);
+    let status_watchers = StatusWatchers::default();
     let deps = SagaDeps {
         store: store.clone(),
         clock: Arc::new(FixedClock(t0())),
-        status_changes: status_changes.clone(),
+        status_watchers: status_watchers.clone(),
         timeouts: actors::saga::StepTimeouts::default(),
     };
     let (supervisor, _join) = Actor::spawn(None, OrderSupervisor, deps)
@@ -34,7 +33,7 @@ pub async fn spawn_orders() -> Orders {
     Orders {
         handle: OrderSupervisorHandle::new(supervisor, TIMEOUT),
         store,
-        status_changes,
+        status_watchers,
     }
 }
 

@@ -1,0 +1,109 @@
+//! Waiting for one order to change (`GET /orders/{id}?wait=`).
+//!
+//! A waiting request registers interest in its order only; a committed transition looks up that
+//! order's entry (one hash lookup when nobody waits, which is almost always) and hands the new
+//! state to its waiters, so they answer without reading the database. A broadcast of every
+//! change to every waiter would cost O(changes × waiters): at a thousand long polls in flight
+//! that is most of a core spent waking requests that are not concerned.
+//!
+//! Built on `tokio::sync::watch`: a receiver remembers which value it has seen, so a change that
+//! lands between registering and waiting is never missed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::domain::OrderId;
+use crate::saga::OrderState;
+
+const SHARDS: usize = 16;
+
+type Slots = HashMap<OrderId, watch::Sender<Option<Arc<OrderState>>>>;
+
+/// The registry of waiters, shared by the saga actors (which publish) and HTTP (which waits).
+#[derive(Clone)]
+pub struct StatusWatchers {
+    shards: Arc<[Mutex<Slots>; SHARDS]>,
+}
+
+impl Default for StatusWatchers {
+    fn default() -> Self {
+        Self {
+            shards: Arc::new(std::array::from_fn(|_| Mutex::new(HashMap::new()))),
+        }
+    }
+}
+
+impl StatusWatchers {
+    fn shard(&self, order_id: OrderId) -> MutexGuard<'_, Slots> {
+        let index = (order_id.as_uuid().as_u128() % SHARDS as u128) as usize;
+        // A poisoned lock only means a panic elsewhere; the map itself stays consistent.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers interest in `order_id`; changes committed from now on are delivered to it.
+    pub fn watch(&self, order_id: OrderId) -> StatusWatch {
+        let receiver = self
+            .shard(order_id)
+            .entry(order_id)
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        StatusWatch {
+            watchers: self.clone(),
+            order_id,
+            receiver: Some(receiver),
+        }
+    }
+
+    /// A transition of `state` was committed: wake its waiters, if any.
+    pub fn publish(&self, state: &OrderState) {
+        if let Some(sender) = self.shard(state.order_id).get(&state.order_id) {
+            sender.send_replace(Some(Arc::new(state.clone())));
+        }
+    }
+
+    /// Orders with at least one waiter (inspection and tests).
+    pub fn watched_orders(&self) -> usize {
+        (0..SHARDS)
+            .map(|i| {
+                self.shards[i]
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .len()
+            })
+            .sum()
+    }
+}
+
+/// One waiter's registration; dropping it unregisters (the entry goes with the last waiter).
+pub struct StatusWatch {
+    watchers: StatusWatchers,
+    order_id: OrderId,
+    receiver: Option<watch::Receiver<Option<Arc<OrderState>>>>,
+}
+
+impl StatusWatch {
+    /// The next committed state of the order (cancel-safe: use it in `select!`).
+    pub async fn changed(&mut self) -> Option<Arc<OrderState>> {
+        let receiver = self.receiver.as_mut()?;
+        receiver.changed().await.ok()?;
+        receiver.borrow_and_update().clone()
+    }
+}
+
+impl Drop for StatusWatch {
+    fn drop(&mut self) {
+        let mut shard = self.watchers.shard(self.order_id);
+        // Drop our receiver under the lock, so the count below is exact.
+        self.receiver = None;
+        if shard
+            .get(&self.order_id)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            shard.remove(&self.order_id);
+        }
+    }
+}
