@@ -80,6 +80,10 @@ pub struct SettleOutcome {
 /// Derives the messages to commit together with a ledger outcome.
 pub type OutcomeMessages<'a, O> = &'a (dyn Fn(&O) -> Vec<Envelope> + Send + Sync);
 
+/// Derives the messages of one reservation of a batch from its request and outcome.
+pub type BatchMessages<'a> =
+    &'a (dyn Fn(&ReservationRequest, &ReservationOutcome) -> Vec<Envelope> + Send + Sync);
+
 /// Stock and reservations. Postgres's CHECK constraints back every implementation's promise that
 /// nothing is oversold, even with several processes.
 #[async_trait]
@@ -90,12 +94,37 @@ pub trait ReservationLedger: Send + Sync + 'static {
         messages: OutcomeMessages<'_, ReservationOutcome>,
     ) -> Result<ReservationOutcome, StoreError>;
 
+    /// Decides several reservations, in order, with the same result as deciding them one after
+    /// the other; outcomes in the same order. Ledgers that can should make it one transaction
+    /// (the default just loops, and stops at the first error).
+    async fn reserve_batch(
+        &self,
+        requests: &[ReservationRequest],
+        messages: BatchMessages<'_>,
+    ) -> Result<Vec<ReservationOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            outcomes.push(self.reserve(request, &|o| messages(request, o)).await?);
+        }
+        Ok(outcomes)
+    }
+
     /// The order completed: reserved units leave stock for good.
     async fn commit(
         &self,
         order_id: OrderId,
         messages: OutcomeMessages<'_, SettleOutcome>,
     ) -> Result<SettleOutcome, StoreError>;
+
+    /// Commits several orders (no messages), in one transaction where the ledger can; outcomes
+    /// in the same order. A repeated order in one batch is committed by its first occurrence.
+    async fn commit_batch(&self, order_ids: &[OrderId]) -> Result<Vec<SettleOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(order_ids.len());
+        for order_id in order_ids {
+            outcomes.push(self.commit(*order_id, &|_| Vec::new()).await?);
+        }
+        Ok(outcomes)
+    }
 
     /// Orders holding reservations that expired at `now`, oldest first, at most `limit`.
     async fn due_for_expiry(

@@ -481,3 +481,113 @@ async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_the
     );
     assert_eq!(stock().await, (3, 3), "never more than what is on hand");
 }
+
+#[tokio::test]
+async fn a_batch_of_reservations_decides_each_in_order_as_if_one_at_a_time() {
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 16).await);
+    sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand, low_stock_threshold) VALUES ('HOT', 'hot', 1, 'EUR', 5, 2), ('COLD', 'cold', 1, 'EUR', 10, 0)")
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ledger = PgReservationLedger::new(pool.clone(), Arc::new(Notify::new()));
+    let request = |lines: &[(&str, i64)]| ReservationRequest {
+        order_id: OrderId::new(),
+        correlation_id: CorrelationId::new(),
+        lines: lines
+            .iter()
+            .map(|(sku, q)| OrderLine {
+                sku: ok(Sku::parse(sku)),
+                quantity: ok(Quantity::try_from(*q)),
+            })
+            .collect(),
+        expires_at: Utc::now() + chrono::Duration::minutes(15),
+    };
+    let a = request(&[("HOT", 2)]);
+    let b = request(&[("HOT", 1), ("COLD", 4)]);
+    let c = request(&[("HOT", 3)]);
+    let d = request(&[("HOT", 1), ("HOT", 1)]);
+    let unknown = request(&[("NOPE", 1)]);
+    let batch = [a.clone(), b.clone(), c, a.clone(), d.clone(), unknown];
+    let outcomes = ok(ledger
+        .reserve_batch(&batch, &|r, o| {
+            actors::inventory::reservation_messages(r, o, Utc::now())
+        })
+        .await);
+    let kinds: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            ReservationOutcome::Reserved { low_stock } => format!("reserved{}", low_stock.len()),
+            ReservationOutcome::OutOfStock(s) => format!("short:{}@{}", s[0].sku, s[0].available),
+            ReservationOutcome::AlreadyDecided => "repeat".into(),
+        })
+        .collect();
+    // 5 HOT: a takes 2 (3 left), b 1 (2 left: crosses the threshold 2), c wants 3 of 2, the
+    // repeated a is already decided, d takes the last 2, NOPE does not exist.
+    assert_eq!(
+        kinds,
+        [
+            "reserved0",
+            "reserved1",
+            "short:HOT@2",
+            "repeat",
+            "reserved0",
+            "short:NOPE@0"
+        ]
+    );
+    let stock: Vec<(String, i64, i64)> = ok(sqlx::query_as(
+        "SELECT sku, on_hand, reserved FROM products ORDER BY sku",
+    )
+    .fetch_all(&pool)
+    .await);
+    assert_eq!(
+        stock,
+        [("COLD".to_owned(), 10, 4), ("HOT".to_owned(), 5, 5)]
+    );
+    let decisions: Vec<String> = ok(sqlx::query_scalar(
+        "SELECT outcome FROM inventory_decisions ORDER BY outcome",
+    )
+    .fetch_all(&pool)
+    .await);
+    assert_eq!(
+        decisions,
+        [
+            "OUT_OF_STOCK",
+            "OUT_OF_STOCK",
+            "RESERVED",
+            "RESERVED",
+            "RESERVED"
+        ]
+    );
+    // One message per decided order plus the low-stock alert, all in the same transaction.
+    let mut subjects = outbox_subjects(&pool).await;
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        [
+            "inventory.low_stock.v1",
+            "inventory.out_of_stock.v1",
+            "inventory.out_of_stock.v1",
+            "inventory.reserved.v1",
+            "inventory.reserved.v1",
+            "inventory.reserved.v1",
+        ]
+    );
+
+    // Committing a batch moves each order's units out of stock once.
+    let committed = ok(ledger
+        .commit_batch(&[a.order_id, b.order_id, a.order_id, d.order_id])
+        .await);
+    let rows: Vec<u64> = committed.iter().map(|o| o.rows_changed).collect();
+    assert_eq!(
+        rows,
+        [1, 2, 0, 1],
+        "b has two SKUs; the repeated a changes nothing"
+    );
+    let stock: Vec<(String, i64, i64)> = ok(sqlx::query_as(
+        "SELECT sku, on_hand, reserved FROM products ORDER BY sku",
+    )
+    .fetch_all(&pool)
+    .await);
+    assert_eq!(stock, [("COLD".to_owned(), 6, 0), ("HOT".to_owned(), 0, 0)]);
+}

@@ -1,6 +1,14 @@
 //! One inventory shard actor. Its mailbox orders the requests routed to it (every reservation
 //! whose smallest SKU it owns); the ledger behind it does the durable work (stock, reservations
 //! and outbox in one transaction) and is what guarantees no oversell.
+//!
+//! Reservations and commits are decided in batches: a `Reserve` or `Commit` is parked and a
+//! `Flush` is sent to the actor itself, so every request already queued behind it joins the same
+//! batch, and each kind of batch is one ledger transaction. Under a flash sale the hot SKU's shard thus commits hundreds
+//! of reservations per transaction; at low load a batch is one reservation and waits for nothing.
+//! A release first flushes what is parked, so it takes effect after what was queued before it.
+//! (Within one flush, reservations go before commits: a commit always follows the answer to its
+//! order's reservation, so the two never wait in the same batch.)
 
 use std::sync::Arc;
 
@@ -22,6 +30,8 @@ pub enum ShardMessage {
         RpcReplyPort<Result<ReservationOutcome, StoreError>>,
     ),
     Commit(OrderId, RpcReplyPort<Result<SettleOutcome, StoreError>>),
+    /// Decide the parked reservations (sent by the shard to itself).
+    Flush,
     Release {
         order_id: OrderId,
         correlation_id: CorrelationId,
@@ -30,10 +40,24 @@ pub enum ShardMessage {
     },
 }
 
+/// A reservation waiting for the next flush, with whom to answer.
+type Parked = (
+    ReservationRequest,
+    RpcReplyPort<Result<ReservationOutcome, StoreError>>,
+);
+
+/// Most reservations decided in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// A commit waiting for the next flush.
+type ParkedCommit = (OrderId, RpcReplyPort<Result<SettleOutcome, StoreError>>);
+
 pub struct ShardState {
     index: usize,
     ledger: Arc<dyn ReservationLedger>,
     clock: SharedClock,
+    parked: Vec<Parked>,
+    commits: Vec<ParkedCommit>,
 }
 
 impl Actor for InventoryShard {
@@ -50,48 +74,37 @@ impl Actor for InventoryShard {
             index,
             ledger,
             clock,
+            parked: Vec::new(),
+            commits: Vec::new(),
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        crate::metrics::mailbox_dequeued(crate::metrics::INVENTORY_SHARD);
+        if !matches!(message, ShardMessage::Flush) {
+            crate::metrics::mailbox_dequeued(crate::metrics::INVENTORY_SHARD);
+        }
         match message {
             ShardMessage::Reserve(request, reply) => {
-                let messages = |outcome: &ReservationOutcome| {
-                    reservation_messages(&request, outcome, state.clock.now())
-                };
-                let result = state.ledger.reserve(&request, &messages).await;
-                debug!(shard = state.index, order_id = %request.order_id, correlation_id = %request.correlation_id, ?result, "reservation decided");
-                if let Ok(ReservationOutcome::Reserved { low_stock }) = &result {
-                    for alert in low_stock {
-                        metrics::counter!(crate::metrics::LOW_STOCK_ALERTS).increment(1);
-                        warn!(
-                            sku = %alert.sku,
-                            available = alert.available,
-                            threshold = alert.threshold,
-                            order_id = %request.order_id,
-                            correlation_id = %request.correlation_id,
-                            "low stock: available units fell to the product's threshold"
-                        );
-                    }
-                }
-                let _ = reply.send(result);
+                state.parked.push((request, reply));
+                state.after_parking(&myself).await;
             }
             ShardMessage::Commit(order_id, reply) => {
-                let result = state.ledger.commit(order_id, &|_| Vec::new()).await;
-                let _ = reply.send(result);
+                state.commits.push((order_id, reply));
+                state.after_parking(&myself).await;
             }
+            ShardMessage::Flush => state.flush().await,
             ShardMessage::Release {
                 order_id,
                 correlation_id,
                 cause,
                 reply,
             } => {
+                state.flush().await;
                 let messages = |outcome: &SettleOutcome| {
                     release_messages(
                         order_id,
@@ -106,5 +119,94 @@ impl Actor for InventoryShard {
             }
         }
         Ok(())
+    }
+}
+
+impl ShardState {
+    /// The first parked request asks for a flush, queued behind everything already waiting
+    /// (those join the batch); a full batch is flushed at once.
+    async fn after_parking(&mut self, myself: &ActorRef<ShardMessage>) {
+        let parked = self.parked.len() + self.commits.len();
+        if parked == 1 {
+            let _ = myself.send_message(ShardMessage::Flush);
+        } else if parked >= MAX_BATCH {
+            self.flush().await;
+        }
+    }
+
+    /// Decides every parked request: the reservations in one ledger call, then the commits in
+    /// another, answering each.
+    async fn flush(&mut self) {
+        self.flush_reservations().await;
+        self.flush_commits().await;
+    }
+
+    async fn flush_commits(&mut self) {
+        if self.commits.is_empty() {
+            return;
+        }
+        let (orders, replies): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.commits).into_iter().unzip();
+        match self.ledger.commit_batch(&orders).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    async fn flush_reservations(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let parked = std::mem::take(&mut self.parked);
+        let (requests, replies): (Vec<_>, Vec<_>) = parked.into_iter().unzip();
+        let now = self.clock.now();
+        let messages = |request: &ReservationRequest, outcome: &ReservationOutcome| {
+            reservation_messages(request, outcome, now)
+        };
+        let result = self.ledger.reserve_batch(&requests, &messages).await;
+        debug!(
+            shard = self.index,
+            batch = requests.len(),
+            ok = result.is_ok(),
+            "reservations decided"
+        );
+        match result {
+            Ok(outcomes) => {
+                for ((request, reply), outcome) in requests.iter().zip(replies).zip(outcomes) {
+                    debug!(shard = self.index, order_id = %request.order_id, correlation_id = %request.correlation_id, ?outcome, "reservation decided");
+                    if let ReservationOutcome::Reserved { low_stock } = &outcome {
+                        alert_low_stock(request, low_stock);
+                    }
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn alert_low_stock(request: &ReservationRequest, low_stock: &[crate::events::InventoryLowStock]) {
+    for alert in low_stock {
+        metrics::counter!(crate::metrics::LOW_STOCK_ALERTS).increment(1);
+        warn!(
+            sku = %alert.sku,
+            available = alert.available,
+            threshold = alert.threshold,
+            order_id = %request.order_id,
+            correlation_id = %request.correlation_id,
+            "low stock: available units fell to the product's threshold"
+        );
     }
 }

@@ -8,15 +8,14 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use actors::domain::{CorrelationId, OrderId, Sku};
-use actors::events::{InventoryLowStock, Shortage};
+use actors::domain::{CorrelationId, OrderId};
 use actors::ports::{
-    OutcomeMessages, ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome,
-    StoreError,
+    BatchMessages, OutcomeMessages, ReservationLedger, ReservationOutcome, ReservationRequest,
+    SettleOutcome, StoreError,
 };
 use chrono::{DateTime, Utc};
 
-use super::{OutboxSignal, outbox, unavailable};
+use super::{OutboxSignal, outbox, reservations, unavailable};
 
 #[derive(Clone)]
 pub struct PgReservationLedger {
@@ -70,28 +69,6 @@ async fn lock_stock(
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows.into_iter().map(|(s, a, t)| (s, (a, t))).collect())
-}
-
-/// The products whose available stock this reservation takes from above their threshold to at
-/// or below it: each crossing alerts once, and a restock above the threshold re-arms it.
-fn low_stock_crossings(
-    stock: &BTreeMap<String, (i64, i64)>,
-    wanted: &BTreeMap<String, i64>,
-) -> Vec<InventoryLowStock> {
-    wanted
-        .iter()
-        .filter_map(|(sku, want)| {
-            let (before, threshold) = *stock.get(sku)?;
-            let after = before - want;
-            let crossed = threshold > 0 && before > threshold && after <= threshold;
-            Some(InventoryLowStock {
-                sku: Sku::parse(sku).ok()?,
-                available: after,
-                threshold,
-            })
-            .filter(|_| crossed)
-        })
-        .collect()
 }
 
 /// Moves an order's RESERVED rows to `to` and returns (sku, quantity) of the rows moved.
@@ -203,6 +180,52 @@ async fn retake_expired(
     })
 }
 
+/// Commits many orders' reservations in one transaction: three statements for the whole batch
+/// (move the rows, lock the products in SKU order, adjust them). An order with nothing reserved
+/// is handled as `commit` would (its expired units are taken again if still there).
+async fn commit_many(
+    tx: &mut Transaction<'_, Postgres>,
+    order_ids: &[OrderId],
+) -> Result<Vec<SettleOutcome>, sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = order_ids.iter().map(|o| o.as_uuid()).collect();
+    let moved: Vec<(uuid::Uuid, String, i32)> = sqlx::query_as(
+        "UPDATE stock_reservations SET status = 'COMMITTED', updated_at = now()
+         WHERE order_id = ANY($1) AND status = 'RESERVED' RETURNING order_id, sku, quantity",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut per_sku: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per_order: std::collections::HashMap<uuid::Uuid, u64> =
+        std::collections::HashMap::new();
+    for (order, sku, quantity) in moved {
+        *per_sku.entry(sku).or_default() += i64::from(quantity);
+        *per_order.entry(order).or_default() += 1;
+    }
+    if !per_sku.is_empty() {
+        let (skus, quantities): (Vec<String>, Vec<i64>) = per_sku.into_iter().unzip();
+        lock_available(tx, &skus).await?;
+        sqlx::query(
+            "UPDATE products p SET on_hand = p.on_hand - w.qty, reserved = p.reserved - w.qty, updated_at = now()
+             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+        )
+        .bind(&skus)
+        .bind(&quantities)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let mut outcomes = Vec::with_capacity(order_ids.len());
+    for order_id in order_ids {
+        let rows_changed = per_order.remove(&order_id.as_uuid()).unwrap_or(0);
+        outcomes.push(if rows_changed > 0 {
+            SettleOutcome { rows_changed }
+        } else {
+            retake_expired(tx, *order_id).await?
+        });
+    }
+    Ok(outcomes)
+}
+
 #[async_trait]
 impl ReservationLedger for PgReservationLedger {
     async fn reserve(
@@ -210,75 +233,19 @@ impl ReservationLedger for PgReservationLedger {
         request: &ReservationRequest,
         messages: OutcomeMessages<'_, ReservationOutcome>,
     ) -> Result<ReservationOutcome, StoreError> {
-        // Merge repeated SKUs so "2 + 3 of A" is checked as "5 of A".
-        let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
-        for line in &request.lines {
-            *wanted.entry(line.sku.as_str().to_owned()).or_default() += i64::from(line.quantity);
-        }
-        let skus: Vec<String> = wanted.keys().cloned().collect();
-        let quantities: Vec<i64> = wanted.values().copied().collect();
+        let batch = std::slice::from_ref(request);
+        reservations::reserve_batch(&self.pool, &self.signal, batch, &|_, o| messages(o))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Unavailable("no reservation outcome".into()))
+    }
 
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        if !claim_decision(&mut tx, request.order_id, "RESERVED")
-            .await
-            .map_err(unavailable)?
-        {
-            return Ok(ReservationOutcome::AlreadyDecided);
-        }
-        let stock = lock_stock(&mut tx, &skus).await.map_err(unavailable)?;
-        let available: BTreeMap<&str, i64> =
-            stock.iter().map(|(s, (a, _))| (s.as_str(), *a)).collect();
-        let shortages: Vec<Shortage> = request
-            .lines
-            .iter()
-            .filter_map(|line| {
-                let have = available.get(line.sku.as_str()).copied().unwrap_or(0);
-                let want = wanted.get(line.sku.as_str()).copied().unwrap_or(0);
-                (want > have).then(|| Shortage {
-                    sku: line.sku.clone(),
-                    requested: u32::try_from(want).unwrap_or(u32::MAX),
-                    available: have.max(0),
-                })
-            })
-            .collect();
-
-        let outcome = if shortages.is_empty() {
-            sqlx::query(
-                "UPDATE products p SET reserved = p.reserved + w.qty, updated_at = now()
-                 FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
-            )
-            .bind(&skus)
-            .bind(&quantities)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            sqlx::query(
-                "INSERT INTO stock_reservations (order_id, sku, quantity, status, expires_at, correlation_id)
-                 SELECT $1, w.sku, w.qty::integer, 'RESERVED', $4, $5 FROM unnest($2::text[], $3::bigint[]) AS w(sku, qty)",
-            )
-            .bind(request.order_id.as_uuid())
-            .bind(&skus)
-            .bind(&quantities)
-            .bind(request.expires_at)
-            .bind(request.correlation_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            ReservationOutcome::Reserved {
-                low_stock: low_stock_crossings(&stock, &wanted),
-            }
-        } else {
-            sqlx::query(
-                "UPDATE inventory_decisions SET outcome = 'OUT_OF_STOCK' WHERE order_id = $1",
-            )
-            .bind(request.order_id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            ReservationOutcome::OutOfStock(shortages)
-        };
-        outbox::commit_with(tx, &messages(&outcome), &self.signal).await?;
-        Ok(outcome)
+    async fn reserve_batch(
+        &self,
+        requests: &[ReservationRequest],
+        messages: BatchMessages<'_>,
+    ) -> Result<Vec<ReservationOutcome>, StoreError> {
+        reservations::reserve_batch(&self.pool, &self.signal, requests, messages).await
     }
 
     async fn commit(
@@ -292,6 +259,13 @@ impl ReservationLedger for PgReservationLedger {
             .map_err(unavailable)?;
         outbox::commit_with(tx, &messages(&outcome), &self.signal).await?;
         Ok(outcome)
+    }
+
+    async fn commit_batch(&self, order_ids: &[OrderId]) -> Result<Vec<SettleOutcome>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let outcomes = commit_many(&mut tx, order_ids).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(outcomes)
     }
 
     async fn due_for_expiry(

@@ -6,10 +6,12 @@
 
 mod catalog;
 pub mod dead_letters;
+mod group_commit;
 mod idempotency;
 mod ledger;
 pub mod outbox;
 mod payments;
+mod reservations;
 pub mod snapshots;
 pub mod stripe_events;
 

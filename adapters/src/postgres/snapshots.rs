@@ -1,4 +1,6 @@
-//! `OrderSnapshotStore` on Postgres: one JSONB row per order, guarded by its version.
+//! `OrderSnapshotStore` on Postgres: one JSONB row per order, guarded by its version. Writes go
+//! through the group-commit writers (`group_commit.rs`): many actors' transitions per
+//! transaction, each actor answered once its own is durable.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -9,23 +11,21 @@ use actors::events::Envelope;
 use actors::ports::{OrderSnapshotStore, StoreError};
 use actors::saga::OrderState;
 
-use super::{OutboxSignal, outbox, unavailable};
+use super::group_commit::{Expect, SnapshotWriter};
+use super::{OutboxSignal, unavailable};
 
 #[derive(Clone)]
 pub struct PgOrderSnapshotStore {
     pool: PgPool,
-    signal: OutboxSignal,
+    writer: SnapshotWriter,
 }
 
 impl PgOrderSnapshotStore {
+    /// Starts the group-commit writers on the current runtime.
     pub fn new(pool: PgPool, signal: OutboxSignal) -> Self {
-        Self { pool, signal }
+        let writer = SnapshotWriter::start(pool.clone(), signal);
+        Self { pool, writer }
     }
-}
-
-fn encode(state: &OrderState) -> Result<serde_json::Value, StoreError> {
-    serde_json::to_value(state)
-        .map_err(|e| StoreError::Unavailable(format!("cannot encode snapshot: {e}")))
 }
 
 /// Reads one snapshot outside the actor (HTTP reads never go through the mailbox).
@@ -53,27 +53,7 @@ impl OrderSnapshotStore for PgOrderSnapshotStore {
     }
 
     async fn create(&self, first: &OrderState, messages: &[Envelope]) -> Result<bool, StoreError> {
-        let state = encode(first)?;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let inserted = sqlx::query(
-            "INSERT INTO order_snapshots (order_id, version, status, state, created_at, updated_at, deadline)
-             VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (order_id) DO NOTHING",
-        )
-        .bind(first.order_id.as_uuid())
-        .bind(first.version)
-        .bind(first.status.as_str())
-        .bind(&state)
-        .bind(first.updated_at)
-        .bind(first.deadline)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(false);
-        }
-        outbox::commit_with(tx, messages, &self.signal).await?;
-        Ok(true)
+        self.writer.write(Expect::Absent, first, messages).await
     }
 
     async fn commit(
@@ -82,28 +62,15 @@ impl OrderSnapshotStore for PgOrderSnapshotStore {
         next: &OrderState,
         messages: &[Envelope],
     ) -> Result<(), StoreError> {
-        let state = encode(next)?;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let updated = sqlx::query(
-            "UPDATE order_snapshots SET version = $2, status = $3, state = $4, updated_at = $5, deadline = $7
-             WHERE order_id = $1 AND version = $6",
-        )
-        .bind(next.order_id.as_uuid())
-        .bind(next.version)
-        .bind(next.status.as_str())
-        .bind(&state)
-        .bind(next.updated_at)
-        .bind(expected)
-        .bind(next.deadline)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        if updated == 0 {
-            return Err(StoreError::VersionConflict { expected });
+        if self
+            .writer
+            .write(Expect::Version(expected), next, messages)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::VersionConflict { expected })
         }
-        outbox::commit_with(tx, messages, &self.signal).await?;
-        Ok(())
     }
 
     async fn live_deadlines(&self) -> Result<Vec<(OrderId, Option<DateTime<Utc>>)>, StoreError> {

@@ -1,0 +1,201 @@
+//! Group commit of order snapshots: the transitions of many saga actors written in one
+//! transaction, with one multi-row statement per kind of write.
+//!
+//! Every saga actor still waits until its own transition is durable before it answers or lets
+//! its messages go (the outbox rows are in the same transaction), so nothing about correctness
+//! changes; what changes is the price. On a small machine the cost of a commit is mostly round
+//! trips and context switches, not bytes: one transaction per transition spends most of a core
+//! in the kernel, one per batch spends it once for tens of actors.
+//!
+//! A batch is whatever is waiting when a writer becomes free (nothing is delayed to fill it), so
+//! at low load a transition is written alone and at high load batches grow by themselves.
+//! Several writers run at once, each owning the orders that hash to it, so one slow commit does
+//! not stall every saga and an order's writes stay in order.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use actors::events::Envelope;
+use actors::ports::StoreError;
+use actors::saga::OrderState;
+
+use super::{OutboxSignal, outbox, unavailable};
+
+/// Most transitions written in one transaction.
+const MAX_BATCH: usize = 256;
+/// Writers (each a connection at most) working in parallel.
+const WRITERS: usize = 4;
+/// Requests waiting per writer before callers wait to enqueue (back-pressure).
+const QUEUE: usize = 4096;
+
+/// What the snapshot write must find in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The order must not exist yet (its first snapshot).
+    Absent,
+    /// The stored version must be this one.
+    Version(i64),
+}
+
+struct Request {
+    expect: Expect,
+    order_id: Uuid,
+    version: i64,
+    status: &'static str,
+    state: serde_json::Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
+    messages: Vec<Envelope>,
+    /// `true` when written, `false` when the expectation did not hold (nothing written).
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// The writers' front door; cheap to clone.
+#[derive(Clone)]
+pub struct SnapshotWriter {
+    queues: Vec<mpsc::Sender<Request>>,
+}
+
+impl SnapshotWriter {
+    /// Starts the writers on the current Tokio runtime; they stop when every clone is dropped.
+    pub fn start(pool: PgPool, signal: OutboxSignal) -> Self {
+        let queues = (0..WRITERS)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(write_batches(pool.clone(), signal.clone(), rx));
+                tx
+            })
+            .collect();
+        Self { queues }
+    }
+
+    /// Writes `state` (and its messages) if `expect` holds; `Ok(false)` if it does not.
+    pub async fn write(
+        &self,
+        expect: Expect,
+        state: &OrderState,
+        messages: &[Envelope],
+    ) -> Result<bool, StoreError> {
+        let encoded = serde_json::to_value(state)
+            .map_err(|e| StoreError::Unavailable(format!("cannot encode snapshot: {e}")))?;
+        let order_id = state.order_id.as_uuid();
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            expect,
+            order_id,
+            version: state.version,
+            status: state.status.as_str(),
+            state: encoded,
+            created_at: state.created_at,
+            updated_at: state.updated_at,
+            deadline: state.deadline,
+            messages: messages.to_vec(),
+            reply,
+        };
+        let writer = (order_id.as_u128() % self.queues.len() as u128) as usize;
+        self.queues[writer]
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Unavailable("the snapshot writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the snapshot writer stopped".into()))?
+    }
+}
+
+async fn write_batches(pool: PgPool, signal: OutboxSignal, mut queue: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        match write_batch(&pool, &batch).await {
+            Ok(written) => {
+                let mut any_message = false;
+                for request in batch.drain(..) {
+                    let ok = written.contains(&request.order_id);
+                    any_message |= ok && !request.messages.is_empty();
+                    let _ = request.reply.send(Ok(ok));
+                }
+                if any_message {
+                    signal.notify_one();
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was committed (or it is unknown): every caller reloads.
+                let error = unavailable(e);
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch; returns the orders whose write applied.
+async fn write_batch(pool: &PgPool, batch: &[Request]) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut written = HashSet::with_capacity(batch.len());
+
+    let creates: Vec<&Request> = batch
+        .iter()
+        .filter(|r| r.expect == Expect::Absent)
+        .collect();
+    if !creates.is_empty() {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO order_snapshots (order_id, version, status, state, created_at, updated_at, deadline)
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[])
+             ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+        )
+        .bind(creates.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.state.clone()).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.deadline).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        written.extend(ids);
+    }
+
+    let updates: Vec<(&Request, i64)> = batch
+        .iter()
+        .filter_map(|r| match r.expect {
+            Expect::Version(v) => Some((r, v)),
+            Expect::Absent => None,
+        })
+        .collect();
+    if !updates.is_empty() {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE order_snapshots s
+             SET version = u.version, status = u.status, state = u.state, updated_at = u.updated_at, deadline = u.deadline
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[], $6::timestamptz[], $7::timestamptz[])
+                  AS u(order_id, expected, version, status, state, updated_at, deadline)
+             WHERE s.order_id = u.order_id AND s.version = u.expected
+             RETURNING s.order_id",
+        )
+        .bind(updates.iter().map(|(r, _)| r.order_id).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(r, _)| r.version).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(r, _)| r.status).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(r, _)| r.state.clone()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(r, _)| r.updated_at).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(r, _)| r.deadline).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        written.extend(ids);
+    }
+
+    // Only the transitions that applied send their messages.
+    let messages: Vec<Envelope> = batch
+        .iter()
+        .filter(|r| written.contains(&r.order_id))
+        .flat_map(|r| r.messages.iter().cloned())
+        .collect();
+    outbox::insert(&mut tx, &messages).await?;
+    tx.commit().await?;
+    Ok(written)
+}

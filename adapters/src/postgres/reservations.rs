@@ -1,0 +1,226 @@
+//! Reservations decided in batches: many orders' reservations in one transaction, decided one
+//! after the other in arrival order against the stock read (and locked) once.
+//!
+//! The result is exactly that of deciding them one transaction at a time, which is what a flash
+//! sale needs: the hot SKU's row is locked once per batch instead of once per order, and the
+//! cost of the transaction (round trips, a WAL flush) is shared by the whole batch. Rows are still
+//! locked in SKU order, so batches of different shards (or processes) that share a SKU queue on
+//! the lock instead of deadlocking, and the CHECK constraints on `products` remain the last line
+//! of defence against an oversell.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use actors::domain::Sku;
+use actors::events::{Envelope, InventoryLowStock, Shortage};
+use actors::ports::{BatchMessages, ReservationOutcome, ReservationRequest, StoreError};
+
+use super::{OutboxSignal, outbox, unavailable};
+
+/// Units wanted per SKU by one order ("2 + 3 of A" is checked as "5 of A").
+fn wanted_of(request: &ReservationRequest) -> BTreeMap<String, i64> {
+    let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
+    for line in &request.lines {
+        *wanted.entry(line.sku.as_str().to_owned()).or_default() += i64::from(line.quantity);
+    }
+    wanted
+}
+
+/// Decides `requests` in one transaction; outcomes in the same order.
+pub async fn reserve_batch(
+    pool: &PgPool,
+    signal: &OutboxSignal,
+    requests: &[ReservationRequest],
+    messages: BatchMessages<'_>,
+) -> Result<Vec<ReservationOutcome>, StoreError> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let decided = decide(&mut tx, requests).await.map_err(unavailable)?;
+    let envelopes: Vec<Envelope> = requests
+        .iter()
+        .zip(&decided)
+        .flat_map(|(request, outcome)| messages(request, outcome))
+        .collect();
+    outbox::commit_with(tx, &envelopes, signal).await?;
+    Ok(decided)
+}
+
+/// Running stock of one SKU while a batch is decided.
+struct Stock {
+    available: i64,
+    threshold: i64,
+}
+
+async fn decide(
+    tx: &mut Transaction<'_, Postgres>,
+    requests: &[ReservationRequest],
+) -> Result<Vec<ReservationOutcome>, sqlx::Error> {
+    // Each order is decided once, ever: the decision row is the inbox. Within the batch, a
+    // repeated order (a redelivery) is decided by its first occurrence only.
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.order_id.as_uuid()).collect();
+    let claimed: HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO inventory_decisions (order_id, outcome)
+         SELECT id, 'RESERVED' FROM unnest($1::uuid[]) AS id
+         ON CONFLICT DO NOTHING RETURNING order_id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let wanted: Vec<BTreeMap<String, i64>> = requests.iter().map(wanted_of).collect();
+    let skus: Vec<String> = requests
+        .iter()
+        .zip(&wanted)
+        .filter(|(r, _)| claimed.contains(&r.order_id.as_uuid()))
+        .flat_map(|(_, w)| w.keys().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut stock: BTreeMap<String, Stock> = if skus.is_empty() {
+        BTreeMap::new()
+    } else {
+        sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT sku, on_hand - reserved, low_stock_threshold FROM products
+             WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+        )
+        .bind(&skus)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(sku, available, threshold)| {
+            (
+                sku,
+                Stock {
+                    available,
+                    threshold,
+                },
+            )
+        })
+        .collect()
+    };
+
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut first_seen: HashSet<Uuid> = HashSet::with_capacity(requests.len());
+    let mut reserved_per_sku: BTreeMap<String, i64> = BTreeMap::new();
+    // Rows of stock_reservations: (order, sku, quantity, expires_at, correlation id).
+    let mut rows = ReservationRows::default();
+    let mut refused: Vec<Uuid> = Vec::new();
+    for (request, wanted) in requests.iter().zip(&wanted) {
+        let id = request.order_id.as_uuid();
+        if !claimed.contains(&id) || !first_seen.insert(id) {
+            outcomes.push(ReservationOutcome::AlreadyDecided);
+            continue;
+        }
+        let shortages = shortages(request, wanted, &stock);
+        if !shortages.is_empty() {
+            refused.push(id);
+            outcomes.push(ReservationOutcome::OutOfStock(shortages));
+            continue;
+        }
+        let mut low_stock = Vec::new();
+        for (sku, quantity) in wanted {
+            let Some(s) = stock.get_mut(sku) else {
+                continue;
+            };
+            let before = s.available;
+            s.available -= quantity;
+            if s.threshold > 0
+                && before > s.threshold
+                && s.available <= s.threshold
+                && let Ok(parsed) = Sku::parse(sku)
+            {
+                low_stock.push(InventoryLowStock {
+                    sku: parsed,
+                    available: s.available,
+                    threshold: s.threshold,
+                });
+            }
+            *reserved_per_sku.entry(sku.clone()).or_default() += quantity;
+            rows.push(request, sku, *quantity);
+        }
+        outcomes.push(ReservationOutcome::Reserved { low_stock });
+    }
+
+    if !reserved_per_sku.is_empty() {
+        let (skus, quantities): (Vec<String>, Vec<i64>) = reserved_per_sku.into_iter().unzip();
+        sqlx::query(
+            "UPDATE products p SET reserved = p.reserved + w.qty, updated_at = now()
+             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+        )
+        .bind(&skus)
+        .bind(&quantities)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO stock_reservations (order_id, sku, quantity, status, expires_at, correlation_id)
+             SELECT o, s, q, 'RESERVED', e, c
+             FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::timestamptz[], $5::text[]) AS w(o, s, q, e, c)",
+        )
+        .bind(&rows.orders)
+        .bind(&rows.skus)
+        .bind(&rows.quantities)
+        .bind(&rows.expires)
+        .bind(&rows.correlations)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !refused.is_empty() {
+        sqlx::query(
+            "UPDATE inventory_decisions SET outcome = 'OUT_OF_STOCK' WHERE order_id = ANY($1)",
+        )
+        .bind(&refused)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(outcomes)
+}
+
+/// What one order lacks, against the stock left by the orders decided before it.
+fn shortages(
+    request: &ReservationRequest,
+    wanted: &BTreeMap<String, i64>,
+    stock: &BTreeMap<String, Stock>,
+) -> Vec<Shortage> {
+    let mut reported = BTreeSet::new();
+    request
+        .lines
+        .iter()
+        .filter(|line| reported.insert(line.sku.as_str()))
+        .filter_map(|line| {
+            let have = stock.get(line.sku.as_str()).map_or(0, |s| s.available);
+            let want = wanted.get(line.sku.as_str()).copied().unwrap_or(0);
+            (want > have).then(|| Shortage {
+                sku: line.sku.clone(),
+                requested: u32::try_from(want).unwrap_or(u32::MAX),
+                available: have.max(0),
+            })
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct ReservationRows {
+    orders: Vec<Uuid>,
+    skus: Vec<String>,
+    quantities: Vec<i32>,
+    expires: Vec<chrono::DateTime<chrono::Utc>>,
+    correlations: Vec<String>,
+}
+
+impl ReservationRows {
+    fn push(&mut self, request: &ReservationRequest, sku: &str, quantity: i64) {
+        self.orders.push(request.order_id.as_uuid());
+        self.skus.push(sku.to_owned());
+        self.quantities
+            .push(i32::try_from(quantity).unwrap_or(i32::MAX));
+        self.expires.push(request.expires_at);
+        self.correlations
+            .push(request.correlation_id.as_str().to_owned());
+    }
+}
