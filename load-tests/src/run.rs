@@ -1,15 +1,21 @@
-//! One load run against a running ordersaga.
+//! One load run against a running ordersaga: `concurrency` workers, each placing one order at a
+//! time and waiting for it (long poll), until `orders` were started or the duration is over.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::Rng;
-use serde_json::{Value, json};
+use reqwest::header::HeaderValue;
+use uuid::Uuid;
 
-use crate::report::{LoadReport, Percentiles};
+use crate::api::{Api, Placement, Read, Status};
+use crate::report::{LoadReport, Percentiles, Sample, SkuStock, latency_buckets};
+use crate::resources;
 
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -46,216 +52,628 @@ impl Default for LoadConfig {
     }
 }
 
-struct Outcome {
-    sku: usize,
-    quantity: i64,
-    status: Option<String>,
-    latency: Option<Duration>,
-    request_failed: bool,
+/// How a run is driven and observed, beyond the workload of [`LoadConfig`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Name written into the report.
+    pub scenario: String,
+    /// Stop starting orders after this long (and after `orders`, whichever comes first).
+    pub duration: Option<Duration>,
+    /// Draw a progress bar on stderr (never drawn when stderr is not a terminal).
+    pub progress: bool,
+    /// Pay every order with this method instead of the visa/declined mix.
+    pub payment_method: Option<String>,
+    /// Wait for every order to be terminal (the default) or only place it.
+    pub wait_for_terminal: bool,
+    /// Send `X-Client-Key: load-test-<n>` spreading orders over this many keys (0: no header,
+    /// the server's rate limit then counts every order against the client's IP address).
+    pub client_keys: usize,
+    /// Sample the server every second while the load runs.
+    pub sampling: Option<Sampling>,
+    /// How long to wait after the last order for nothing to be reserved any more.
+    pub settle_timeout: Duration,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct Sampling {
+    /// Process whose `VmRSS` is read from `/proc/<pid>/status`.
+    pub pid: Option<u32>,
+    pub interval: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            scenario: "custom".into(),
+            duration: None,
+            progress: false,
+            payment_method: None,
+            wait_for_terminal: true,
+            client_keys: 0,
+            sampling: None,
+            settle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs `config` (a fixed number of orders, no progress bar) and checks the invariants.
 pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
+    run_with(config, RunOptions::default()).await
+}
+
+/// Runs `config` driven as `options` say and checks the invariants.
+pub async fn run_with(config: LoadConfig, options: RunOptions) -> anyhow::Result<LoadReport> {
+    Ok(execute(config, options).await?.report)
+}
+
+pub(crate) struct Executed {
+    pub report: LoadReport,
+    /// Ids of the orders placed (only when not waiting for them).
+    pub placed: Vec<Uuid>,
+    pub api: Api,
+}
+
+fn validate(config: &LoadConfig, options: &RunOptions) -> anyhow::Result<()> {
     if config.orders == 0 || config.concurrency == 0 || config.skus == 0 || config.max_quantity < 1
     {
         bail!("orders, concurrency, skus and max quantity must all be at least 1");
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(config.concurrency)
-        .timeout(Duration::from_secs(35))
-        .build()
-        .context("building the HTTP client")?;
-    let base = config.base_url.trim_end_matches('/').to_owned();
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_uppercase();
+    if config.max_quantity > 1000 {
+        bail!("the server takes at most 1000 units per line");
+    }
+    if !(0..=1_000_000_000).contains(&config.stock_per_sku) {
+        bail!("stock per SKU must be 0 to 1000000000");
+    }
+    for (name, share) in [
+        ("hot share", config.hot_share),
+        ("decline share", config.decline_share),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            bail!("{name} must be between 0 and 1, not {share}");
+        }
+    }
+    if options.duration.is_some_and(|d| d.is_zero()) {
+        bail!("the duration must be above zero");
+    }
+    Ok(())
+}
+
+/// What every worker adds to.
+struct Tally {
+    completed: usize,
+    cancelled: usize,
+    not_terminal: usize,
+    left_running: usize,
+    failed_requests: usize,
+    placement_failures: usize,
+    rate_limited: u64,
+    rejected: BTreeMap<u16, u64>,
+    cancel_reasons: BTreeMap<String, u64>,
+    /// Units sold per SKU (completed orders).
+    sold: Vec<i64>,
+    /// Microseconds.
+    latency: Histogram<u64>,
+    finished_within_duration: usize,
+    last_finished: Option<Instant>,
+    placed: Vec<Uuid>,
+}
+
+/// How one order ended, as the client saw it.
+enum Fate {
+    Completed,
+    Cancelled(String),
+    NotTerminal,
+    /// Placed and not waited for.
+    Placed(Uuid),
+    NotPlaced,
+}
+
+struct Outcome {
+    sku: usize,
+    quantity: i64,
+    fate: Fate,
+    latency: Option<Duration>,
+    failed_requests: usize,
+    rate_limited: u64,
+    rejected: Option<u16>,
+}
+
+struct Ctx {
+    api: Api,
+    config: LoadConfig,
+    options: RunOptions,
+    skus: Vec<String>,
+    client_keys: Vec<HeaderValue>,
+    started: Instant,
+    deadline: Option<Instant>,
+    next: AtomicUsize,
+    finished: AtomicU64,
+    tally: Mutex<Tally>,
+}
+
+impl Ctx {
+    fn tally(&self) -> MutexGuard<'_, Tally> {
+        // A worker never panics while holding the lock; if one did, the figures are still usable.
+        self.tally.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Share of the run done: orders finished of those to start, or time elapsed of the duration.
+    fn progress(&self) -> f64 {
+        let by_orders = self.finished.load(Ordering::Relaxed) as f64 / self.config.orders as f64;
+        let by_time = self.deadline.map_or(0.0, |d| {
+            let total = d.saturating_duration_since(self.started).as_secs_f64();
+            self.started.elapsed().as_secs_f64() / total.max(1e-9)
+        });
+        by_orders.max(by_time).clamp(0.0, 1.0)
+    }
+
+    fn pick(&self) -> (usize, i64, bool) {
+        let mut rng = rand::rng();
+        let c = &self.config;
+        let sku = if c.skus > 1 && !rng.random_bool(c.hot_share) {
+            rng.random_range(0..c.skus)
+        } else {
+            0
+        };
+        (
+            sku,
+            rng.random_range(1..=c.max_quantity),
+            rng.random_bool(c.decline_share),
+        )
+    }
+
+    fn record(&self, o: Outcome) {
+        let now = Instant::now();
+        let mut t = self.tally();
+        t.failed_requests += o.failed_requests;
+        t.rate_limited += o.rate_limited;
+        if let Some(status) = o.rejected {
+            *t.rejected.entry(status).or_default() += 1;
+        }
+        match o.fate {
+            Fate::Completed => {
+                t.completed += 1;
+                if let Some(sold) = t.sold.get_mut(o.sku) {
+                    *sold += o.quantity;
+                }
+            }
+            Fate::Cancelled(reason) => {
+                t.cancelled += 1;
+                match t.cancel_reasons.get_mut(&reason) {
+                    Some(n) => *n += 1,
+                    None => {
+                        t.cancel_reasons.insert(reason, 1);
+                    }
+                }
+            }
+            Fate::NotTerminal => t.not_terminal += 1,
+            Fate::Placed(id) => {
+                t.left_running += 1;
+                t.placed.push(id);
+            }
+            Fate::NotPlaced => {
+                // Never placed: it cannot hold stock, so it counts as cancelled.
+                t.cancelled += 1;
+                t.placement_failures += 1;
+                *t.cancel_reasons.entry("not_placed".into()).or_default() += 1;
+            }
+        }
+        if let Some(latency) = o.latency {
+            t.latency
+                .saturating_record((latency.as_micros() as u64).max(1));
+        }
+        if self.deadline.is_none_or(|d| now <= d) {
+            t.finished_within_duration += 1;
+        }
+        t.last_finished = Some(now);
+        drop(t);
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) async fn execute(config: LoadConfig, options: RunOptions) -> anyhow::Result<Executed> {
+    validate(&config, &options)?;
+    let pid = options.sampling.as_ref().and_then(|s| s.pid);
+    if let Some(pid) = pid {
+        resources::rss_bytes(pid).with_context(|| format!("reading the RSS of pid {pid}"))?;
+    }
+    let api = Api::new(&config.base_url, config.concurrency + 16)?;
+    let run_id = Uuid::new_v4().simple().to_string()[..8].to_uppercase();
     let skus: Vec<String> = (0..config.skus)
         .map(|i| format!("LT-{run_id}-{i}"))
         .collect();
     for sku in &skus {
-        let response = client
-            .put(format!("{base}/inventory/products/{sku}"))
-            .json(&json!({"name": "load test item", "unit_price_cents": 100, "currency": "EUR", "on_hand": config.stock_per_sku}))
-            .send()
-            .await
-            .with_context(|| format!("creating {sku}: is ordersaga running at {base}?"))?;
-        if !response.status().is_success() {
-            bail!(
-                "creating {sku} failed: {} {}",
-                response.status(),
-                response.text().await.unwrap_or_default()
-            );
-        }
+        api.put_product(sku, config.stock_per_sku).await?;
     }
+    let client_keys = (0..options.client_keys)
+        .map(|i| HeaderValue::from_str(&format!("load-test-{i}")))
+        .collect::<Result<Vec<_>, _>>()
+        .context("client key")?;
 
-    let client = Arc::new(client);
-    let skus = Arc::new(skus);
+    let started_at = chrono::Utc::now();
+    let mut samples = Vec::new();
+    if options.sampling.is_some() {
+        // Idle: the catalog is set up, no order placed yet.
+        samples.push(Sample {
+            t_s: 0.0,
+            progress: 0.0,
+            orders_finished: 0,
+            rss_bytes: pid.and_then(|p| resources::rss_bytes(p).ok()),
+            order_actors_live: api.order_actors_live().await,
+        });
+    }
     let started = Instant::now();
-    let outcomes: Vec<Outcome> =
-        futures::stream::iter(0..config.orders)
-            .map(|_| {
-                let (sku, quantity, declined) = {
-                    let mut rng = rand::rng();
-                    let sku =
-                        if config.skus > 1 && !rng.random_bool(config.hot_share.clamp(0.0, 1.0)) {
-                            rng.random_range(0..config.skus)
-                        } else {
-                            0
-                        };
-                    (
-                        sku,
-                        rng.random_range(1..=config.max_quantity),
-                        rng.random_bool(config.decline_share.clamp(0.0, 1.0)),
-                    )
-                };
-                let client = client.clone();
-                let skus = skus.clone();
-                let base = base.clone();
-                let timeout = config.order_timeout;
-                async move {
-                    one_order(&client, &base, &skus[sku], sku, quantity, declined, timeout).await
-                }
-            })
-            .buffer_unordered(config.concurrency)
-            .collect()
-            .await;
-    let elapsed = started.elapsed();
+    let ctx = Arc::new(Ctx {
+        api: api.clone(),
+        deadline: options.duration.map(|d| started + d),
+        started,
+        tally: Mutex::new(Tally {
+            completed: 0,
+            cancelled: 0,
+            not_terminal: 0,
+            left_running: 0,
+            failed_requests: 0,
+            placement_failures: 0,
+            rate_limited: 0,
+            rejected: BTreeMap::new(),
+            cancel_reasons: BTreeMap::new(),
+            sold: vec![0; config.skus],
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .context("latency histogram")?,
+            finished_within_duration: 0,
+            last_finished: None,
+            placed: Vec::new(),
+        }),
+        config,
+        options,
+        skus,
+        client_keys,
+        next: AtomicUsize::new(0),
+        finished: AtomicU64::new(0),
+    });
 
-    let mut report = LoadReport {
-        orders: config.orders,
-        concurrency: config.concurrency,
-        elapsed_s: elapsed.as_secs_f64(),
-        orders_per_s: config.orders as f64 / elapsed.as_secs_f64().max(1e-9),
-        ..Default::default()
-    };
-    let mut latencies = Vec::with_capacity(outcomes.len());
-    let mut committed: HashMap<usize, i64> = HashMap::new();
-    for o in &outcomes {
-        if o.request_failed {
-            report.failed_requests += 1;
-        }
-        match o.status.as_deref() {
-            Some("COMPLETED") => {
-                report.completed += 1;
-                *committed.entry(o.sku).or_default() += o.quantity;
-            }
-            Some("CANCELLED") => report.cancelled += 1,
-            _ => report.not_terminal += 1,
-        }
-        latencies.extend(o.latency);
+    let bar = progress_bar(&ctx);
+    let ticker = tokio::spawn(tick(ctx.clone(), bar.clone()));
+    let sampler = ctx.options.sampling.clone().map(|s| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        (stop, tokio::spawn(sample(ctx.clone(), s, stopped)))
+    });
+    let workers: Vec<_> = (0..ctx.config.concurrency.min(ctx.config.orders))
+        .map(|_| tokio::spawn(worker(ctx.clone())))
+        .collect();
+    for w in workers {
+        w.await.context("a load worker panicked")?;
     }
-    report.latency = Percentiles::of(&mut latencies);
+    ticker.abort();
+    if let Some((stop, sampler)) = sampler {
+        let _ = stop.send(());
+        samples.append(&mut sampler.await.context("the sampler panicked")?);
+    }
+    bar.finish_and_clear();
+
+    let orders_started = ctx.next.load(Ordering::Relaxed).min(ctx.config.orders);
+    let (mut report, sold, placed) = {
+        let mut t = ctx.tally();
+        let elapsed = t
+            .last_finished
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(started);
+        let c = &ctx.config;
+        let o = &ctx.options;
+        let report = LoadReport {
+            scenario: o.scenario.clone(),
+            started_at: started_at.to_rfc3339(),
+            base_url: api.base().to_owned(),
+            orders: orders_started,
+            concurrency: c.concurrency,
+            skus: c.skus,
+            stock_per_sku: c.stock_per_sku,
+            hot_share: c.hot_share,
+            decline_share: c.decline_share,
+            max_quantity: c.max_quantity,
+            duration_s: o.duration.map(|d| d.as_secs_f64()),
+            completed: t.completed,
+            cancelled: t.cancelled,
+            not_terminal: t.not_terminal,
+            left_running: t.left_running,
+            failed_requests: t.failed_requests,
+            placement_failures: t.placement_failures,
+            rejected_by_status: t.rejected.clone(),
+            rate_limited_retries: t.rate_limited,
+            cancel_reasons: t.cancel_reasons.clone(),
+            elapsed_s: elapsed.as_secs_f64(),
+            orders_per_s: orders_started as f64 / elapsed.as_secs_f64().max(1e-9),
+            sustained_orders_per_s: o
+                .duration
+                .map(|d| t.finished_within_duration as f64 / d.as_secs_f64()),
+            latency_measured: if o.wait_for_terminal {
+                "placed -> terminal, client-side".into()
+            } else {
+                "POST /orders -> 202, client-side".into()
+            },
+            latency: Percentiles::of_histogram(&t.latency),
+            latency_histogram: latency_buckets(&t.latency),
+            samples,
+            ..Default::default()
+        };
+        (
+            report,
+            std::mem::take(&mut t.sold),
+            std::mem::take(&mut t.placed),
+        )
+    };
+
+    if report.rate_limited_retries > 0 {
+        report.warnings.push(format!(
+            "the server rate-limited {} placements (429, retried): throughput is capped by ORDER_RATE_LIMIT_PER_SEC; run the server with it at 0, or pass --client-keys",
+            report.rate_limited_retries
+        ));
+    }
+    if report.placement_failures > 0 {
+        report.warnings.push(format!(
+            "{} orders could not be placed (rejected: {:?}; the rest got no answer, and one without an answer may still have been placed)",
+            report.placement_failures, report.rejected_by_status
+        ));
+    }
+    if ctx.options.wait_for_terminal {
+        check_terminal_and_stock(&ctx, &sold, &mut report).await?;
+        if ctx.options.sampling.is_some() {
+            report.samples.push(Sample {
+                t_s: started.elapsed().as_secs_f64(),
+                progress: 1.0,
+                orders_finished: ctx.finished.load(Ordering::Relaxed),
+                rss_bytes: pid.and_then(|p| resources::rss_bytes(p).ok()),
+                order_actors_live: api.order_actors_live().await,
+            });
+        }
+    }
+    Ok(Executed {
+        report,
+        placed,
+        api,
+    })
+}
+
+async fn check_terminal_and_stock(
+    ctx: &Ctx,
+    sold: &[i64],
+    report: &mut LoadReport,
+) -> anyhow::Result<()> {
+    report.invariants_checked.extend([
+        "every order terminal".to_owned(),
+        "no oversell".to_owned(),
+        "stock conserved".to_owned(),
+        "nothing left reserved".to_owned(),
+    ]);
     if report.not_terminal > 0 {
         report.violations.push(format!(
-            "{} orders did not reach a terminal status",
-            report.not_terminal
+            "{} orders did not reach a terminal status within {:?} (stock conservation is not judged while orders run)",
+            report.not_terminal, ctx.config.order_timeout
         ));
     }
     // Completion commits stock asynchronously (inventory reacts to order.confirmed.v1): wait,
     // with a deadline, for every SKU to be at rest before judging conservation.
-    let settle_deadline = Instant::now() + Duration::from_secs(30);
-    for (i, sku) in skus.iter().enumerate() {
+    let settle_deadline = Instant::now() + ctx.options.settle_timeout;
+    let initial = ctx.config.stock_per_sku;
+    for (i, sku) in ctx.skus.iter().enumerate() {
         let product = loop {
-            let product: Value = client
-                .get(format!("{base}/inventory/products/{sku}"))
-                .send()
-                .await?
-                .json()
-                .await
-                .with_context(|| format!("reading {sku}"))?;
-            let at_rest = product["reserved"].as_i64() == Some(0);
-            if at_rest || report.not_terminal > 0 || Instant::now() > settle_deadline {
+            let product = ctx.api.product(sku).await?;
+            if product.reserved == 0 || report.not_terminal > 0 || Instant::now() > settle_deadline
+            {
                 break product;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let on_hand = product["on_hand"].as_i64().unwrap_or(-1);
-        let reserved = product["reserved"].as_i64().unwrap_or(-1);
-        let sold = committed.get(&i).copied().unwrap_or(0);
-        if sold > config.stock_per_sku {
+        let sold = sold.get(i).copied().unwrap_or(0);
+        if sold > initial || product.on_hand < 0 {
             report.violations.push(format!(
-                "{sku}: oversold: {sold} units sold of {}",
-                config.stock_per_sku
+                "{sku}: oversold: {sold} units sold of {initial}, {} on hand",
+                product.on_hand
             ));
         }
-        if reserved != 0 && report.not_terminal == 0 {
-            report
-                .violations
-                .push(format!("{sku}: {reserved} units still reserved at rest"));
-        } else if on_hand + sold != config.stock_per_sku {
+        // Orders still running hold or take units the client has not seen: conservation cannot
+        // be judged then (the missing terminal statuses are a violation already).
+        let judged = report.not_terminal == 0;
+        if judged && product.reserved != 0 {
             report.violations.push(format!(
-                "{sku}: stock not conserved: on_hand {on_hand} + sold {sold} != initial {}",
-                config.stock_per_sku
+                "{sku}: {} units still reserved at rest",
+                product.reserved
+            ));
+        } else if judged && product.on_hand + sold != initial {
+            report.violations.push(format!(
+                "{sku}: stock not conserved: on_hand {} + sold {sold} != initial {initial}",
+                product.on_hand
             ));
         }
+        report.stock.push(SkuStock {
+            sku: sku.clone(),
+            initial,
+            sold,
+            on_hand: product.on_hand,
+            reserved: product.reserved,
+        });
     }
-    Ok(report)
+    Ok(())
+}
+
+async fn worker(ctx: Arc<Ctx>) {
+    loop {
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+        let n = ctx.next.fetch_add(1, Ordering::Relaxed);
+        if n >= ctx.config.orders {
+            return;
+        }
+        let (sku, quantity, declined) = ctx.pick();
+        let key =
+            (!ctx.client_keys.is_empty()).then(|| &ctx.client_keys[n % ctx.client_keys.len()]);
+        let outcome = one_order(&ctx, sku, quantity, declined, key).await;
+        ctx.record(outcome);
+    }
 }
 
 async fn one_order(
-    client: &reqwest::Client,
-    base: &str,
-    sku_name: &str,
+    ctx: &Ctx,
     sku: usize,
     quantity: i64,
     declined: bool,
-    timeout: Duration,
+    client_key: Option<&HeaderValue>,
 ) -> Outcome {
     let mut outcome = Outcome {
         sku,
         quantity,
-        status: None,
+        fate: Fate::NotPlaced,
         latency: None,
-        request_failed: false,
+        failed_requests: 0,
+        rate_limited: 0,
+        rejected: None,
     };
-    let method = if declined {
-        "pm_card_chargeDeclined"
-    } else {
-        "pm_card_visa"
+    let method = match &ctx.options.payment_method {
+        Some(m) => m.as_str(),
+        None if declined => "pm_card_chargeDeclined",
+        None => "pm_card_visa",
     };
-    let placed_at = Instant::now();
-    let body = json!({
-        "customer_id": "load-test",
-        "items": [{"sku": sku_name, "quantity": quantity}],
-        "currency": "EUR",
-        "payment_method": method,
-    });
-    let placed: Option<Value> = match client
-        .post(format!("{base}/orders"))
-        .json(&body)
-        .send()
-        .await
-    {
-        Ok(r) if r.status().as_u16() == 202 => r.json().await.ok(),
-        _ => None,
+    let give_up = Instant::now() + ctx.config.order_timeout;
+    let (order_id, placed_at) = loop {
+        let placed_at = Instant::now();
+        match ctx
+            .api
+            .place(&ctx.skus[sku], quantity, method, client_key)
+            .await
+        {
+            Placement::Placed(id) => break (id, placed_at),
+            Placement::RateLimited(wait) if Instant::now() + wait < give_up => {
+                outcome.rate_limited += 1;
+                tokio::time::sleep(wait).await;
+            }
+            Placement::RateLimited(_) => {
+                // No time left to try again: not placed.
+                outcome.failed_requests += 1;
+                outcome.rejected = Some(429);
+                return outcome;
+            }
+            Placement::Rejected(status) => {
+                outcome.failed_requests += 1;
+                outcome.rejected = Some(status);
+                return outcome;
+            }
+            Placement::Failed => {
+                outcome.failed_requests += 1;
+                return outcome;
+            }
+        }
     };
-    let Some(order_id) = placed
-        .as_ref()
-        .and_then(|p| p["order_id"].as_str())
-        .map(str::to_owned)
-    else {
-        outcome.request_failed = true;
-        // Never placed: it cannot hold stock, so it counts as cancelled for the invariants.
-        outcome.status = Some("CANCELLED".into());
+    if !ctx.options.wait_for_terminal {
+        outcome.latency = Some(placed_at.elapsed());
+        outcome.fate = Fate::Placed(order_id);
         return outcome;
-    };
-    let deadline = placed_at + timeout;
-    while Instant::now() < deadline {
-        let response = client
-            .get(format!("{base}/orders/{order_id}?wait=5s"))
-            .send()
-            .await;
-        let Ok(response) = response else {
-            outcome.request_failed = true;
-            continue;
-        };
-        let Ok(order) = response.json::<Value>().await else {
-            outcome.request_failed = true;
-            continue;
-        };
-        let status = order["status"].as_str().unwrap_or_default().to_owned();
-        if status == "COMPLETED" || status == "CANCELLED" {
-            outcome.latency = Some(placed_at.elapsed());
-            outcome.status = Some(status);
+    }
+    outcome.fate = Fate::NotTerminal;
+    let deadline = placed_at + ctx.config.order_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return outcome;
         }
+        match ctx
+            .api
+            .order(order_id, Some(left.min(Duration::from_secs(5))))
+            .await
+        {
+            Ok(Read::Found(Status::Completed)) => {
+                outcome.latency = Some(placed_at.elapsed());
+                outcome.fate = Fate::Completed;
+                return outcome;
+            }
+            Ok(Read::Found(Status::Cancelled(reason))) => {
+                outcome.latency = Some(placed_at.elapsed());
+                outcome.fate = Fate::Cancelled(reason);
+                return outcome;
+            }
+            Ok(Read::Found(Status::Running(_))) => {}
+            Ok(Read::NotFound) | Err(_) => {
+                outcome.failed_requests += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
-    outcome
+}
+
+fn progress_bar(ctx: &Ctx) -> ProgressBar {
+    if !ctx.options.progress {
+        return ProgressBar::hidden();
+    }
+    let (len, template) = match ctx.options.duration {
+        Some(d) => (
+            d.as_secs().max(1),
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} s  {wide_msg}",
+        ),
+        None => (
+            ctx.config.orders as u64,
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} orders  {wide_msg}",
+        ),
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Updates the progress bar five times a second.
+async fn tick(ctx: Arc<Ctx>, bar: ProgressBar) {
+    let mut interval = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        interval.tick().await;
+        let finished = ctx.finished.load(Ordering::Relaxed);
+        let elapsed = ctx.started.elapsed();
+        match ctx.options.duration {
+            Some(d) => bar.set_position(elapsed.as_secs().min(d.as_secs())),
+            None => bar.set_position(finished),
+        }
+        let (completed, cancelled, left_running) = {
+            let t = ctx.tally();
+            (t.completed, t.cancelled, t.left_running)
+        };
+        let draining = ctx.deadline.is_some_and(|d| Instant::now() >= d)
+            || ctx.next.load(Ordering::Relaxed) >= ctx.config.orders;
+        bar.set_message(format!(
+            "{finished} done ({completed} completed, {cancelled} cancelled{}), {:.0} orders/s{}",
+            if left_running > 0 {
+                format!(", {left_running} placed")
+            } else {
+                String::new()
+            },
+            finished as f64 / elapsed.as_secs_f64().max(1e-3),
+            if draining { ", draining" } else { "" }
+        ));
+    }
+}
+
+/// Samples the server every `interval` until `stop` fires (or is dropped); returns the samples.
+async fn sample(
+    ctx: Arc<Ctx>,
+    sampling: Sampling,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut interval = tokio::time::interval(sampling.interval.max(Duration::from_millis(100)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return samples,
+            _ = interval.tick() => {}
+        }
+        let rss = sampling.pid.and_then(|p| resources::rss_bytes(p).ok());
+        let live = ctx.api.order_actors_live().await;
+        samples.push(Sample {
+            t_s: ctx.started.elapsed().as_secs_f64(),
+            progress: ctx.progress(),
+            orders_finished: ctx.finished.load(Ordering::Relaxed),
+            rss_bytes: rss,
+            order_actors_live: live,
+        });
+    }
 }

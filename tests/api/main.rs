@@ -7,6 +7,7 @@ mod bad_input;
 mod faults;
 mod inspection;
 mod inventory;
+mod load_smoke;
 mod openapi;
 mod operations;
 mod ops;

@@ -1,0 +1,352 @@
+//! The few ordersaga endpoints the load generator calls, with typed (mostly borrowed) bodies so a
+//! hot path order costs no `serde_json::Value`.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderValue, RETRY_AFTER};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One reqwest client (one connection pool) shared by every request of a run.
+#[derive(Clone)]
+pub(crate) struct Api {
+    client: reqwest::Client,
+    base: String,
+    orders_url: reqwest::Url,
+}
+
+#[derive(Serialize)]
+struct PlaceOrder<'a> {
+    customer_id: &'a str,
+    items: [Item<'a>; 1],
+    currency: &'a str,
+    payment_method: &'a str,
+}
+
+#[derive(Serialize)]
+struct Item<'a> {
+    sku: &'a str,
+    quantity: i64,
+}
+
+#[derive(Deserialize)]
+struct Placed {
+    order_id: Uuid,
+}
+
+/// The part of an order the client looks at.
+#[derive(Deserialize)]
+struct OrderStatusView<'a> {
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow, default)]
+    cancel_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ProductStock {
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+pub(crate) enum Placement {
+    Placed(Uuid),
+    /// 429: try again after this long.
+    RateLimited(Duration),
+    /// Any other answer than 202: nothing placed.
+    Rejected(u16),
+    /// No answer (connection refused, reset, timeout): the order may or may not exist.
+    Failed,
+}
+
+/// An order's status as read.
+pub(crate) enum Status {
+    Completed,
+    /// With the kind of reason, see [`classify`].
+    Cancelled(String),
+    /// Not terminal yet: the status as the server spelled it.
+    Running(String),
+}
+
+impl Status {
+    pub fn name(&self) -> &str {
+        match self {
+            Status::Completed => "COMPLETED",
+            Status::Cancelled(_) => "CANCELLED",
+            Status::Running(s) => s,
+        }
+    }
+}
+
+pub(crate) enum Read {
+    Found(Status),
+    NotFound,
+}
+
+impl Api {
+    pub fn new(base_url: &str, pool: usize) -> anyhow::Result<Self> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let orders_url = reqwest::Url::parse(&format!("{base}/orders"))
+            .with_context(|| format!("{base_url} is not a URL"))?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(pool)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            // Above the longest long poll the client asks for (5 s).
+            .timeout(Duration::from_secs(35))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            client,
+            base,
+            orders_url,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Creates (or resets) a product with `on_hand` units at 1.00 EUR.
+    pub async fn put_product(&self, sku: &str, on_hand: i64) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .put(format!("{}/inventory/products/{sku}", self.base))
+            .json(&serde_json::json!({"name": "load test item", "unit_price_cents": 100, "currency": "EUR", "on_hand": on_hand}))
+            .send()
+            .await
+            .with_context(|| format!("creating {sku}: is ordersaga running at {}?", self.base))?;
+        if !response.status().is_success() {
+            bail!(
+                "creating {sku} failed: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn product(&self, sku: &str) -> anyhow::Result<ProductStock> {
+        let response = self
+            .client
+            .get(format!("{}/inventory/products/{sku}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("reading {sku}"))?;
+        if !response.status().is_success() {
+            bail!("reading {sku}: {}", response.status());
+        }
+        response
+            .json()
+            .await
+            .with_context(|| format!("reading {sku}"))
+    }
+
+    pub async fn place(
+        &self,
+        sku: &str,
+        quantity: i64,
+        payment_method: &str,
+        client_key: Option<&HeaderValue>,
+    ) -> Placement {
+        let body = PlaceOrder {
+            customer_id: "load-test",
+            items: [Item { sku, quantity }],
+            currency: "EUR",
+            payment_method,
+        };
+        let mut request = self.client.post(self.orders_url.clone()).json(&body);
+        if let Some(key) = client_key {
+            request = request.header("x-client-key", key.clone());
+        }
+        let Ok(response) = request.send().await else {
+            return Placement::Failed;
+        };
+        match response.status() {
+            StatusCode::ACCEPTED => match response.bytes().await {
+                Ok(bytes) => match serde_json::from_slice::<Placed>(&bytes) {
+                    Ok(placed) => Placement::Placed(placed.order_id),
+                    Err(_) => Placement::Failed,
+                },
+                Err(_) => Placement::Failed,
+            },
+            StatusCode::TOO_MANY_REQUESTS => {
+                let seconds = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(1);
+                Placement::RateLimited(Duration::from_secs(seconds.clamp(1, 60)))
+            }
+            status => Placement::Rejected(status.as_u16()),
+        }
+    }
+
+    /// `GET /orders/{id}`, held by the server up to `wait` until the order is terminal.
+    pub async fn order(&self, id: Uuid, wait: Option<Duration>) -> anyhow::Result<Read> {
+        let url = match wait {
+            Some(wait) => format!(
+                "{}/orders/{id}?wait={}ms",
+                self.base,
+                wait.as_millis().clamp(1, 30_000)
+            ),
+            None => format!("{}/orders/{id}", self.base),
+        };
+        let response = self.client.get(url).send().await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(Read::NotFound),
+            status => bail!("GET /orders/{id}: {status}"),
+        }
+        let bytes = response.bytes().await?;
+        let view: OrderStatusView<'_> = serde_json::from_slice(&bytes)?;
+        Ok(Read::Found(match view.status.as_ref() {
+            "COMPLETED" => Status::Completed,
+            "CANCELLED" => Status::Cancelled(classify(view.cancel_reason.as_deref())),
+            other => Status::Running(other.to_owned()),
+        }))
+    }
+
+    /// `order_actors_live` from `GET /metrics`; `None` when absent or unreadable.
+    pub async fn order_actors_live(&self) -> Option<f64> {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        parse_gauge(&response.text().await.ok()?, "order_actors_live")
+    }
+
+    /// Whether `GET /health/ready` answers 200 within `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        matches!(
+            self.client
+                .get(format!("{}/health/ready", self.base))
+                .timeout(timeout)
+                .send()
+                .await,
+            Ok(r) if r.status() == StatusCode::OK
+        )
+    }
+
+    /// `order_supervisor.armed_timers` of `GET /actors` (admin bearer token).
+    pub async fn armed_timers(&self, token: &str) -> anyhow::Result<u64> {
+        #[derive(Deserialize)]
+        struct Overview {
+            order_supervisor: Option<Supervisor>,
+        }
+        #[derive(Deserialize)]
+        struct Supervisor {
+            armed_timers: u64,
+        }
+        let response = self
+            .client
+            .get(format!("{}/actors", self.base))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("GET /actors: {}", response.status());
+        }
+        let overview: Overview = response.json().await?;
+        overview
+            .order_supervisor
+            .map(|s| s.armed_timers)
+            .context("GET /actors: this process does not run the order role")
+    }
+}
+
+/// The kind of a free-text `cancel_reason`, so reasons can be counted: `out_of_stock`,
+/// `payment_failed` (declined...), `payment_timeout`, `inventory_timeout`,
+/// `reservation_expired`, `operator_cancel`, else `other: <text up to its first ':'>`.
+pub(crate) fn classify(reason: Option<&str>) -> String {
+    let Some(reason) = reason else {
+        return "unknown".into();
+    };
+    let kind = if reason.starts_with("out of stock") {
+        "out_of_stock"
+    } else if reason.starts_with("payment failed: payment_timeout") {
+        "payment_timeout"
+    } else if reason.starts_with("payment failed") {
+        "payment_failed"
+    } else if reason.starts_with("inventory step timed out") {
+        "inventory_timeout"
+    } else if reason.starts_with("stock reservation expired") {
+        "reservation_expired"
+    } else if reason.starts_with("cancelled by operator") {
+        "operator_cancel"
+    } else {
+        let head: String = reason
+            .split(':')
+            .next()
+            .unwrap_or(reason)
+            .chars()
+            .take(60)
+            .collect();
+        return format!("other: {head}");
+    };
+    kind.into()
+}
+
+/// The value of an unlabelled sample `name value` in Prometheus text.
+pub(crate) fn parse_gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let value = rest.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_reasons_are_counted_by_kind() {
+        for (text, kind) in [
+            (
+                "out of stock: MUG (requested 2, available 0)",
+                "out_of_stock",
+            ),
+            (
+                "payment failed: card_declined: Your card was declined.",
+                "payment_failed",
+            ),
+            (
+                "payment failed: payment_timeout: payment step timed out after 60s",
+                "payment_timeout",
+            ),
+            ("inventory step timed out after 30s", "inventory_timeout"),
+            (
+                "stock reservation expired before the payment completed",
+                "reservation_expired",
+            ),
+            ("cancelled by operator ann: duplicate", "operator_cancel"),
+            ("something new: details", "other: something new"),
+        ] {
+            assert_eq!(classify(Some(text)), kind);
+        }
+        assert_eq!(classify(None), "unknown");
+    }
+
+    #[test]
+    fn gauges_are_read_from_prometheus_text() {
+        let text = "# HELP order_actors_live Order saga actors alive\n# TYPE order_actors_live gauge\norder_actors_live_total 9\norder_actors_live 42\nother 1\n";
+        assert_eq!(parse_gauge(text, "order_actors_live"), Some(42.0));
+        assert_eq!(
+            parse_gauge("order_actors_live NaNx\n", "order_actors_live"),
+            None
+        );
+        assert_eq!(parse_gauge("", "order_actors_live"), None);
+    }
+}
