@@ -121,7 +121,7 @@ fn replay(state: &FakeState, key: Option<&str>, fingerprint: &str) -> Option<Res
 fn store(state: &FakeState, key: Option<&str>, fingerprint: String, status: u16, body: &Value) {
     if let Some(key) = key {
         state.with(|inner| {
-            inner.idempotency.insert(
+            inner.put_idempotent(
                 key.to_owned(),
                 Stored {
                     fingerprint,
@@ -237,7 +237,7 @@ async fn create_intent(State(state): State<Shared>, headers: HeaderMap, body: St
     }
     let succeeded_now = confirmed && behaviour.status == "succeeded";
     state.with(|inner| {
-        inner.intents.insert(id.clone(), intent.clone());
+        inner.put_intent(id.clone(), intent.clone());
         if succeeded_now {
             inner.charges.push(Charge {
                 payment_intent: id.clone(),
