@@ -34,6 +34,9 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// Buckets for batch sizes (how many requests one transaction carried).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
 /// Samples the database every few seconds until `shutdown`.
 pub async fn sample_store(pool: sqlx::PgPool, shutdown: tokio_util::sync::CancellationToken) {
     loop {
@@ -106,6 +109,11 @@ pub fn handle() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(actors::metrics::RESERVATION_BATCH.into()),
+                    BATCH_BUCKETS,
+                )
                 .ok()?
                 .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(60)))
                 .install_recorder()

@@ -22,6 +22,7 @@ pub const JETSTREAM_PUBLISH_FAILURES: &str = "jetstream_publish_failures_total";
 pub const JETSTREAM_CONSUMED: &str = "jetstream_messages_consumed_total";
 pub const JETSTREAM_REDELIVERIES: &str = "jetstream_redeliveries_total";
 pub const WEBHOOK_EVENTS: &str = "stripe_webhook_events_total";
+pub const RESERVATION_BATCH: &str = "inventory_reservation_batch_size";
 
 /// Mailbox labels (`actor_mailbox_depth{actor=...}`): a fixed set, never an id.
 pub const ORDER_SUPERVISOR: &str = "order_supervisor";
@@ -106,6 +107,10 @@ pub fn describe() {
     describe_counter!(
         WEBHOOK_EVENTS,
         "Stripe webhook events by type and result (accepted, duplicate, rejected, routed, ignored, failed)"
+    );
+    describe_histogram!(
+        RESERVATION_BATCH,
+        "Reservations decided per inventory transaction (a shard's batch)"
     );
     describe_counter!(
         crate::payments::FAILURE_STREAK_ALERTS,

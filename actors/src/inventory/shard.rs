@@ -171,6 +171,7 @@ impl ShardState {
         let messages = |request: &ReservationRequest, outcome: &ReservationOutcome| {
             reservation_messages(request, outcome, now)
         };
+        metrics::histogram!(crate::metrics::RESERVATION_BATCH).record(requests.len() as f64);
         let result = self.ledger.reserve_batch(&requests, &messages).await;
         debug!(
             shard = self.index,
