@@ -361,3 +361,35 @@ async fn the_sweeper_releases_expired_reservations_once_and_says_so() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_shard_that_crashes_is_replaced_and_serves_its_skus_again() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("A", 10)]));
+    let shards = spawn_shards(2, &ledger).await;
+    ledger.panic_on_next_reserve();
+    let first = OrderId::new();
+    let crashed = shards.on_message(&order_created(first, &[("A", 2)])).await;
+    assert!(
+        matches!(crashed, Err(InventoryError::ShardUnavailable(_))),
+        "the caller of a crashed shard gets an error (its message is redelivered): {crashed:?}"
+    );
+    // The supervisor puts a fresh shard in the slot: the redelivery and new orders are served.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match shards.on_message(&order_created(first, &[("A", 2)])).await {
+            Ok(()) => break,
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::task::yield_now().await,
+            Err(e) => panic!("the shard was not replaced: {e}"),
+        }
+    }
+    let second = OrderId::new();
+    let served = shards.on_message(&order_created(second, &[("A", 3)])).await;
+    assert!(served.is_ok(), "{served:?}");
+    assert_eq!(
+        ledger.stock("A").reserved,
+        5,
+        "both orders hold their units once"
+    );
+    assert_eq!(shards.shard_count(), 2);
+    shards.stop();
+}

@@ -10,6 +10,7 @@
 
 mod outcomes;
 mod shard;
+mod supervisor;
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 
 pub use outcomes::{ReleaseCause, release_messages, reservation_messages};
 pub use shard::{InventoryShard, ShardMessage};
+pub use supervisor::{ShardSlots, ShardSupervisor, ShardSupervisorArgs};
 
 use crate::domain::{OrderId, Sku};
 use crate::events::{Envelope, EventBody};
@@ -35,28 +37,37 @@ pub enum InventoryError {
 /// The inventory role's entry point: turns messages into shard requests.
 #[derive(Clone)]
 pub struct InventoryShards {
-    shards: Vec<ActorRef<ShardMessage>>,
+    /// The current actor of each shard (a crashed one is replaced in its slot).
+    shards: ShardSlots,
+    count: usize,
+    supervisor: ActorRef<()>,
     clock: SharedClock,
     reservation_ttl: chrono::Duration,
     timeout: Duration,
 }
 
 impl InventoryShards {
-    /// Spawns `count` shard actors (at least one) sharing one ledger.
+    /// Spawns `count` shard actors (at least one) sharing one ledger, under a supervisor that
+    /// replaces any that crashes.
     pub async fn spawn(
         count: usize,
         ledger: Arc<dyn ReservationLedger>,
         clock: SharedClock,
         reservation_ttl: Duration,
     ) -> Result<Self, ractor::SpawnErr> {
-        let mut shards = Vec::with_capacity(count.max(1));
-        for index in 0..count.max(1) {
-            let (shard, _join) =
-                Actor::spawn(None, InventoryShard, (index, ledger.clone(), clock.clone())).await?;
-            shards.push(shard);
-        }
+        let count = count.max(1);
+        let shards: ShardSlots = Arc::new(std::sync::RwLock::new(Vec::with_capacity(count)));
+        let args = ShardSupervisorArgs {
+            count,
+            ledger,
+            clock: clock.clone(),
+            slots: shards.clone(),
+        };
+        let (supervisor, _join) = Actor::spawn(None, ShardSupervisor, args).await?;
         Ok(Self {
             shards,
+            count,
+            supervisor,
             clock,
             reservation_ttl: chrono::Duration::from_std(reservation_ttl)
                 .unwrap_or_else(|_| chrono::Duration::minutes(15)),
@@ -65,19 +76,35 @@ impl InventoryShards {
     }
 
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.count
     }
 
     pub fn shard_of(&self, sku: &Sku) -> usize {
-        (sku.shard_hash() % self.shards.len() as u64) as usize
+        (sku.shard_hash() % self.count as u64) as usize
     }
 
     fn shard_of_order(&self, order_id: OrderId) -> usize {
-        (order_id.as_uuid().as_u128() % self.shards.len() as u128) as usize
+        (order_id.as_uuid().as_u128() % self.count as u128) as usize
+    }
+
+    /// The shard's current actor.
+    fn shard(&self, index: usize) -> Option<ActorRef<ShardMessage>> {
+        self.shards
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(index)
+            .cloned()
     }
 
     pub fn stop(&self) {
-        for shard in &self.shards {
+        // The supervisor first: a shard stopping now is not to be replaced.
+        self.supervisor.stop(None);
+        for shard in self
+            .shards
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+        {
             shard.stop(None);
         }
     }
@@ -171,7 +198,7 @@ impl InventoryShards {
         shard: usize,
         build: impl FnOnce(RpcReplyPort<Result<T, StoreError>>) -> ShardMessage,
     ) -> Result<T, InventoryError> {
-        let Some(actor) = self.shards.get(shard) else {
+        let Some(actor) = self.shard(shard) else {
             return Err(InventoryError::ShardUnavailable(format!(
                 "no shard {shard}"
             )));

@@ -111,9 +111,17 @@ impl LedgerInner {
 pub struct InMemoryLedger {
     inner: Mutex<LedgerInner>,
     racy: bool,
+    /// The next reservation panics (a bug in a shard's dependency).
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 impl InMemoryLedger {
+    /// Makes the next reservation panic inside the shard that handles it.
+    pub fn panic_on_next_reserve(&self) {
+        self.panic_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn with_stock(stock: &[(&str, i64)]) -> Self {
         let inner = LedgerInner {
             stock: stock
@@ -133,6 +141,7 @@ impl InMemoryLedger {
         Self {
             inner: Mutex::new(inner),
             racy: false,
+            panic_next: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -232,6 +241,12 @@ impl ReservationLedger for InMemoryLedger {
         request: &ReservationRequest,
         messages: OutcomeMessages<'_, ReservationOutcome>,
     ) -> Result<ReservationOutcome, StoreError> {
+        if self
+            .panic_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("the ledger blew up (deliberately)");
+        }
         let outcome = if self.racy {
             let plan = {
                 let mut inner = lock(&self.inner);
