@@ -175,12 +175,12 @@ impl PaymentService {
             match outcome {
                 ChargeOutcome::Succeeded { reference } => {
                     self.streak.success();
-                    vec![
-                        event(pending(reference)),
-                        event(EventBody::PaymentSucceeded(PaymentSucceeded {
-                            payment_reference: reference.clone(),
-                        })),
-                    ]
+                    // One message: the saga records the processing step and the success in
+                    // one transition (a `payment.pending.v1` first would cost a round trip of
+                    // its own and tell the saga nothing the success does not).
+                    vec![event(EventBody::PaymentSucceeded(PaymentSucceeded {
+                        payment_reference: reference.clone(),
+                    }))]
                 }
                 ChargeOutcome::Processing { reference } => vec![event(pending(reference))],
                 ChargeOutcome::Declined {

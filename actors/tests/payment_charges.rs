@@ -18,7 +18,7 @@ use common::payments::{
 use common::{card, eur, order_created, pending, succeeded};
 
 #[tokio::test]
-async fn a_successful_charge_emits_payment_pending_then_payment_succeeded() {
+async fn a_successful_charge_emits_payment_succeeded_alone() {
     let p = payments(vec![charge_succeeded("pi_1")]);
     let id = OrderId::new();
     let request = payment_requested(id, 1);
@@ -37,10 +37,7 @@ async fn a_successful_charge_emits_payment_pending_then_payment_succeeded() {
     );
     assert_eq!(charges[0].attempt, 1);
 
-    assert_eq!(
-        p.records.subjects(),
-        vec![subjects::PAYMENT_PENDING, subjects::PAYMENT_SUCCEEDED]
-    );
+    assert_eq!(p.records.subjects(), vec![subjects::PAYMENT_SUCCEEDED]);
     let outbox = p.records.outbox();
     assert!(
         outbox
@@ -48,7 +45,7 @@ async fn a_successful_charge_emits_payment_pending_then_payment_succeeded() {
             .all(|e| e.order_id == id && e.correlation_id == request.correlation_id)
     );
     assert_eq!(
-        SagaEvent::from_body(&outbox[1].body),
+        SagaEvent::from_body(&outbox[0].body),
         Some(succeeded("pi_1"))
     );
     assert_eq!(p.records.record_of(id, 1), charge_succeeded("pi_1").ok());
@@ -105,10 +102,7 @@ async fn a_redelivered_payment_request_does_not_charge_again() {
 
     assert_eq!(p.gateway.calls(), 1);
     assert_eq!(p.records.count(), 1);
-    assert_eq!(
-        p.records.subjects(),
-        vec![subjects::PAYMENT_PENDING, subjects::PAYMENT_SUCCEEDED]
-    );
+    assert_eq!(p.records.subjects(), vec![subjects::PAYMENT_SUCCEEDED]);
 }
 
 #[tokio::test]
@@ -136,10 +130,7 @@ async fn a_transient_gateway_error_is_returned_for_redelivery_without_recording(
         1,
         "the retry reuses the key"
     );
-    assert_eq!(
-        p.records.subjects(),
-        vec![subjects::PAYMENT_PENDING, subjects::PAYMENT_SUCCEEDED]
-    );
+    assert_eq!(p.records.subjects(), vec![subjects::PAYMENT_SUCCEEDED]);
 }
 
 #[tokio::test]
@@ -176,11 +167,7 @@ async fn a_new_payment_attempt_gets_a_fresh_idempotency_key() {
     assert_eq!(p.records.count(), 2);
     assert_eq!(
         p.records.subjects(),
-        vec![
-            subjects::PAYMENT_FAILED,
-            subjects::PAYMENT_PENDING,
-            subjects::PAYMENT_SUCCEEDED
-        ]
+        vec![subjects::PAYMENT_FAILED, subjects::PAYMENT_SUCCEEDED]
     );
 }
 

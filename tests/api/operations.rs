@@ -120,9 +120,21 @@ async fn metrics_move_as_orders_flow_through_every_step() {
             vec![("type", "payment_intent.succeeded"), ("result", "accepted")],
             1.0,
         ),
+        // The charge's answer already said `succeeded`: the webhook that follows changes nothing.
         (
             "stripe_webhook_events_total",
-            vec![("type", "payment_intent.succeeded"), ("result", "routed")],
+            vec![
+                ("type", "payment_intent.succeeded"),
+                ("result", "no_change"),
+            ],
+            1.0,
+        ),
+        (
+            "stripe_webhook_events_total",
+            vec![
+                ("type", "payment_intent.payment_failed"),
+                ("result", "accepted"),
+            ],
             1.0,
         ),
         (

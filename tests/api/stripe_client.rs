@@ -114,9 +114,10 @@ async fn conflicts_and_server_errors_are_retried_with_the_same_idempotency_key()
     let outcome = client(&base).charge(&charge()).await;
     assert_eq!(
         outcome,
-        Ok(ChargeOutcome::Processing {
+        Ok(ChargeOutcome::Succeeded {
             reference: "pi_1".into()
-        })
+        }),
+        "a succeeded intent is final: no need to wait for the webhook"
     );
     let keys = script.keys.lock().map(|k| k.clone()).unwrap_or_default();
     assert_eq!(keys, vec!["ordersaga-test-payment-1"; 3]);

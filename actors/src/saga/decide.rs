@@ -265,7 +265,15 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
         (S::StockReserved | S::PaymentProcessing, E::PaymentSucceeded { reference })
             if !compensating =>
         {
-            let mut next = advance(state, now, S::Completed, Some("payment succeeded"));
+            // A payment that succeeded without being reported pending first (the provider
+            // answered the charge at once) still walks through PAYMENT_PROCESSING, so every
+            // completed order shows the same statuses; both are one commit.
+            let processing = if state.status == S::StockReserved {
+                advance(state, now, S::PaymentProcessing, Some("payment processing"))
+            } else {
+                state.clone()
+            };
+            let mut next = advance(&processing, now, S::Completed, Some("payment succeeded"));
             set_payment(&mut next, PaymentStatus::Succeeded, Some(reference), None);
             let confirmed = OrderConfirmed {
                 amount: state.amount,

@@ -96,10 +96,14 @@ fn run(events: &[SagaEvent]) -> (OrderState, Vec<&'static str>) {
     let mut published = Vec::new();
     for (i, event) in events.iter().enumerate() {
         if let Decision::Apply(tr) = decide(&state, event, t(i as i64 + 1)) {
-            assert_eq!(
-                tr.next.version,
-                state.version + 1,
+            assert!(
+                tr.next.version > state.version,
                 "every transition bumps the version"
+            );
+            assert_eq!(
+                tr.next.version as usize,
+                tr.next.history.len(),
+                "one history entry per version"
             );
             published.extend(tr.effects.iter().map(|Effect::Publish(b)| b.subject()));
             state = tr.next;
@@ -1027,4 +1031,26 @@ fn a_paused_snapshot_round_trips_through_json_with_its_held_events() {
     old.as_object_mut().map(|o| o.remove("paused"));
     let parsed: OrderState = serde_json::from_value(old).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(parsed.paused, None);
+}
+
+#[test]
+fn a_success_reported_at_once_walks_through_payment_processing_in_one_transition() {
+    let (reserved_state, _) = run(&[reserved()]);
+    let (done, published) = applied(decide(&reserved_state, &succeeded(), t(5)));
+    assert_eq!(done.status, OrderStatus::Completed);
+    assert_eq!(done.version, reserved_state.version + 2);
+    assert_eq!(
+        statuses(&done),
+        [
+            OrderStatus::Pending,
+            OrderStatus::StockReserved,
+            OrderStatus::PaymentProcessing,
+            OrderStatus::Completed
+        ]
+    );
+    assert_eq!(published, ["order.confirmed.v1"]);
+    // Reported pending first, the success is one more version as before.
+    let (processing, _) = run(&[reserved(), pending()]);
+    let (done, _) = applied(decide(&processing, &succeeded(), t(5)));
+    assert_eq!(done.version, processing.version + 1);
 }

@@ -380,6 +380,11 @@ impl PaymentGateway for StripeClient {
                     message: error.message.unwrap_or_default(),
                 })
             }
+            // `succeeded` is final (Stripe never moves an intent back from it): act on it now
+            // rather than a webhook later; the webhook that follows changes nothing.
+            Ok(intent) if intent.status == "succeeded" => Ok(ChargeOutcome::Succeeded {
+                reference: intent.id,
+            }),
             // Accepted: the outcome (succeeded, failed) arrives by webhook.
             Ok(intent) => Ok(ChargeOutcome::Processing {
                 reference: intent.id,

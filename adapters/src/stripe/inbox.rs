@@ -143,6 +143,15 @@ async fn outcome_of(
         }
         Ok(None) => {
             counted(kind, "no_change");
+            // Our intents carry the order's ids in their metadata: keep the hop traceable.
+            let metadata = &payload["data"]["object"]["metadata"];
+            debug!(
+                %event_id,
+                event_type = %event.kind,
+                order_id = metadata["order_id"].as_str().unwrap_or(""),
+                correlation_id = metadata["correlation_id"].as_str().unwrap_or(""),
+                "webhook event changed nothing (already known, duplicate or out of date)"
+            );
             Some("no change (unknown charge, duplicate or regression)".to_owned())
         }
         Err(e) => {
