@@ -106,7 +106,7 @@ pub fn describe() {
     );
     describe_counter!(
         WEBHOOK_EVENTS,
-        "Stripe webhook events by type and result (accepted, duplicate, rejected, routed, ignored, failed)"
+        "Stripe webhook events by type and result (endpoint: accepted, duplicate, rejected; worker: routed, no_change, ignored, failed, unreadable)"
     );
     describe_histogram!(
         RESERVATION_BATCH,

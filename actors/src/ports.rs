@@ -36,8 +36,9 @@ pub trait OrderSnapshotStore: Send + Sync + 'static {
     async fn create(&self, first: &OrderState, outbox: &[Envelope]) -> Result<bool, StoreError>;
 
     /// Stores `next` if the stored version is still `expected` (the version the transition was
-    /// decided on), else `VersionConflict`. A transition usually adds one version; a resume that
-    /// decides held events adds one per event.
+    /// decided on), else `VersionConflict`. A transition adds one version per history entry it
+    /// appends: usually one; a success reported at once adds two (PAYMENT_PROCESSING, COMPLETED)
+    /// and a resume adds one per held event it decides.
     async fn commit(
         &self,
         expected: i64,
