@@ -73,12 +73,16 @@ pub async fn probe(state: &AppState) -> (bool, serde_json::Value) {
     let mut dependencies = vec![("postgres", postgres.is_ok()), ("nats", nats.is_ok())];
     if let Some(payments) = &state.payments {
         let started = Instant::now();
-        let stripe = tokio::time::timeout(PROBE_TIMEOUT, payments.stripe.ping())
-            .await
-            .map_err(|_| ())
-            .and_then(|r| r.map_err(|_| ()));
+        let stripe = match tokio::time::timeout(PROBE_TIMEOUT, payments.stripe.ping()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within the probe timeout".to_owned()),
+        };
         checks["stripe"] = check(stripe.is_ok(), started.elapsed().as_secs_f64() * 1000.0);
         checks["stripe"]["api_base"] = json!(payments.stripe.api_base());
+        if let Err(reason) = &stripe {
+            // Never the key itself: only what went wrong.
+            checks["stripe"]["error"] = json!(reason);
+        }
         ready &= stripe.is_ok();
         dependencies.push(("stripe", stripe.is_ok()));
     }

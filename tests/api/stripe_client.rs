@@ -286,3 +286,28 @@ async fn the_fake_replays_idempotent_requests_and_refuses_a_reused_key_with_othe
         "{twice:?}"
     );
 }
+
+#[tokio::test]
+async fn a_rejected_api_key_makes_the_ping_fail_while_a_valid_one_passes() {
+    ordersaga::install_crypto_provider();
+    let fake = stripe_fake::StripeFake::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        stripe_fake::FakeConfig::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(client(&fake.base_url()).ping().await.is_ok());
+    let wrong = StripeClient::new(StripeConfig::new(fake.base_url(), "rk_wrong"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refused = wrong.ping().await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("rejected the API key")),
+        "{refused:?}"
+    );
+    assert!(
+        !format!("{refused:?}").contains("rk_wrong"),
+        "the key never appears in the error"
+    );
+}

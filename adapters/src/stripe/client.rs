@@ -225,7 +225,8 @@ impl StripeClient {
 
     /// Whether the API answers at all (any HTTP answer counts: readiness, not authorisation).
     pub async fn ping(&self) -> Result<(), StripeError> {
-        self.http
+        let response = self
+            .http
             .get(format!(
                 "{}/v1/payment_intents?limit=1",
                 self.config.api_base
@@ -233,8 +234,18 @@ impl StripeClient {
             .bearer_auth(&self.config.secret_key)
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| StripeError::Transport(e.to_string()))
+            .map_err(|e| StripeError::Transport(e.to_string()))?;
+        // Reachable is not enough: a rejected key would fail every payment, so it is not ready.
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(StripeError::Api {
+                status: status.as_u16(),
+                code: None,
+                message: "Stripe rejected the API key (check STRIPE_SECRET_KEY)".into(),
+                retryable: false,
+            });
+        }
+        Ok(())
     }
 
     async fn post<T: serde::de::DeserializeOwned>(
