@@ -29,6 +29,11 @@ pub const ORDER_SUPERVISOR: &str = "order_supervisor";
 pub const ORDER_SAGA: &str = "order_saga";
 pub const INVENTORY_SHARD: &str = "inventory_shard";
 
+/// Counts one Stripe webhook event by its (bounded) type label and result.
+pub fn webhook_event(kind: &'static str, result: &'static str) {
+    metrics::counter!(WEBHOOK_EVENTS, "type" => kind, "result" => result).increment(1);
+}
+
 /// A message is on its way into `actor`'s mailbox.
 pub fn mailbox_enqueued(actor: &'static str) {
     metrics::gauge!(MAILBOX_DEPTH, "actor" => actor).increment(1.0);

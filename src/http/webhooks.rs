@@ -43,7 +43,7 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok());
     let now = chrono::Utc::now().timestamp();
     if let Err(e) = payments.verifier.verify(signature, &body, now) {
-        counted("unknown", "rejected");
+        actors::metrics::webhook_event("unknown", "rejected");
         tracing::warn!(error = %e, "webhook refused: bad signature");
         return Err(
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_signature", e.to_string())
@@ -51,7 +51,7 @@ pub async fn receive(
         );
     }
     let event = parse_event(&body).map_err(|e| {
-        counted("unknown", "rejected");
+        actors::metrics::webhook_event("unknown", "rejected");
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_event",
@@ -66,7 +66,7 @@ pub async fn receive(
     } else {
         "accepted"
     };
-    counted(type_label(&event.kind), result);
+    actors::metrics::webhook_event(type_label(&event.kind), result);
     // Our PaymentIntents carry the order's ids in their metadata: log them with the event.
     let metadata = &raw["data"]["object"]["metadata"];
     tracing::debug!(
@@ -80,9 +80,4 @@ pub async fn receive(
     Ok(Json(
         json!({"received": true, "duplicate": recorded == Recorded::Duplicate}),
     ))
-}
-
-fn counted(kind: &'static str, result: &'static str) {
-    metrics::counter!(actors::metrics::WEBHOOK_EVENTS, "type" => kind, "result" => result)
-        .increment(1);
 }

@@ -362,6 +362,19 @@ impl TestApp {
             .to_owned()
     }
 
+    /// Waits (with a deadline) until the order has `status` and returns it.
+    pub async fn wait_status(&self, order_id: &str, status: &str) -> Value {
+        eventually(
+            Duration::from_secs(20),
+            &format!("order {order_id} to be {status}"),
+            || async {
+                let (_, order) = self.get_json(&format!("/orders/{order_id}")).await;
+                (order["status"] == status).then_some(order)
+            },
+        )
+        .await
+    }
+
     /// Waits (with a deadline) until the order is COMPLETED or CANCELLED and returns it.
     pub async fn wait_terminal(&self, order_id: &str) -> Value {
         let path = format!("/orders/{order_id}?wait=5s");

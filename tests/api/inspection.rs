@@ -6,9 +6,9 @@ use serde_json::Value;
 
 use crate::helpers::{TestApp, eventually, spawn_app, spawn_app_with};
 
-const TOKEN: &str = "test-admin-token";
+pub(crate) const TOKEN: &str = "test-admin-token";
 
-async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
+pub(crate) async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
     let mut request = app.http.get(format!("{}{path}", app.base));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -56,15 +56,7 @@ async fn inspection_shows_the_state_a_saga_is_really_in() {
     app.put_product("MUG", 10, 100).await;
     // Waits for a payment outcome that never comes (no webhook): a live saga with a timer.
     let waiting = app.place(&[("MUG", 2)], "pm_fake_no_webhook").await;
-    let snapshot = eventually(
-        Duration::from_secs(15),
-        "the order to wait for its payment",
-        || async {
-            let (_, o) = app.get_json(&format!("/orders/{waiting}")).await;
-            (o["status"] == "PAYMENT_PROCESSING").then_some(o)
-        },
-    )
-    .await;
+    let snapshot = app.wait_status(&waiting, "PAYMENT_PROCESSING").await;
     let (status, live) = admin_get(&app, &format!("/actors/orders/{waiting}"), Some(TOKEN)).await;
     assert_eq!(status, 200, "{live}");
     assert_eq!(
@@ -163,7 +155,7 @@ async fn inspection_shows_the_state_a_saga_is_really_in() {
     );
 }
 
-async fn admin_post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn admin_post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     let response = app
         .http
         .post(format!("{}{path}", app.base))
@@ -181,15 +173,7 @@ async fn operators_can_force_cancel_and_retry_a_stuck_order_end_to_end() {
     let app = spawn_app_with(|s| s.admin_token = TOKEN.parse().ok()).await;
     app.put_product("MUG", 10, 100).await;
     let stuck = app.place(&[("MUG", 3)], "pm_fake_no_webhook").await;
-    eventually(
-        Duration::from_secs(15),
-        "the order to wait for its payment",
-        || async {
-            let (_, o) = app.get_json(&format!("/orders/{stuck}")).await;
-            (o["status"] == "PAYMENT_PROCESSING").then_some(())
-        },
-    )
-    .await;
+    app.wait_status(&stuck, "PAYMENT_PROCESSING").await;
 
     // Retry: the payment request is re-sent; the provider's idempotency key makes it harmless.
     let (status, body) = admin_post(

@@ -14,9 +14,8 @@ use crate::helpers::{
     ChildProcess, TestApp, TestDb, TestNats, eventually, free_port, spawn_app, spawn_app_with,
     wait_healthy,
 };
+use crate::inspection::{TOKEN, admin_get, admin_post};
 use crate::payments::{post_webhook, reference, signed};
-
-const TOKEN: &str = "test-admin-token";
 
 /// The value of one series in Prometheus text: `name` with at least the given labels.
 fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -273,20 +272,6 @@ async fn a_reservation_that_crosses_the_low_stock_threshold_alerts_once() {
     assert!(alerts(&scrape(&app).await) - before >= 1.0);
 }
 
-async fn admin(app: &TestApp, path: &str, body: Option<Value>) -> (u16, Value) {
-    let request = match body {
-        Some(body) => app.http.post(format!("{}{path}", app.base)).json(&body),
-        None => app.http.get(format!("{}{path}", app.base)),
-    };
-    let response = request
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 fn history_text(order: &Value) -> String {
     order["history"]
         .as_array()
@@ -304,36 +289,18 @@ async fn a_paused_saga_keeps_what_arrives_and_acts_on_it_when_resumed() {
     let app = spawn_app_with(|s| s.admin_token = TOKEN.parse().ok()).await;
     app.put_product("OBS-PAUSE", 10, 700).await;
     let id = app.place(&[("OBS-PAUSE", 2)], "pm_fake_no_webhook").await;
-    let waiting = eventually(
-        Duration::from_secs(15),
-        "the order to wait for its payment",
-        || async {
-            let (_, o) = app.get_json(&format!("/orders/{id}")).await;
-            (o["status"] == "PAYMENT_PROCESSING").then_some(o)
-        },
-    )
-    .await;
+    let waiting = app.wait_status(&id, "PAYMENT_PROCESSING").await;
 
     let by = json!({"by": "carol", "reason": "suspected fraud"});
-    let (status, body) = admin(
-        &app,
-        &format!("/actors/orders/{id}/pause"),
-        Some(by.clone()),
-    )
-    .await;
+    let (status, body) = admin_post(&app, &format!("/actors/orders/{id}/pause"), by.clone()).await;
     assert_eq!((status, &body["applied"]), (200, &json!(true)), "{body}");
-    let (status, body) = admin(
-        &app,
-        &format!("/actors/orders/{id}/pause"),
-        Some(by.clone()),
-    )
-    .await;
+    let (status, body) = admin_post(&app, &format!("/actors/orders/{id}/pause"), by.clone()).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("not_applicable")),
         "already paused"
     );
-    let (_, inspected) = admin(&app, &format!("/actors/orders/{id}"), None).await;
+    let (_, inspected) = admin_get(&app, &format!("/actors/orders/{id}"), Some(TOKEN)).await;
     assert_eq!(
         inspected["current_step"],
         "paused by an operator (resume to continue)"
@@ -343,12 +310,7 @@ async fn a_paused_saga_keeps_what_arrives_and_acts_on_it_when_resumed() {
         "the deadline is held: {inspected}"
     );
     assert_eq!(inspected["paused"]["by"], "carol");
-    let (status, _) = admin(
-        &app,
-        &format!("/actors/orders/{id}/retry"),
-        Some(by.clone()),
-    )
-    .await;
+    let (status, _) = admin_post(&app, &format!("/actors/orders/{id}/retry"), by.clone()).await;
     assert_eq!(status, 409, "other actions wait for the resume");
 
     // The provider reports success while the saga is paused: kept, not acted on.
@@ -372,7 +334,7 @@ async fn a_paused_saga_keeps_what_arrives_and_acts_on_it_when_resumed() {
     assert_eq!(held["status"], "PAYMENT_PROCESSING", "nothing acted on");
 
     let resume = json!({"by": "dave", "reason": "checked with the bank"});
-    let (status, body) = admin(&app, &format!("/actors/orders/{id}/resume"), Some(resume)).await;
+    let (status, body) = admin_post(&app, &format!("/actors/orders/{id}/resume"), resume).await;
     assert_eq!(
         (status, body["status"].as_str()),
         (200, Some("COMPLETED")),
@@ -387,10 +349,10 @@ async fn a_paused_saga_keeps_what_arrives_and_acts_on_it_when_resumed() {
         "{history}"
     );
     assert_eq!(app.settled_product("OBS-PAUSE").await["on_hand"], 8);
-    let (status, _) = admin(
+    let (status, _) = admin_post(
         &app,
         &format!("/actors/orders/{id}/resume"),
-        Some(json!({"by": "dave", "reason": "again"})),
+        json!({"by": "dave", "reason": "again"}),
     )
     .await;
     assert_eq!(status, 409, "a finished order is not paused");

@@ -290,15 +290,7 @@ async fn the_webhook_endpoint_routes_verified_events_once_and_refuses_forged_one
     app.put_product("MUG", 10, 1250).await;
     // This method never sends a webhook: the order waits in PAYMENT_PROCESSING for ours.
     let id = app.place(&[("MUG", 1)], "pm_fake_no_webhook").await;
-    let waiting = eventually(
-        Duration::from_secs(15),
-        "the order to wait for its payment",
-        || async {
-            let (_, o) = app.get_json(&format!("/orders/{id}")).await;
-            (o["status"] == "PAYMENT_PROCESSING").then_some(o)
-        },
-    )
-    .await;
+    let waiting = app.wait_status(&id, "PAYMENT_PROCESSING").await;
     let pi = reference(&waiting);
     let event = json!({"id": "evt_test_1", "object": "event", "type": "payment_intent.succeeded",
         "data": {"object": {"id": pi, "object": "payment_intent", "status": "succeeded", "metadata": {}}}})

@@ -16,24 +16,12 @@ async fn intent_status(app: &TestApp, pi: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn wait_status(app: &TestApp, id: &str, status: &str) -> Value {
-    eventually(
-        Duration::from_secs(20),
-        &format!("order {id} to be {status}"),
-        || async {
-            let (_, order) = app.get_json(&format!("/orders/{id}")).await;
-            (order["status"] == status).then_some(order)
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_payment_that_never_answers_times_out_cancels_the_intent_and_releases_stock() {
     let app = spawn_app_with(|s| s.payment_step_timeout_ms = 1500).await;
     app.put_product("MUG", 10, 1250).await;
     let id = app.place(&[("MUG", 3)], "pm_fake_no_webhook").await;
-    let waiting = wait_status(&app, &id, "PAYMENT_PROCESSING").await;
+    let waiting = app.wait_status(&id, "PAYMENT_PROCESSING").await;
     let pi = waiting["payment_reference"]
         .as_str()
         .unwrap_or_default()
@@ -83,7 +71,7 @@ async fn a_deadline_survives_a_restart_and_fires_in_the_new_process() {
     let mut app = spawn_app_with(|s| s.payment_step_timeout_ms = 4000).await;
     app.put_product("MUG", 10, 1250).await;
     let id = app.place(&[("MUG", 2)], "pm_fake_no_webhook").await;
-    wait_status(&app, &id, "PAYMENT_PROCESSING").await;
+    app.wait_status(&id, "PAYMENT_PROCESSING").await;
     // The process stops while the order waits for its payment (deadline ~4 s away).
     app.restart().await;
     let order = app.wait_terminal(&id).await;
@@ -109,7 +97,7 @@ async fn an_expired_reservation_is_swept_and_its_saga_cancels_the_order() {
     .await;
     app.put_product("MUG", 10, 1250).await;
     let id = app.place(&[("MUG", 4)], "pm_fake_no_webhook").await;
-    let waiting = wait_status(&app, &id, "PAYMENT_PROCESSING").await;
+    let waiting = app.wait_status(&id, "PAYMENT_PROCESSING").await;
     let pi = waiting["payment_reference"]
         .as_str()
         .unwrap_or_default()

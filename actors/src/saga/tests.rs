@@ -90,26 +90,9 @@ fn decisions(events: &[SagaEvent]) -> Vec<(OrderState, Decision)> {
     out
 }
 
-/// Feeds events in order; returns the final state and every subject published.
+/// Feeds events in order from placement; returns the final state and every subject published.
 fn run(events: &[SagaEvent]) -> (OrderState, Vec<&'static str>) {
-    let mut state = placed();
-    let mut published = Vec::new();
-    for (i, event) in events.iter().enumerate() {
-        if let Decision::Apply(tr) = decide(&state, event, t(i as i64 + 1)) {
-            assert!(
-                tr.next.version > state.version,
-                "every transition bumps the version"
-            );
-            assert_eq!(
-                tr.next.version as usize,
-                tr.next.history.len(),
-                "one history entry per version"
-            );
-            published.extend(tr.effects.iter().map(|Effect::Publish(b)| b.subject()));
-            state = tr.next;
-        }
-    }
-    (state, published)
+    run_from(placed(), 1, events)
 }
 
 fn statuses(state: &OrderState) -> Vec<OrderStatus> {

@@ -49,26 +49,13 @@ async fn lock_available(
     tx: &mut Transaction<'_, Postgres>,
     skus: &[String],
 ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-    Ok(lock_stock(tx, skus)
-        .await?
-        .into_iter()
-        .map(|(sku, (available, _))| (sku, available))
-        .collect())
-}
-
-/// Locks the products rows in SKU order: (available, low-stock threshold) of each.
-async fn lock_stock(
-    tx: &mut Transaction<'_, Postgres>,
-    skus: &[String],
-) -> Result<BTreeMap<String, (i64, i64)>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT sku, on_hand - reserved, low_stock_threshold FROM products
-         WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sku, on_hand - reserved FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
     )
     .bind(skus)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().map(|(s, a, t)| (s, (a, t))).collect())
+    Ok(rows.into_iter().collect())
 }
 
 /// Moves an order's RESERVED rows to `to` and returns (sku, quantity) of the rows moved.

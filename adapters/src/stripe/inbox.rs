@@ -113,11 +113,6 @@ impl WebhookInbox {
 /// stays well below the pool size).
 const IN_FLIGHT: usize = 8;
 
-fn counted(kind: &'static str, result: &'static str) {
-    metrics::counter!(actors::metrics::WEBHOOK_EVENTS, "type" => kind, "result" => result)
-        .increment(1);
-}
-
 async fn outcome_of(
     service: &PaymentService,
     event_id: &str,
@@ -127,22 +122,22 @@ async fn outcome_of(
         .ok()
         .and_then(|b| parse_event(&b).ok())
     else {
-        counted("other", "unreadable");
+        actors::metrics::webhook_event("other", "unreadable");
         return Some("unreadable".to_owned());
     };
     let kind = type_label(&event.kind);
     let Some(update) = payment_update(&event) else {
-        counted(kind, "ignored");
+        actors::metrics::webhook_event(kind, "ignored");
         return Some(format!("ignored type {}", event.kind));
     };
     match service.on_provider_update(&update).await {
         Ok(Some(applied)) => {
-            counted(kind, "routed");
+            actors::metrics::webhook_event(kind, "routed");
             debug!(%event_id, event_type = %event.kind, order_id = %applied.order_id, correlation_id = %applied.correlation_id, "webhook event routed to its order");
             Some(format!("applied to order {}", applied.order_id))
         }
         Ok(None) => {
-            counted(kind, "no_change");
+            actors::metrics::webhook_event(kind, "no_change");
             // Our intents carry the order's ids in their metadata: keep the hop traceable.
             let metadata = &payload["data"]["object"]["metadata"];
             debug!(
@@ -155,7 +150,7 @@ async fn outcome_of(
             Some("no change (unknown charge, duplicate or regression)".to_owned())
         }
         Err(e) => {
-            counted(kind, "failed");
+            actors::metrics::webhook_event(kind, "failed");
             warn!(%event_id, error = %e, "webhook event not processed yet");
             None
         }
