@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use ractor::Actor;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -180,7 +179,7 @@ impl Application {
             })?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let signal: OutboxSignal = Arc::new(Notify::new());
+        let signal = OutboxSignal::new();
         let clock: SharedClock = Arc::new(SystemClock);
         let status_watchers = StatusWatchers::default();
 
@@ -283,9 +282,11 @@ impl Application {
         let (payment_http, stripe_fake) = if settings.runs(Role::Payment) {
             let payments = payments(&settings, address).await?;
             let streak = Arc::new(FailureStreak::new(settings.payment_failure_streak_alert));
+            let records = pg::PgPaymentRecords::new(pool.clone(), signal.clone());
+            let recorded_charges = records.recorded_charges();
             let service = PaymentService::with_streak(
                 Arc::new(payments.client.clone()),
-                Arc::new(pg::PgPaymentRecords::new(pool.clone(), signal.clone())),
+                Arc::new(records),
                 clock.clone(),
                 streak,
             );
@@ -307,7 +308,7 @@ impl Application {
                 let context = consumer_context(&js, &pool, settings.retry_policy_payment);
                 spawn_consumer(&mut tasks, context, spec, handler, &shutdown).await?;
             }
-            let inbox = WebhookInbox::new(pool.clone());
+            let inbox = WebhookInbox::new(pool.clone(), recorded_charges);
             let worker = inbox.clone();
             let token = shutdown.clone();
             tasks.spawn(async move {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tokio::sync::Notify;
 
 use actors::domain::{CorrelationId, OrderId, OrderLine, Quantity, Sku};
 use actors::ports::{ReservationLedger, ReservationRequest};
@@ -51,7 +50,7 @@ fn ledger_benches(c: &mut Criterion) {
             skus.push(Sku::parse(&sku).unwrap_or_else(|e| panic!("{e}")));
         }
         (
-            Arc::new(PgReservationLedger::new(pool, Arc::new(Notify::new()))),
+            Arc::new(PgReservationLedger::new(pool, adapters::postgres::OutboxSignal::new())),
             skus,
         )
     });

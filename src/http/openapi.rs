@@ -239,6 +239,10 @@ mod schemas {
         received: bool,
         /// The event id was recorded before (Stripe retried); nothing new happens.
         duplicate: bool,
+        /// The event reports a status this process had already recorded for the charge (for
+        /// example the `payment_intent.succeeded` that follows a create call answered
+        /// `succeeded`): acknowledged without being recorded, since it changes nothing.
+        already_applied: bool,
     }
 
     /// `GET /health`.

@@ -1,7 +1,8 @@
 //! `POST /payments/webhook`: Stripe's webhook endpoint. The signature is checked over the raw
 //! body (never a re-serialised one); a bad or missing signature is a 400 and changes nothing. A
 //! verified event is recorded durably by id and acknowledged at once; the payment role's worker
-//! does the rest asynchronously. Duplicates and event types we do not handle get 2xx too, as
+//! does the rest asynchronously. An event reporting a status this process already committed for
+//! the charge is acknowledged without being recorded (`already_applied`: it changes nothing). Duplicates and event types we do not handle get 2xx too, as
 //! Stripe expects (only a 2xx stops its retries).
 
 use axum::Json;
@@ -22,7 +23,7 @@ use super::{ApiError, AppState};
     params(("Stripe-Signature" = String, Header, description = "Stripe's signature over the raw body (`t=...,v1=...`), checked against `STRIPE_WEBHOOK_SECRET` (or the fake's secret).")),
     request_body(content = Object, content_type = "application/json", description = "A Stripe event (`id`, `type`, `data.object`...), read as raw bytes up to 512 KiB; the `Content-Type` is not checked."),
     responses(
-        (status = 200, description = "Recorded (or already recorded: `duplicate`); event types that are not handled are acknowledged too.", body = super::openapi::WebhookAck),
+        (status = 200, description = "Recorded (or already recorded: `duplicate`; or not recorded because it reports what is already known of the charge: `already_applied`); event types that are not handled are acknowledged too.", body = super::openapi::WebhookAck),
         (status = 400, description = "`invalid_signature` (field `Stripe-Signature`) or `malformed_event`; nothing changed.", body = super::error::ErrorBody),
         (status = 413, description = "The body exceeds 512 KiB (axum's plain-text answer, not the JSON error shape).", body = String, content_type = "text/plain"),
         (status = 503, description = "`unavailable`: this process does not run the payment role, or the database is unavailable.", body = super::error::ErrorBody),
@@ -61,10 +62,11 @@ pub async fn receive(
     let raw: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_event", e.to_string()))?;
     let recorded = payments.inbox.record(&event, &raw).await?;
-    let result = if recorded == Recorded::Duplicate {
-        "duplicate"
-    } else {
-        "accepted"
+    let result = match recorded {
+        Recorded::New => "accepted",
+        Recorded::Duplicate => "duplicate",
+        // The worker counts an event that changes nothing the same way.
+        Recorded::AlreadyApplied => "no_change",
     };
     actors::metrics::webhook_event(type_label(&event.kind), result);
     // Our PaymentIntents carry the order's ids in their metadata: log them with the event.
@@ -72,12 +74,14 @@ pub async fn receive(
     tracing::debug!(
         event_id = %event.id,
         event_type = %event.kind,
-        duplicate = (recorded == Recorded::Duplicate),
+        result,
         order_id = metadata["order_id"].as_str().unwrap_or(""),
         correlation_id = metadata["correlation_id"].as_str().unwrap_or(""),
         "webhook received"
     );
-    Ok(Json(
-        json!({"received": true, "duplicate": recorded == Recorded::Duplicate}),
-    ))
+    Ok(Json(json!({
+        "received": true,
+        "duplicate": recorded == Recorded::Duplicate,
+        "already_applied": recorded == Recorded::AlreadyApplied,
+    })))
 }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use actors::domain::{
@@ -54,7 +53,7 @@ async fn outbox_subjects(pool: &sqlx::PgPool) -> Vec<String> {
 async fn a_transition_and_its_messages_commit_together_and_a_stale_version_writes_nothing() {
     let db = TestDb::create().await;
     let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
-    let store = PgOrderSnapshotStore::new(pool.clone(), Arc::new(Notify::new()));
+    let store = PgOrderSnapshotStore::new(pool.clone(), pg::OutboxSignal::new());
 
     let start = saga::start(new_order(), Utc::now());
     let msgs: Vec<Envelope> = start
@@ -142,11 +141,11 @@ async fn concurrent_reservations_from_two_ledgers_never_oversell_and_the_databas
     let ledgers = [
         Arc::new(PgReservationLedger::new(
             pool.clone(),
-            Arc::new(Notify::new()),
+            pg::OutboxSignal::new(),
         )),
         Arc::new(PgReservationLedger::new(
             pool.clone(),
-            Arc::new(Notify::new()),
+            pg::OutboxSignal::new(),
         )),
     ];
     let mut tasks = Vec::new();
@@ -217,7 +216,7 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
     let mut tx = ok(pool.begin().await);
     ok(pg::outbox::insert(&mut tx, std::slice::from_ref(&message)).await);
     ok(tx.commit().await);
-    let relay = bus::OutboxRelay::new(pool.clone(), js.clone(), Arc::new(Notify::new()));
+    let relay = bus::OutboxRelay::new(pool.clone(), js.clone(), pg::OutboxSignal::new());
     assert_eq!(ok(relay.relay_once().await), 1);
     assert_eq!(
         ok(pg::outbox::pending_count(&pool).await),
@@ -322,7 +321,7 @@ async fn a_message_that_keeps_failing_is_parked_and_stops_blocking_nothing() {
         .await);
     }
     ok(tx.commit().await);
-    let relay = bus::OutboxRelay::new(pool.clone(), js.clone(), Arc::new(Notify::new()));
+    let relay = bus::OutboxRelay::new(pool.clone(), js.clone(), pg::OutboxSignal::new());
     assert_eq!(ok(relay.relay_once().await), 2);
     // Garbage on the same subjects: undecodable, parked at once.
     ok(ok(js.publish("order.cancelled.v1", "not json".into()).await).await);
@@ -417,7 +416,7 @@ async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_the
         .execute(&pool)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let ledger = PgReservationLedger::new(pool.clone(), Arc::new(Notify::new()));
+    let ledger = PgReservationLedger::new(pool.clone(), pg::OutboxSignal::new());
     let request = |order_id: OrderId, q: i64| ReservationRequest {
         order_id,
         correlation_id: CorrelationId::new(),
@@ -490,7 +489,7 @@ async fn a_batch_of_reservations_decides_each_in_order_as_if_one_at_a_time() {
         .execute(&pool)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let ledger = PgReservationLedger::new(pool.clone(), Arc::new(Notify::new()));
+    let ledger = PgReservationLedger::new(pool.clone(), pg::OutboxSignal::new());
     let request = |lines: &[(&str, i64)]| ReservationRequest {
         order_id: OrderId::new(),
         correlation_id: CorrelationId::new(),

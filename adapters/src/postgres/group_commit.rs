@@ -23,7 +23,8 @@ use actors::events::Envelope;
 use actors::ports::StoreError;
 use actors::saga::OrderState;
 
-use super::{OutboxSignal, outbox, unavailable};
+use super::outbox::{self, OutboxMessage};
+use super::{OutboxSignal, unavailable};
 
 /// Most transitions written in one transaction.
 const MAX_BATCH: usize = 256;
@@ -46,7 +47,8 @@ struct Request {
     order_id: Uuid,
     version: i64,
     status: &'static str,
-    state: serde_json::Value,
+    /// The snapshot as JSON text (PostgreSQL parses it into `jsonb`).
+    state: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deadline: Option<DateTime<Utc>>,
@@ -81,7 +83,7 @@ impl SnapshotWriter {
         state: &OrderState,
         messages: &[Envelope],
     ) -> Result<bool, StoreError> {
-        let encoded = serde_json::to_value(state)
+        let encoded = serde_json::to_string(state)
             .map_err(|e| StoreError::Unavailable(format!("cannot encode snapshot: {e}")))?;
         let order_id = state.order_id.as_uuid();
         let (reply, answer) = oneshot::channel();
@@ -111,16 +113,12 @@ impl SnapshotWriter {
 async fn write_batches(pool: PgPool, signal: OutboxSignal, mut queue: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match write_batch(&pool, &batch).await {
-            Ok(written) => {
-                let mut any_message = false;
+        match write_batch(&pool, &mut batch).await {
+            Ok((written, committed)) => {
+                signal.committed(committed);
                 for request in batch.drain(..) {
                     let ok = written.contains(&request.order_id);
-                    any_message |= ok && !request.messages.is_empty();
                     let _ = request.reply.send(Ok(ok));
-                }
-                if any_message {
-                    signal.notify_one();
                 }
             }
             Err(e) => {
@@ -134,25 +132,32 @@ async fn write_batches(pool: PgPool, signal: OutboxSignal, mut queue: mpsc::Rece
     }
 }
 
-/// One transaction for the whole batch; returns the orders whose write applied.
-async fn write_batch(pool: &PgPool, batch: &[Request]) -> Result<HashSet<Uuid>, sqlx::Error> {
+/// One transaction for the whole batch; returns the orders whose write applied and the outbox
+/// rows committed with them. The requests' states and messages are moved out (bound as they are,
+/// never copied); only their replies are used afterwards.
+async fn write_batch(
+    pool: &PgPool,
+    batch: &mut [Request],
+) -> Result<(HashSet<Uuid>, Vec<OutboxMessage>), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut written = HashSet::with_capacity(batch.len());
 
-    let creates: Vec<&Request> = batch
-        .iter()
+    let mut creates: Vec<&mut Request> = batch
+        .iter_mut()
         .filter(|r| r.expect == Expect::Absent)
         .collect();
     if !creates.is_empty() {
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO order_snapshots (order_id, version, status, state, created_at, updated_at, deadline)
-             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[])
+             SELECT o, v, st, j::jsonb, c, u, d
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[])
+                  AS x(o, v, st, j, c, u, d)
              ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
         )
         .bind(creates.iter().map(|r| r.order_id).collect::<Vec<_>>())
         .bind(creates.iter().map(|r| r.version).collect::<Vec<_>>())
         .bind(creates.iter().map(|r| r.status).collect::<Vec<_>>())
-        .bind(creates.iter().map(|r| r.state.clone()).collect::<Vec<_>>())
+        .bind(creates.iter_mut().map(|r| std::mem::take(&mut r.state)).collect::<Vec<_>>())
         .bind(creates.iter().map(|r| r.created_at).collect::<Vec<_>>())
         .bind(creates.iter().map(|r| r.updated_at).collect::<Vec<_>>())
         .bind(creates.iter().map(|r| r.deadline).collect::<Vec<_>>())
@@ -161,8 +166,8 @@ async fn write_batch(pool: &PgPool, batch: &[Request]) -> Result<HashSet<Uuid>, 
         written.extend(ids);
     }
 
-    let updates: Vec<(&Request, i64)> = batch
-        .iter()
+    let mut updates: Vec<(&mut Request, i64)> = batch
+        .iter_mut()
         .filter_map(|r| match r.expect {
             Expect::Version(v) => Some((r, v)),
             Expect::Absent => None,
@@ -171,8 +176,8 @@ async fn write_batch(pool: &PgPool, batch: &[Request]) -> Result<HashSet<Uuid>, 
     if !updates.is_empty() {
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE order_snapshots s
-             SET version = u.version, status = u.status, state = u.state, updated_at = u.updated_at, deadline = u.deadline
-             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[], $6::timestamptz[], $7::timestamptz[])
+             SET version = u.version, status = u.status, state = u.state::jsonb, updated_at = u.updated_at, deadline = u.deadline
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])
                   AS u(order_id, expected, version, status, state, updated_at, deadline)
              WHERE s.order_id = u.order_id AND s.version = u.expected
              RETURNING s.order_id",
@@ -181,7 +186,7 @@ async fn write_batch(pool: &PgPool, batch: &[Request]) -> Result<HashSet<Uuid>, 
         .bind(updates.iter().map(|(_, v)| *v).collect::<Vec<_>>())
         .bind(updates.iter().map(|(r, _)| r.version).collect::<Vec<_>>())
         .bind(updates.iter().map(|(r, _)| r.status).collect::<Vec<_>>())
-        .bind(updates.iter().map(|(r, _)| r.state.clone()).collect::<Vec<_>>())
+        .bind(updates.iter_mut().map(|(r, _)| std::mem::take(&mut r.state)).collect::<Vec<_>>())
         .bind(updates.iter().map(|(r, _)| r.updated_at).collect::<Vec<_>>())
         .bind(updates.iter().map(|(r, _)| r.deadline).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
@@ -191,11 +196,11 @@ async fn write_batch(pool: &PgPool, batch: &[Request]) -> Result<HashSet<Uuid>, 
 
     // Only the transitions that applied send their messages.
     let messages: Vec<Envelope> = batch
-        .iter()
+        .iter_mut()
         .filter(|r| written.contains(&r.order_id))
-        .flat_map(|r| r.messages.iter().cloned())
+        .flat_map(|r| std::mem::take(&mut r.messages))
         .collect();
-    outbox::insert(&mut tx, &messages).await?;
+    let committed = outbox::insert(&mut tx, &messages).await?;
     tx.commit().await?;
-    Ok(written)
+    Ok((written, committed))
 }

@@ -1,7 +1,7 @@
 //! PostgreSQL through sqlx: connection and migrations here, one module per store.
 //!
 //! Every state change that emits messages writes them to `outbox` in the same transaction
-//! (`outbox::commit_with`), which also pokes the relay through `OutboxSignal` so publishing starts at once
+//! (`outbox::commit_with`), then hands them to the relay through `OutboxSignal` so publishing starts at once
 //! instead of at the next poll.
 
 mod catalog;
@@ -16,23 +16,21 @@ pub mod snapshots;
 pub mod stripe_events;
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
-use tokio::sync::Notify;
 
 pub use catalog::{Catalog, CatalogError, Product, ProductUpsert};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
 pub use ledger::PgReservationLedger;
-pub use payments::PgPaymentRecords;
+pub use payments::{PgPaymentRecords, RecordedCharges};
 pub use snapshots::PgOrderSnapshotStore;
 
 use actors::ports::StoreError;
 
-/// Wakes the outbox relay after a commit that wrote messages.
-pub type OutboxSignal = Arc<Notify>;
+/// Hands committed outbox rows to the relay (see `outbox`).
+pub use outbox::OutboxSignal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

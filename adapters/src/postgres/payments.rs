@@ -1,5 +1,14 @@
 //! `PaymentRecords` on Postgres: one row per (order, attempt) whose status only moves forward,
 //! plus one row per refund; every change is written with the messages it implies.
+//!
+//! `RecordedCharges` remembers, in memory and for the most recent charges only, the status this
+//! process has committed for each PaymentIntent, so the webhook endpoint can acknowledge an event
+//! that reports what is already recorded (the `payment_intent.succeeded` that follows every card
+//! paid at once) without writing it to the inbox and reading the charge back to find that it
+//! changes nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use sqlx::PgPool;
@@ -17,11 +26,71 @@ use super::{OutboxSignal, outbox, unavailable};
 pub struct PgPaymentRecords {
     pool: PgPool,
     signal: OutboxSignal,
+    recorded: RecordedCharges,
 }
 
 impl PgPaymentRecords {
     pub fn new(pool: PgPool, signal: OutboxSignal) -> Self {
-        Self { pool, signal }
+        Self {
+            pool,
+            signal,
+            recorded: RecordedCharges::default(),
+        }
+    }
+
+    /// What this process has committed about recent charges (shared with the webhook inbox).
+    pub fn recorded_charges(&self) -> RecordedCharges {
+        self.recorded.clone()
+    }
+}
+
+/// PaymentIntents remembered; the oldest are forgotten first. A webhook usually follows the
+/// create call within milliseconds, so this covers many seconds of charges at any rate this
+/// machine reaches, in a few MiB.
+const REMEMBERED_CHARGES: usize = 50_000;
+
+/// The statuses committed by this process for its most recent charges, by PaymentIntent id, as
+/// the create call's answer reported them (an update applied from a webhook is not remembered, so
+/// Stripe's retry of that webhook is still recognised as a duplicate by its event id). Only ever
+/// a subset of the `payments` table (written after the commit), so "already recorded"
+/// is always true when it says so; when it does not know, the caller takes the durable path.
+#[derive(Clone, Default)]
+pub struct RecordedCharges {
+    inner: Arc<Mutex<Remembered>>,
+}
+
+#[derive(Default)]
+struct Remembered {
+    rank: HashMap<String, u8>,
+    order: VecDeque<String>,
+}
+
+impl RecordedCharges {
+    fn remember(&self, reference: &str, status: &str) {
+        let Ok(mut r) = self.inner.lock() else { return };
+        let rank = rank(status);
+        if let Some(known) = r.rank.get_mut(reference) {
+            *known = (*known).max(rank);
+            return;
+        }
+        if r.order.len() >= REMEMBERED_CHARGES
+            && let Some(oldest) = r.order.pop_front()
+        {
+            r.rank.remove(&oldest);
+        }
+        r.rank.insert(reference.to_owned(), rank);
+        r.order.push_back(reference.to_owned());
+    }
+
+    /// `true` when the charge is known to be recorded at `status` or beyond, so an update
+    /// reporting `status` would change nothing (statuses only move forward).
+    pub fn covers(&self, reference: &str, status: &ProviderStatus) -> bool {
+        let Ok(r) = self.inner.lock() else {
+            return false;
+        };
+        r.rank
+            .get(reference)
+            .is_some_and(|known| *known >= rank(column(status)))
     }
 }
 
@@ -108,6 +177,9 @@ impl PaymentRecords for PgPaymentRecords {
             return Ok(false);
         }
         outbox::commit_with(tx, &messages(outcome), &self.signal).await?;
+        if let Some(reference) = reference {
+            self.recorded.remember(reference, status);
+        }
         Ok(true)
     }
 

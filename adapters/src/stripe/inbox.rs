@@ -1,6 +1,11 @@
 //! The webhook inbox: the HTTP endpoint records each verified event durably by its id (so a
 //! duplicate is acknowledged and ignored) and answers 2xx at once; this worker then turns the
 //! recorded events into payment updates, asynchronously and in arrival order.
+//!
+//! An event that reports a status this process has already committed for that PaymentIntent
+//! (`RecordedCharges`: the create call's answer said `succeeded`, and the webhook says so too) is
+//! acknowledged without being recorded: the worker would only find that it changes nothing, and
+//! that finding cost an insert, a locked read and an update per order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +19,14 @@ use tracing::{debug, warn};
 use actors::payments::PaymentService;
 
 use super::webhook::{StripeEvent, parse_event, payment_update, type_label};
+use crate::postgres::RecordedCharges;
 use crate::postgres::stripe_events;
 
 #[derive(Clone)]
 pub struct WebhookInbox {
     pool: PgPool,
     signal: Arc<Notify>,
+    recorded: RecordedCharges,
 }
 
 /// What recording an event did.
@@ -27,13 +34,18 @@ pub struct WebhookInbox {
 pub enum Recorded {
     New,
     Duplicate,
+    /// Not written: it reports what this process already committed for the charge.
+    AlreadyApplied,
 }
 
 impl WebhookInbox {
-    pub fn new(pool: PgPool) -> Self {
+    /// `recorded`: what the payment records of this process have committed
+    /// (`PgPaymentRecords::recorded_charges`).
+    pub fn new(pool: PgPool, recorded: RecordedCharges) -> Self {
         Self {
             pool,
             signal: Arc::new(Notify::new()),
+            recorded,
         }
     }
 
@@ -43,6 +55,11 @@ impl WebhookInbox {
         event: &StripeEvent,
         raw: &serde_json::Value,
     ) -> Result<Recorded, sqlx::Error> {
+        if payment_update(event)
+            .is_some_and(|update| self.recorded.covers(&update.reference, &update.status))
+        {
+            return Ok(Recorded::AlreadyApplied);
+        }
         let new = stripe_events::record(&self.pool, &event.id, &event.kind, raw).await?;
         if new {
             self.signal.notify_one();
