@@ -111,7 +111,7 @@ pub fn describe() {
     );
     describe_counter!(
         WEBHOOK_EVENTS,
-        "Stripe webhook events by type and result (endpoint: accepted, duplicate, rejected; worker: routed, no_change, ignored, failed, unreadable)"
+        "Stripe webhook events by type and result (endpoint: accepted, duplicate, rejected, no_change; worker: routed, no_change, ignored, failed, unreadable)"
     );
     describe_histogram!(
         RESERVATION_BATCH,
