@@ -94,11 +94,6 @@ impl OutboxSignal {
     pub async fn notified(&self) {
         self.inner.notify.notified().await;
     }
-
-    /// Messages waiting in the hand-off queue.
-    pub fn waiting(&self) -> usize {
-        self.inner.queue.lock().map(|q| q.len()).unwrap_or(0)
-    }
 }
 
 /// Appends `messages` to the outbox inside `tx` (one statement for all of them); returns them
