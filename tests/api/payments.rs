@@ -23,6 +23,39 @@ pub(crate) fn reference(order: &Value) -> String {
         .to_owned()
 }
 
+/// Waits until the fake saw a 2xx for an `event_type` webhook about `pi` and no recorded event
+/// about `pi` is left unprocessed (the event is usually not recorded at all: it reports what the
+/// create call's answer already recorded).
+async fn wait_webhook_handled(app: &TestApp, pi: &str, event_type: &str) {
+    let what = format!("the {event_type} webhook to be handled");
+    eventually(Duration::from_secs(15), &what, || async {
+        let ledger = app.ledger().await;
+        let acknowledged = ledger["deliveries"].as_array().is_some_and(|deliveries| {
+            deliveries.iter().any(|d| {
+                d["event_type"] == event_type && d["payment_intent"] == pi && d["delivered"] == true
+            })
+        });
+        let unprocessed: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL AND payload->'data'->'object'->>'id' = $1")
+            .bind(pi)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap_or(-1);
+        (acknowledged && unprocessed == 0).then_some(())
+    })
+    .await;
+}
+
+/// Asserts the order's status and version are still those of `order`.
+async fn assert_order_unchanged(app: &TestApp, order: &Value, why: &str) {
+    let id = order["order_id"].as_str().unwrap_or_default();
+    let (_, after) = app.get_json(&format!("/orders/{id}")).await;
+    assert_eq!(
+        (&after["status"], &after["version"]),
+        (&order["status"], &order["version"]),
+        "{why}"
+    );
+}
+
 #[tokio::test]
 async fn a_card_payment_is_charged_once_and_its_webhook_changes_nothing_after() {
     let app = spawn_app().await;
@@ -49,38 +82,8 @@ async fn a_card_payment_is_charged_once_and_its_webhook_changes_nothing_after() 
     // The create call answered `succeeded`, which completed the order; Stripe's webhook still
     // comes and is verified and acknowledged (2xx). It reports what the answer recorded, so it is
     // not recorded (unless it beat the answer: then it is recorded and processed).
-    eventually(
-        Duration::from_secs(15),
-        "the succeeded webhook to be acknowledged",
-        || async {
-            let ledger = app.ledger().await;
-            let acknowledged = ledger["deliveries"].as_array().is_some_and(|deliveries| {
-                deliveries.iter().any(|d| {
-                    d["event_type"] == "payment_intent.succeeded"
-                        && d["payment_intent"] == pi.as_str()
-                        && d["delivered"] == true
-                })
-            });
-            let unprocessed: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
-                    .fetch_one(&app.pool)
-                    .await
-                    .unwrap_or(-1);
-            (acknowledged && unprocessed == 0).then_some(())
-        },
-    )
-    .await;
-    let (_, after) = app
-        .get_json(&format!(
-            "/orders/{}",
-            order["order_id"].as_str().unwrap_or_default()
-        ))
-        .await;
-    assert_eq!(
-        (&after["status"], &after["version"]),
-        (&order["status"], &order["version"]),
-        "the webhook changed nothing"
-    );
+    wait_webhook_handled(&app, &pi, "payment_intent.succeeded").await;
+    assert_order_unchanged(&app, &order, "the webhook changed nothing").await;
 }
 
 #[tokio::test]
@@ -229,17 +232,7 @@ async fn duplicate_webhooks_are_acknowledged_and_processed_once() {
             .unwrap_or(-1);
     assert!((0..=1).contains(&recorded), "recorded {recorded} times");
     assert_eq!(app.charges_of(&pi).await, 1);
-    let (_, after) = app
-        .get_json(&format!(
-            "/orders/{}",
-            order["order_id"].as_str().unwrap_or_default()
-        ))
-        .await;
-    assert_eq!(
-        (&after["status"], &after["version"]),
-        (&order["status"], &order["version"]),
-        "processed once: the order did not move"
-    );
+    assert_order_unchanged(&app, &order, "processed once: the order did not move").await;
 }
 
 #[tokio::test]
@@ -249,25 +242,8 @@ async fn processing_after_succeeded_does_not_regress_the_payment() {
     assert_eq!(order["status"], "COMPLETED");
     let pi = reference(&order);
     // Wait until the stale `processing` event was acknowledged (the fake saw a 2xx) and, if it
-    // was recorded (it reports less than the recorded success, so usually it is acknowledged
-    // without being recorded), processed.
-    eventually(Duration::from_secs(10), "the stale processing webhook to be handled", || async {
-        let ledger = app.ledger().await;
-        let acknowledged = ledger["deliveries"].as_array().is_some_and(|deliveries| {
-            deliveries.iter().any(|d| {
-                d["event_type"] == "payment_intent.processing"
-                    && d["payment_intent"] == pi.as_str()
-                    && d["delivered"] == true
-            })
-        });
-        let unprocessed: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL AND payload->'data'->'object'->>'id' = $1")
-            .bind(&pi)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap_or(-1);
-        (acknowledged && unprocessed == 0).then_some(())
-    })
-    .await;
+    // was recorded, processed.
+    wait_webhook_handled(&app, &pi, "payment_intent.processing").await;
     let status: String = sqlx::query_scalar("SELECT status FROM payments WHERE reference = $1")
         .bind(&pi)
         .fetch_one(&app.pool)
