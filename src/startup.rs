@@ -262,7 +262,7 @@ impl Application {
             });
             for spec in [bus::INVENTORY_ORDERS, bus::INVENTORY_COMMANDS] {
                 let shards = shards.clone();
-                let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
+                let handler: MessageHandler = Arc::new(move |envelope: Envelope, _| {
                     let shards = shards.clone();
                     Box::pin(async move {
                         shards
@@ -296,15 +296,16 @@ impl Application {
                 bus::PAYMENT_CANCELLATIONS,
             ] {
                 let service = service.clone();
-                let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
-                    let service = service.clone();
-                    Box::pin(async move {
-                        service
-                            .on_message(&envelope)
-                            .await
-                            .map_err(|e| HandlerError::Retry(e.to_string()))
-                    })
-                });
+                let handler: MessageHandler =
+                    Arc::new(move |envelope: Envelope, delivery: bus::Delivery| {
+                        let service = service.clone();
+                        Box::pin(async move {
+                            service
+                                .on_delivery(&envelope, delivery.is_first())
+                                .await
+                                .map_err(|e| HandlerError::Retry(e.to_string()))
+                        })
+                    });
                 let context = consumer_context(&js, &pool, settings.retry_policy_payment);
                 spawn_consumer(&mut tasks, context, spec, handler, &shutdown).await?;
             }
@@ -502,7 +503,7 @@ async fn spawn_consumer(
 
 /// Routes saga-relevant messages to the order's actor; acknowledges the rest.
 fn saga_handler(orders: OrderSupervisorHandle) -> MessageHandler {
-    Arc::new(move |envelope: Envelope| {
+    Arc::new(move |envelope: Envelope, _| {
         let Some(event) = SagaEvent::from_body(&envelope.body) else {
             return Box::pin(async { Ok(()) });
         };

@@ -22,9 +22,13 @@ use crate::events::{
     PaymentRequested, PaymentSucceeded,
 };
 use crate::ports::{
-    AppliedUpdate, ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, PaymentRecords,
-    PaymentUpdate, ProviderStatus, RefundRequest, SharedClock, StoreError,
+    AppliedUpdate, ChargeMessages, ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway,
+    PaymentRecords, PaymentUpdate, ProviderStatus, RefundRequest, SharedClock, StoreError,
 };
+
+/// How old a payment request may be and still be charged without reading the records first on
+/// its first delivery (see `PaymentService::on_delivery`).
+const FRESH_REQUEST: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// Metric counting failure-streak alerts.
 pub const FAILURE_STREAK_ALERTS: &str = "payment_failure_streak_alerts_total";
@@ -88,6 +92,25 @@ impl FailureStreak {
     pub fn threshold(&self) -> u32 {
         self.threshold
     }
+
+    /// Counts a failure; at the threshold, logs an error, bumps the metric and returns the event.
+    fn alert(
+        &self,
+        order_id: OrderId,
+        correlation_id: &CorrelationId,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Envelope> {
+        let n = self.failure()?;
+        error!(%order_id, consecutive_failures = n, threshold = self.threshold, last_code = code, "payment failure streak");
+        metrics::counter!(FAILURE_STREAK_ALERTS).increment(1);
+        let body = EventBody::PaymentFailureStreak(PaymentFailureStreak {
+            consecutive_failures: n,
+            threshold: self.threshold,
+            last_code: code.to_owned(),
+        });
+        Some(Envelope::new(order_id, correlation_id.clone(), now, body))
+    }
 }
 
 #[derive(Clone)]
@@ -126,9 +149,28 @@ impl PaymentService {
     }
 
     /// Handles one message from the bus; only payment commands concern the payment role.
+    /// Without delivery information every request is checked against the records first.
     pub async fn on_message(&self, envelope: &Envelope) -> Result<(), PaymentError> {
+        self.on_delivery(envelope, false).await
+    }
+
+    /// Handles one delivery; `first_delivery` is the bus's word that this message was not
+    /// delivered before. A fresh request on its first delivery is charged without reading the
+    /// records: the read would find nothing (a redelivery is never a first delivery), and the
+    /// rare duplicate publication is made harmless by the idempotency key, under which the
+    /// provider answers the charge it already made (it keeps keys for 24 hours; "fresh" is well
+    /// inside that), and by the record, which stays the one written first.
+    pub async fn on_delivery(
+        &self,
+        envelope: &Envelope,
+        first_delivery: bool,
+    ) -> Result<(), PaymentError> {
         match &envelope.body {
-            EventBody::PaymentRequested(request) => self.charge(envelope, request).await,
+            EventBody::PaymentRequested(request) => {
+                let fresh = self.clock.now() - envelope.occurred_at < FRESH_REQUEST;
+                self.charge(envelope, request, !(first_delivery && fresh))
+                    .await
+            }
             EventBody::PaymentRefundRequested(request) => self.refund(envelope, request).await,
             EventBody::PaymentCancelRequested(request) => self.cancel(envelope, request).await,
             _ => Ok(()),
@@ -139,11 +181,14 @@ impl PaymentService {
         &self,
         envelope: &Envelope,
         request: &PaymentRequested,
+        check_records: bool,
     ) -> Result<(), PaymentError> {
         let order_id = envelope.order_id;
-        if self.records.is_recorded(order_id, request.attempt).await? {
+        if check_records && self.records.is_recorded(order_id, request.attempt).await? {
             return Ok(());
         }
+        // Until the outcome is recorded (this function returns), an overtaking webhook waits.
+        let _in_flight = self.records.charging(order_id, request.attempt);
         let charge = ChargeRequest {
             order_id,
             correlation_id: envelope.correlation_id.clone(),
@@ -167,14 +212,15 @@ impl PaymentService {
             },
         };
         let now = self.clock.now();
-        let correlation_id = &envelope.correlation_id;
+        let correlation_id = envelope.correlation_id.clone();
+        let streak = self.streak.clone();
         // Called by the records only when this outcome is new, so a redelivered request or an
         // outcome a webhook reported first never counts twice towards the failure streak.
-        let messages = |outcome: &ChargeOutcome| {
+        let messages: ChargeMessages = Box::new(move |outcome: &ChargeOutcome| {
             let event = |body| Envelope::new(order_id, correlation_id.clone(), now, body);
             match outcome {
                 ChargeOutcome::Succeeded { reference } => {
-                    self.streak.success();
+                    streak.success();
                     // One message: the saga records the processing step and the success in
                     // one transition (a `payment.pending.v1` first would cost a round trip of
                     // its own and tell the saga nothing the success does not).
@@ -193,19 +239,19 @@ impl PaymentService {
                         code: code.clone(),
                         message: message.clone(),
                     }))];
-                    out.extend(self.failure_alert(order_id, correlation_id, code, now));
+                    out.extend(streak.alert(order_id, &correlation_id, code, now));
                     out
                 }
             }
-        };
+        });
         let recorded = self
             .records
             .record(
                 order_id,
                 request.attempt,
-                correlation_id,
+                &envelope.correlation_id,
                 &outcome,
-                &messages,
+                messages,
             )
             .await?;
         if recorded {
@@ -243,7 +289,7 @@ impl PaymentService {
             match &update.status {
                 ProviderStatus::Succeeded => self.streak.success(),
                 ProviderStatus::Failed { code, .. } => {
-                    out.extend(self.failure_alert(
+                    out.extend(self.streak.alert(
                         applied.order_id,
                         &applied.correlation_id,
                         code,
@@ -341,25 +387,6 @@ impl PaymentService {
                 Ok(())
             }
         }
-    }
-
-    /// Counts a failure; at the threshold, logs an error, bumps the metric and returns the event.
-    fn failure_alert(
-        &self,
-        order_id: OrderId,
-        correlation_id: &CorrelationId,
-        code: &str,
-        now: DateTime<Utc>,
-    ) -> Option<Envelope> {
-        let n = self.streak.failure()?;
-        error!(%order_id, consecutive_failures = n, threshold = self.streak.threshold, last_code = code, "payment failure streak");
-        metrics::counter!(FAILURE_STREAK_ALERTS).increment(1);
-        let body = EventBody::PaymentFailureStreak(PaymentFailureStreak {
-            consecutive_failures: n,
-            threshold: self.streak.threshold,
-            last_code: code.to_owned(),
-        });
-        Some(Envelope::new(order_id, correlation_id.clone(), now, body))
     }
 }
 

@@ -81,6 +81,11 @@ pub struct SettleOutcome {
 /// Derives the messages to commit together with a ledger outcome.
 pub type OutcomeMessages<'a, O> = &'a (dyn Fn(&O) -> Vec<Envelope> + Send + Sync);
 
+/// Derives the messages of a charge's recorded outcome. Owned (not borrowed) because the record
+/// may be written by another task, in one transaction with other orders' charges; it is called
+/// there, before the commit, only when this record is new.
+pub type ChargeMessages = Box<dyn FnOnce(&ChargeOutcome) -> Vec<Envelope> + Send>;
+
 /// Derives the messages of one reservation of a batch from its request and outcome.
 pub type BatchMessages<'a> =
     &'a (dyn Fn(&ReservationRequest, &ReservationOutcome) -> Vec<Envelope> + Send + Sync);
@@ -244,10 +249,33 @@ pub struct AppliedUpdate {
     pub correlation_id: CorrelationId,
 }
 
+/// Held by the payment role from a charge call until its outcome is recorded (or the attempt is
+/// given up). While it lives, a provider update about this charge that overtakes the call's
+/// answer (a webhook often does) can wait for the answer's record instead of being written down
+/// on its own. Dropping it ends the registration.
+pub struct ChargeInFlight(#[allow(dead_code)] Option<Box<dyn Send + Sync>>);
+
+impl ChargeInFlight {
+    /// Nothing is tracked (records that do not care).
+    pub fn untracked() -> Self {
+        Self(None)
+    }
+
+    /// Tracked until `guard` is dropped.
+    pub fn tracked(guard: impl Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(guard)))
+    }
+}
+
 /// The payment role's record of charges: makes handling `payment.requested.v1` idempotent and
 /// keeps each charge's status from regressing.
 #[async_trait]
 pub trait PaymentRecords: Send + Sync + 'static {
+    /// A charge call for this order and attempt is about to start (see `ChargeInFlight`).
+    fn charging(&self, _order_id: OrderId, _attempt: u32) -> ChargeInFlight {
+        ChargeInFlight::untracked()
+    }
+
     /// Whether an outcome is already recorded for this order and attempt.
     async fn is_recorded(&self, order_id: OrderId, attempt: u32) -> Result<bool, StoreError>;
 
@@ -260,7 +288,7 @@ pub trait PaymentRecords: Send + Sync + 'static {
         attempt: u32,
         correlation_id: &CorrelationId,
         outcome: &ChargeOutcome,
-        messages: OutcomeMessages<'_, ChargeOutcome>,
+        messages: ChargeMessages,
     ) -> Result<bool, StoreError>;
 
     /// Applies a provider update if it moves the charge forward, with the messages derived

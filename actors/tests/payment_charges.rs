@@ -106,6 +106,66 @@ async fn a_redelivered_payment_request_does_not_charge_again() {
 }
 
 #[tokio::test]
+async fn a_fresh_first_delivery_is_charged_without_reading_the_records() {
+    let p = payments(vec![charge_succeeded("pi_1")]);
+    let request = payment_requested(OrderId::new(), 1);
+
+    p.on_delivery(&request, true).await;
+
+    assert_eq!(p.records.reads(), 0, "nothing can be recorded yet");
+    assert_eq!(p.gateway.calls(), 1);
+    assert_eq!(p.records.subjects(), vec![subjects::PAYMENT_SUCCEEDED]);
+}
+
+#[tokio::test]
+async fn a_redelivery_reads_the_records_and_does_not_charge_again() {
+    let p = payments(vec![charge_succeeded("pi_1")]);
+    let request = payment_requested(OrderId::new(), 1);
+
+    p.on_delivery(&request, true).await;
+    p.on_delivery(&request, false).await;
+
+    assert_eq!(p.records.reads(), 1);
+    assert_eq!(p.gateway.calls(), 1);
+    assert_eq!(p.records.subjects(), vec![subjects::PAYMENT_SUCCEEDED]);
+}
+
+#[tokio::test]
+async fn a_duplicate_publication_reuses_the_idempotency_key_and_records_nothing_new() {
+    // The same request published twice (each copy a first delivery): the provider is asked
+    // twice under one key, so it answers with the charge it made; the record written first stands.
+    let p = payments(vec![charge_succeeded("pi_1"), charge_succeeded("pi_1")]);
+    let request = payment_requested(OrderId::new(), 1);
+
+    p.on_delivery(&request, true).await;
+    p.on_delivery(&request, true).await;
+
+    assert_eq!(p.gateway.calls(), 2);
+    assert_eq!(p.gateway.distinct_idempotency_keys(), 1);
+    assert_eq!(p.records.count(), 1);
+    assert_eq!(
+        p.records.subjects(),
+        vec![subjects::PAYMENT_SUCCEEDED],
+        "one success reaches the saga"
+    );
+}
+
+#[tokio::test]
+async fn an_old_request_on_its_first_delivery_reads_the_records_first() {
+    // Replayed long after it was made (a dead letter, say): the provider may have forgotten the
+    // idempotency key by now, so only the records can tell it was charged.
+    let p = payments(vec![charge_succeeded("pi_1")]);
+    let mut request = payment_requested(OrderId::new(), 1);
+    p.on_delivery(&request, true).await;
+
+    request.occurred_at -= chrono::TimeDelta::hours(2);
+    p.on_delivery(&request, true).await;
+
+    assert_eq!(p.records.reads(), 1);
+    assert_eq!(p.gateway.calls(), 1);
+}
+
+#[tokio::test]
 async fn a_transient_gateway_error_is_returned_for_redelivery_without_recording() {
     let p = payments(vec![
         Err(GatewayError::Transient("503".into())),

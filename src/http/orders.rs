@@ -413,7 +413,13 @@ pub async fn get_order(
     // Registered before the first read, so a change between the read and the wait is not missed.
     let mut watch = state.status_watchers.watch(order_id);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut order = read().await?;
+    // The first state comes from the order's live actor when this process has one: two mailbox
+    // hops instead of a database round trip, and the actor holds the state it last committed (a
+    // transition made meanwhile by another process is caught by the tick below, as always).
+    let mut order = match live_state(&state, order_id).await {
+        Some(live) => live,
+        None => read().await?,
+    };
     loop {
         if order.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(order.into()));
@@ -430,6 +436,12 @@ pub async fn get_order(
             _ = tokio::time::sleep(tick) => order = read().await?,
         }
     }
+}
+
+/// The committed state held by the order's actor in this process, if it is live.
+async fn live_state(state: &AppState, order_id: OrderId) -> Option<OrderState> {
+    let orders = state.orders.as_ref()?;
+    orders.inspect(order_id).await.ok()?.map(|live| live.state)
 }
 
 /// `5s`, `500ms`, `2` (seconds) → a duration up to `MAX_WAIT`.

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bad_input;
+mod charge_records;
 mod faults;
 mod inspection;
 mod inventory;

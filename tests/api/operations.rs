@@ -396,9 +396,12 @@ async fn every_hop_of_an_order_logs_the_same_correlation_id() {
     let placed: Value = http
         .post(format!("{base}/orders"))
         .header("X-Correlation-Id", &correlation_id)
+        // A payment that succeeds later, so the outcome reaches the saga through the webhook
+        // worker (a card paid at once completes from the create answer, and its webhook is
+        // acknowledged without being written).
         .json(&crate::helpers::order_body(
             &[("OBS-LOG", 1)],
-            "pm_card_visa",
+            "pm_fake_processing_then_succeeds",
         ))
         .send()
         .await

@@ -1,8 +1,8 @@
 //! Adapter integration tests against the real servers: snapshot store, reservation ledger, outbox
 //! relay and consumer redelivery.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -17,7 +17,9 @@ use actors::ports::{
     OrderSnapshotStore, ReservationLedger, ReservationOutcome, ReservationRequest, StoreError,
 };
 use actors::saga::{self, Decision, NewOrder, SagaEvent};
-use adapters::nats::{self as bus, ConsumerContext, ConsumerSpec, HandlerError, MessageHandler};
+use adapters::nats::{
+    self as bus, ConsumerContext, ConsumerSpec, Delivery, HandlerError, MessageHandler,
+};
 use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgReservationLedger};
 
 use crate::helpers::{TestDb, TestNats, eventually};
@@ -240,8 +242,13 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
     let attempts = Arc::new(AtomicUsize::new(0));
     let successes = Arc::new(AtomicUsize::new(0));
     let (a, s) = (attempts.clone(), successes.clone());
-    let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
+    let firsts = Arc::new(Mutex::new(Vec::new()));
+    let seen_firsts = firsts.clone();
+    let handler: MessageHandler = Arc::new(move |envelope: Envelope, delivery: Delivery| {
         let (a, s) = (a.clone(), s.clone());
+        if let Ok(mut seen) = seen_firsts.lock() {
+            seen.push(delivery.is_first());
+        }
         Box::pin(async move {
             assert_eq!(envelope.order_id, order_id);
             if a.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -296,6 +303,11 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
         2,
         "delivered twice: failed once, then handled"
     );
+    assert_eq!(
+        firsts.lock().map(|f| f.clone()).unwrap_or_default(),
+        vec![true, false],
+        "the handler is told which delivery is the first"
+    );
     shutdown.cancel();
     let _ = consumer.await;
 }
@@ -328,7 +340,7 @@ async fn a_message_that_keeps_failing_is_parked_and_stops_blocking_nothing() {
 
     let handled = Arc::new(AtomicUsize::new(0));
     let seen = handled.clone();
-    let handler: MessageHandler = Arc::new(move |envelope: Envelope| {
+    let handler: MessageHandler = Arc::new(move |envelope: Envelope, _| {
         let seen = seen.clone();
         Box::pin(async move {
             if envelope.order_id == poison {

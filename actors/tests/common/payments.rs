@@ -10,8 +10,8 @@ use actors::events::{
 };
 use actors::payments::{FailureStreak, PaymentService};
 use actors::ports::{
-    AppliedUpdate, ChargeOutcome, ChargeRequest, GatewayError, OutcomeMessages, PaymentGateway,
-    PaymentRecords, PaymentUpdate, ProviderStatus, RefundRequest, StoreError,
+    AppliedUpdate, ChargeMessages, ChargeOutcome, ChargeRequest, GatewayError, OutcomeMessages,
+    PaymentGateway, PaymentRecords, PaymentUpdate, ProviderStatus, RefundRequest, StoreError,
 };
 use async_trait::async_trait;
 
@@ -166,6 +166,8 @@ struct RecordsInner {
     /// The next `is_recorded` answers `false` although the charge is recorded (a provider update
     /// recorded it between the payment role's check and its write).
     hide_next_is_recorded: bool,
+    /// How many times `is_recorded` was asked.
+    reads: usize,
 }
 
 /// Charges and refunds in maps, with Postgres's contract: one row per (order, attempt), whose
@@ -186,6 +188,11 @@ impl InMemoryPaymentRecords {
 
     pub fn hide_next_is_recorded(&self) {
         lock(&self.inner).hide_next_is_recorded = true;
+    }
+
+    /// How many times the payment role asked whether a charge was recorded.
+    pub fn reads(&self) -> usize {
+        lock(&self.inner).reads
     }
 
     /// What the provider answered to the charge call, if that answer was recorded.
@@ -234,6 +241,7 @@ impl InMemoryPaymentRecords {
 impl PaymentRecords for InMemoryPaymentRecords {
     async fn is_recorded(&self, order_id: OrderId, attempt: u32) -> Result<bool, StoreError> {
         let mut inner = lock(&self.inner);
+        inner.reads += 1;
         if inner.unavailable {
             return Err(unavailable());
         }
@@ -249,7 +257,7 @@ impl PaymentRecords for InMemoryPaymentRecords {
         attempt: u32,
         correlation_id: &CorrelationId,
         outcome: &ChargeOutcome,
-        messages: OutcomeMessages<'_, ChargeOutcome>,
+        messages: ChargeMessages,
     ) -> Result<bool, StoreError> {
         let mut inner = lock(&self.inner);
         if inner.unavailable || std::mem::take(&mut inner.fail_next_record) {
@@ -398,6 +406,14 @@ impl Payments {
     pub async fn on_message(&self, envelope: &Envelope) {
         self.service
             .on_message(envelope)
+            .await
+            .unwrap_or_else(|e| panic!("payment failed: {e}"));
+    }
+
+    /// One delivery from the bus, which says whether it is the message's first.
+    pub async fn on_delivery(&self, envelope: &Envelope, first_delivery: bool) {
+        self.service
+            .on_delivery(envelope, first_delivery)
             .await
             .unwrap_or_else(|e| panic!("payment failed: {e}"));
     }

@@ -64,7 +64,22 @@ impl std::fmt::Display for HandlerError {
 
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 /// What a consumer does with one decoded message.
-pub type MessageHandler = Arc<dyn Fn(Envelope) -> HandlerFuture + Send + Sync>;
+pub type MessageHandler = Arc<dyn Fn(Envelope, Delivery) -> HandlerFuture + Send + Sync>;
+
+/// What JetStream says about a delivery, for handlers that can skip work on a first delivery
+/// (a message delivered before may have been handled already; one delivered for the first time
+/// by this consumer cannot have been, short of a duplicate publication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// 1 for the first delivery to this consumer, 2 for the first redelivery, …
+    pub count: u32,
+}
+
+impl Delivery {
+    pub fn is_first(&self) -> bool {
+        self.count <= 1
+    }
+}
 
 /// Everything a consumer needs besides the handler.
 #[derive(Clone)]
@@ -177,10 +192,16 @@ pub async fn run_consumer(
                         order_id = %envelope.order_id,
                         correlation_id = %envelope.correlation_id,
                     );
-                    let work: HandlerFuture =
-                        Box::pin(span.in_scope(|| handler(envelope.clone())).instrument(span));
+                    let delivery = Delivery {
+                        count: delivered(&message),
+                    };
+                    let ids = Ids::of(&envelope);
+                    let work: HandlerFuture = Box::pin(
+                        span.in_scope(|| handler(envelope, delivery))
+                            .instrument(span),
+                    );
                     tokio::spawn(async move {
-                        finish_one(&context, spec, message, Some(envelope), work.await).await;
+                        finish_one(&context, spec, message, Some(ids), work.await).await;
                         drop(permit);
                     });
                 }
@@ -205,21 +226,13 @@ async fn finish_one(
     context: &ConsumerContext,
     spec: ConsumerSpec,
     message: jetstream::Message,
-    envelope: Option<Envelope>,
+    envelope: Option<Ids>,
     result: Result<(), HandlerError>,
 ) {
-    let delivered = message
-        .info()
-        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
-        .unwrap_or(1);
-    let order_id = envelope
-        .as_ref()
-        .map(|e| e.order_id.to_string())
-        .unwrap_or_default();
-    let correlation_id = envelope
-        .as_ref()
-        .map(|e| e.correlation_id.to_string())
-        .unwrap_or_default();
+    let delivered = delivered(&message);
+    // Formatted only when a line is written (most messages are acked with no line at info).
+    let order_id = LazyIds(envelope.as_ref(), false);
+    let correlation_id = LazyIds(envelope.as_ref(), true);
     if delivered > 1 {
         metrics::counter!(m::JETSTREAM_REDELIVERIES, "consumer" => spec.durable).increment(1);
     }
@@ -268,6 +281,44 @@ async fn finish_one(
             let _ = message
                 .ack_with(AckKind::Nak(Some(context.policy.max_interval)))
                 .await;
+        }
+    }
+}
+
+fn delivered(message: &jetstream::Message) -> u32 {
+    message
+        .info()
+        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+/// What a message's outcome needs of its envelope once the handler owns it.
+struct Ids {
+    message_id: uuid::Uuid,
+    order_id: actors::domain::OrderId,
+    correlation_id: actors::domain::CorrelationId,
+}
+
+impl Ids {
+    fn of(envelope: &Envelope) -> Self {
+        Self {
+            message_id: envelope.message_id,
+            order_id: envelope.order_id,
+            correlation_id: envelope.correlation_id.clone(),
+        }
+    }
+}
+
+/// The order id (or, with `true`, the correlation id) for a log line, empty when the message
+/// could not be decoded; formatted only if the line is written.
+struct LazyIds<'a>(Option<&'a Ids>, bool);
+
+impl std::fmt::Display for LazyIds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LazyIds(Some(ids), false) => ids.order_id.fmt(f),
+            LazyIds(Some(ids), true) => ids.correlation_id.fmt(f),
+            LazyIds(None, _) => Ok(()),
         }
     }
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 
 pub use consumer::{
-    ConsumerContext, ConsumerSpec, HandlerError, HandlerFuture, MessageHandler, run_consumer,
+    ConsumerContext, ConsumerSpec, Delivery, HandlerError, HandlerFuture, MessageHandler,
+    run_consumer,
 };
 pub use relay::OutboxRelay;
 

@@ -5,6 +5,7 @@
 //! instead of at the next poll.
 
 mod catalog;
+mod charge_writer;
 pub mod dead_letters;
 mod group_commit;
 mod idempotency;

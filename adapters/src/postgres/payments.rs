@@ -1,25 +1,33 @@
 //! `PaymentRecords` on Postgres: one row per (order, attempt) whose status only moves forward,
-//! plus one row per refund; every change is written with the messages it implies.
+//! plus one row per refund; every change is written with the messages it implies. A charge's
+//! first record goes through the group-committing `ChargeWriter`; webhook updates and refunds,
+//! far rarer, take a transaction each.
 //!
 //! `RecordedCharges` remembers, in memory and for the most recent charges only, the status this
 //! process has committed for each PaymentIntent, so the webhook endpoint can acknowledge an event
 //! that reports what is already recorded (the `payment_intent.succeeded` that follows every card
 //! paid at once) without writing it to the inbox and reading the charge back to find that it
-//! changes nothing.
+//! changes nothing. Because that webhook usually arrives while the create call's answer is
+//! still on its way, a charge call registers itself (`charging`) and a webhook naming its order
+//! and attempt waits, up to two seconds, for the answer to be recorded before deciding.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
 
 use actors::domain::{CorrelationId, OrderId};
 use actors::events::Envelope;
 use actors::ports::{
-    AppliedUpdate, ChargeOutcome, OutcomeMessages, PaymentRecords, PaymentUpdate, ProviderStatus,
-    StoreError,
+    AppliedUpdate, ChargeInFlight, ChargeMessages, ChargeOutcome, OutcomeMessages, PaymentRecords,
+    PaymentUpdate, ProviderStatus, StoreError,
 };
 
+use super::charge_writer::{ChargeRecord, ChargeWriter};
 use super::{OutboxSignal, outbox, unavailable};
 
 #[derive(Clone)]
@@ -27,14 +35,19 @@ pub struct PgPaymentRecords {
     pool: PgPool,
     signal: OutboxSignal,
     recorded: RecordedCharges,
+    writer: ChargeWriter,
 }
 
 impl PgPaymentRecords {
+    /// Starts the charge writers on the current Tokio runtime (see `charge_writer`).
     pub fn new(pool: PgPool, signal: OutboxSignal) -> Self {
+        let recorded = RecordedCharges::default();
+        let writer = ChargeWriter::start(pool.clone(), signal.clone(), recorded.clone());
         Self {
             pool,
             signal,
-            recorded: RecordedCharges::default(),
+            recorded,
+            writer,
         }
     }
 
@@ -63,11 +76,87 @@ pub struct RecordedCharges {
 struct Remembered {
     rank: HashMap<String, u8>,
     order: VecDeque<String>,
+    /// Charge calls under way, by (order, attempt): how many, and a channel whose closing tells
+    /// waiting webhooks that the last of them has been recorded (or given up).
+    in_flight: HashMap<(Uuid, u32), (usize, watch::Sender<()>)>,
+}
+
+/// How long a webhook that overtook its charge's answer waits for that answer's record before
+/// it is written down on its own (the answer normally follows within milliseconds).
+const OVERTAKEN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Registration of one charge call (see `ChargeInFlight`); dropping it ends it.
+struct InFlightGuard {
+    charges: RecordedCharges,
+    key: (Uuid, u32),
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut r = self.charges.lock();
+        if let Some((count, _)) = r.in_flight.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                // Dropping the sender wakes every waiter.
+                r.in_flight.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl RecordedCharges {
-    fn remember(&self, reference: &str, status: &str) {
-        let Ok(mut r) = self.inner.lock() else { return };
+    fn lock(&self) -> MutexGuard<'_, Remembered> {
+        // A poisoned lock only means a panic elsewhere; the maps stay consistent.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a charge call under way for `order_id` and `attempt`.
+    pub fn charging(&self, order_id: OrderId, attempt: u32) -> ChargeInFlight {
+        let key = (order_id.as_uuid(), attempt);
+        self.lock()
+            .in_flight
+            .entry(key)
+            .or_insert_with(|| (0, watch::channel(()).0))
+            .0 += 1;
+        ChargeInFlight::tracked(InFlightGuard {
+            charges: self.clone(),
+            key,
+        })
+    }
+
+    /// Like `covers`, but when the update names a charge whose call is still under way in this
+    /// process (`hint`: the order and attempt of its metadata), first waits, a little, for that
+    /// call's answer to be recorded: the webhook that follows a card paid at once usually
+    /// arrives before the answer does, and reports exactly what the answer will record.
+    pub async fn covers_once_answered(
+        &self,
+        reference: &str,
+        status: &ProviderStatus,
+        hint: Option<(OrderId, u32)>,
+    ) -> bool {
+        if self.covers(reference, status) {
+            return true;
+        }
+        let Some((order_id, attempt)) = hint else {
+            return false;
+        };
+        let waiting = self
+            .lock()
+            .in_flight
+            .get(&(order_id.as_uuid(), attempt))
+            .map(|(_, sender)| sender.subscribe());
+        let Some(mut answered) = waiting else {
+            return false;
+        };
+        // `changed` fails once the sender is gone, i.e. when the call is over.
+        let _ = tokio::time::timeout(OVERTAKEN_PATIENCE, answered.changed()).await;
+        self.covers(reference, status)
+    }
+
+    pub(super) fn remember(&self, reference: &str, status: &str) {
+        let mut r = self.lock();
         let rank = rank(status);
         if let Some(known) = r.rank.get_mut(reference) {
             *known = (*known).max(rank);
@@ -85,10 +174,8 @@ impl RecordedCharges {
     /// `true` when the charge is known to be recorded at `status` or beyond, so an update
     /// reporting `status` would change nothing (statuses only move forward).
     pub fn covers(&self, reference: &str, status: &ProviderStatus) -> bool {
-        let Ok(r) = self.inner.lock() else {
-            return false;
-        };
-        r.rank
+        self.lock()
+            .rank
             .get(reference)
             .is_some_and(|known| *known >= rank(column(status)))
     }
@@ -118,6 +205,10 @@ fn attempt_column(attempt: u32) -> i32 {
 
 #[async_trait]
 impl PaymentRecords for PgPaymentRecords {
+    fn charging(&self, order_id: OrderId, attempt: u32) -> ChargeInFlight {
+        self.recorded.charging(order_id, attempt)
+    }
+
     async fn is_recorded(&self, order_id: OrderId, attempt: u32) -> Result<bool, StoreError> {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM payments WHERE order_id = $1 AND attempt = $2)",
@@ -135,52 +226,32 @@ impl PaymentRecords for PgPaymentRecords {
         attempt: u32,
         correlation_id: &CorrelationId,
         outcome: &ChargeOutcome,
-        messages: OutcomeMessages<'_, ChargeOutcome>,
+        messages: ChargeMessages,
     ) -> Result<bool, StoreError> {
         let (status, reference, code, message) = match outcome {
-            ChargeOutcome::Succeeded { reference } => {
-                ("SUCCEEDED", Some(reference.as_str()), None, None)
-            }
-            ChargeOutcome::Processing { reference } => {
-                ("PROCESSING", Some(reference.as_str()), None, None)
-            }
+            ChargeOutcome::Succeeded { reference } => ("SUCCEEDED", Some(reference), None, None),
+            ChargeOutcome::Processing { reference } => ("PROCESSING", Some(reference), None, None),
             ChargeOutcome::Declined {
                 reference,
                 code,
                 message,
-            } => (
-                "FAILED",
-                reference.as_deref(),
-                Some(code.as_str()),
-                Some(message.as_str()),
-            ),
+            } => ("FAILED", reference.as_ref(), Some(code), Some(message)),
         };
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
         // A webhook may have recorded this charge first (it can beat the API's answer): then the
         // webhook's status stands and this answer adds nothing.
-        let inserted = sqlx::query(
-            "INSERT INTO payments (order_id, attempt, status, reference, correlation_id, failure_code, failure_message)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        )
-        .bind(order_id.as_uuid())
-        .bind(attempt_column(attempt))
-        .bind(status)
-        .bind(reference)
-        .bind(correlation_id.as_str())
-        .bind(code)
-        .bind(message)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(false);
-        }
-        outbox::commit_with(tx, &messages(outcome), &self.signal).await?;
-        if let Some(reference) = reference {
-            self.recorded.remember(reference, status);
-        }
-        Ok(true)
+        self.writer
+            .write(ChargeRecord {
+                order_id: order_id.as_uuid(),
+                attempt: attempt_column(attempt),
+                status,
+                reference: reference.cloned(),
+                correlation_id: correlation_id.as_str().to_owned(),
+                failure_code: code.cloned(),
+                failure_message: message.cloned(),
+                outcome: outcome.clone(),
+                messages,
+            })
+            .await
     }
 
     async fn apply_update(
@@ -299,5 +370,113 @@ impl PaymentRecords for PgPaymentRecords {
         }
         outbox::commit_with(tx, messages, &self.signal).await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> (OrderId, u32) {
+        (OrderId::new(), 1)
+    }
+
+    /// Lets other tasks run until a webhook waits on this charge (or fails after a while).
+    async fn waiting(charges: &RecordedCharges, order_id: OrderId, attempt: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while charges
+            .lock()
+            .in_flight
+            .get(&(order_id.as_uuid(), attempt))
+            .is_none_or(|(_, sender)| sender.receiver_count() == 0)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no webhook is waiting"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_webhook_that_overtakes_the_answer_waits_for_its_record() {
+        let charges = RecordedCharges::default();
+        let (order_id, attempt) = order();
+        let in_flight = charges.charging(order_id, attempt);
+        let asking = charges.clone();
+        let webhook = tokio::spawn(async move {
+            asking
+                .covers_once_answered(
+                    "pi_1",
+                    &ProviderStatus::Succeeded,
+                    Some((order_id, attempt)),
+                )
+                .await
+        });
+        // Only once the webhook is waiting: the answer is recorded, then the call ends.
+        waiting(&charges, order_id, attempt).await;
+        charges.remember("pi_1", "SUCCEEDED");
+        drop(in_flight);
+        assert!(matches!(webhook.await, Ok(true)));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_ends_without_a_record_lets_the_webhook_be_written() {
+        let charges = RecordedCharges::default();
+        let (order_id, attempt) = order();
+        let in_flight = charges.charging(order_id, attempt);
+        let asking = charges.clone();
+        let webhook = tokio::spawn(async move {
+            asking
+                .covers_once_answered(
+                    "pi_1",
+                    &ProviderStatus::Succeeded,
+                    Some((order_id, attempt)),
+                )
+                .await
+        });
+        waiting(&charges, order_id, attempt).await;
+        drop(in_flight);
+        assert!(matches!(webhook.await, Ok(false)));
+        assert!(
+            charges.lock().in_flight.is_empty(),
+            "the registration is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_below_the_webhooks_status_does_not_cover_it() {
+        let charges = RecordedCharges::default();
+        let (order_id, attempt) = order();
+        let in_flight = charges.charging(order_id, attempt);
+        charges.remember("pi_1", "PROCESSING");
+        drop(in_flight);
+        let hint = Some((order_id, attempt));
+        assert!(
+            !charges
+                .covers_once_answered("pi_1", &ProviderStatus::Succeeded, hint)
+                .await
+        );
+        assert!(
+            charges
+                .covers_once_answered("pi_1", &ProviderStatus::Processing, hint)
+                .await
+        );
+    }
+
+    #[tokio::test]
+    async fn two_calls_for_one_charge_both_end_before_the_webhook_decides() {
+        let charges = RecordedCharges::default();
+        let (order_id, attempt) = order();
+        let first = charges.charging(order_id, attempt);
+        let second = charges.charging(order_id, attempt);
+        drop(first);
+        assert_eq!(
+            charges.lock().in_flight.len(),
+            1,
+            "one call still under way"
+        );
+        drop(second);
+        assert!(charges.lock().in_flight.is_empty());
     }
 }

@@ -55,8 +55,11 @@ impl WebhookInbox {
         event: &StripeEvent,
         raw: &serde_json::Value,
     ) -> Result<Recorded, sqlx::Error> {
-        if payment_update(event)
-            .is_some_and(|update| self.recorded.covers(&update.reference, &update.status))
+        if let Some(update) = payment_update(event)
+            && self
+                .recorded
+                .covers_once_answered(&update.reference, &update.status, update.order_hint)
+                .await
         {
             return Ok(Recorded::AlreadyApplied);
         }

@@ -1,0 +1,161 @@
+//! Group commit of charge records: the outcomes of many orders' charges written in one
+//! transaction, with one multi-row insert for the records and one for their outbox rows.
+//!
+//! Shaped like the snapshot writer (`group_commit`): a caller still learns whether its record
+//! is new only after the transaction that holds it (and its messages) committed, so the
+//! payment role's promises do not change; a batch is whatever waited while the writer was busy,
+//! so a charge at low load is written alone and batches grow with the load. Before this, every
+//! paid order cost a transaction of its own (begin, insert, outbox insert, commit), the largest
+//! per-order cost left in PostgreSQL.
+
+use std::collections::HashSet;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use actors::events::Envelope;
+use actors::ports::{ChargeMessages, ChargeOutcome, StoreError};
+
+use super::outbox::{self, OutboxMessage};
+use super::payments::RecordedCharges;
+use super::{OutboxSignal, unavailable};
+
+/// Most records written in one transaction.
+const MAX_BATCH: usize = 256;
+/// Writers working in parallel (each holds one connection while it writes).
+const WRITERS: usize = 2;
+/// Requests waiting per writer before callers wait to enqueue (back-pressure).
+const QUEUE: usize = 4096;
+
+/// One charge outcome to record, in the columns of `payments`.
+pub(super) struct ChargeRecord {
+    pub order_id: Uuid,
+    pub attempt: i32,
+    pub status: &'static str,
+    pub reference: Option<String>,
+    pub correlation_id: String,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub outcome: ChargeOutcome,
+    pub messages: ChargeMessages,
+}
+
+struct Request {
+    record: ChargeRecord,
+    /// `true` when the record is new (written with its messages), `false` when one existed.
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// The writers' front door; cheap to clone.
+#[derive(Clone)]
+pub(super) struct ChargeWriter {
+    queues: Vec<mpsc::Sender<Request>>,
+}
+
+impl ChargeWriter {
+    /// Starts the writers on the current Tokio runtime; they stop when every clone is dropped.
+    pub fn start(pool: PgPool, signal: OutboxSignal, recorded: RecordedCharges) -> Self {
+        let queues = (0..WRITERS)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(write_batches(
+                    pool.clone(),
+                    signal.clone(),
+                    recorded.clone(),
+                    rx,
+                ));
+                tx
+            })
+            .collect();
+        Self { queues }
+    }
+
+    pub async fn write(&self, record: ChargeRecord) -> Result<bool, StoreError> {
+        let writer = (record.order_id.as_u128() % self.queues.len() as u128) as usize;
+        let (reply, answer) = oneshot::channel();
+        self.queues[writer]
+            .send(Request { record, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the charge writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the charge writer stopped".into()))?
+    }
+}
+
+async fn write_batches(
+    pool: PgPool,
+    signal: OutboxSignal,
+    recorded: RecordedCharges,
+    mut queue: mpsc::Receiver<Request>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let requests = std::mem::take(&mut batch);
+        let (records, replies): (Vec<ChargeRecord>, Vec<_>) =
+            requests.into_iter().map(|r| (r.record, r.reply)).unzip();
+        match write_batch(&pool, records).await {
+            Ok((new, committed)) => {
+                signal.committed(committed);
+                for ((status, reference), reply) in new.iter().zip(replies) {
+                    let is_new = status.is_some();
+                    if let (Some(status), Some(reference)) = (status, reference) {
+                        recorded.remember(reference, status);
+                    }
+                    let _ = reply.send(Ok(is_new));
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was committed (or it is unknown): every caller retries
+                // through redelivery, and the idempotency key makes the retry harmless.
+                let error = unavailable(e);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Per record, in the batch's order: its status if it is new (else `None`) and its reference.
+type Written = Vec<(Option<&'static str>, Option<String>)>;
+
+/// One transaction for the whole batch: the records that are new, then the messages of exactly
+/// those (their builders run here, before the commit, as the single-record path did).
+async fn write_batch(
+    pool: &PgPool,
+    mut records: Vec<ChargeRecord>,
+) -> Result<(Written, Vec<OutboxMessage>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let inserted: Vec<(Uuid, i32)> = sqlx::query_as(
+        "INSERT INTO payments (order_id, attempt, status, reference, correlation_id, failure_code, failure_message)
+         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+         ON CONFLICT DO NOTHING RETURNING order_id, attempt",
+    )
+    .bind(records.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.attempt).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.status).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.reference.clone()).collect::<Vec<_>>())
+    .bind(records.iter_mut().map(|r| std::mem::take(&mut r.correlation_id)).collect::<Vec<_>>())
+    .bind(records.iter_mut().map(|r| r.failure_code.take()).collect::<Vec<_>>())
+    .bind(records.iter_mut().map(|r| r.failure_message.take()).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    // A key inserted once answers `true` to one request only (a duplicate in the same batch, like
+    // one in a later batch, finds the record written).
+    let mut new: HashSet<(Uuid, i32)> = inserted.into_iter().collect();
+    let mut messages: Vec<Envelope> = Vec::new();
+    let mut written = Vec::with_capacity(records.len());
+    for record in records {
+        if new.remove(&(record.order_id, record.attempt)) {
+            messages.extend((record.messages)(&record.outcome));
+            written.push((Some(record.status), record.reference));
+        } else {
+            written.push((None, record.reference));
+        }
+    }
+    let committed = outbox::insert(&mut tx, &messages).await?;
+    tx.commit().await?;
+    Ok((written, committed))
+}
