@@ -119,9 +119,14 @@ pub struct Settings {
     )]
     pub roles: Vec<Role>,
 
-    /// Number of inventory shard actors (SKUs are hashed onto them).
-    #[arg(long, env = "INVENTORY_SHARDS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub inventory_shards: u16,
+    /// Number of inventory shard actors (SKUs are hashed onto them); default: one per CPU core.
+    #[arg(long, env = "INVENTORY_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub inventory_shards: Option<u16>,
+
+    /// Group-commit writers for order snapshots (half as many, at least one, for payment
+    /// records); default: one per CPU core.
+    #[arg(long, env = "DATABASE_WRITERS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub database_writers: Option<u16>,
 
     /// How long the inventory step may take (placement → reserved or out of stock; also the wait
     /// for a release during compensation), in milliseconds.
@@ -226,9 +231,32 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+/// The cores this process may use (2 when the platform cannot tell).
+fn cpu_cores() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
 impl Settings {
     pub fn runs(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    /// Shards to spawn. One per core by default: a shard's batch is what queued while its last
+    /// transaction ran, so more shards than the cores that can run their transactions only
+    /// split the same reservations into smaller batches, each paying a transaction's statements
+    /// (measured in docs/performance.md: 8 shards on 2 cores were ~25 % slower than 2).
+    pub fn inventory_shard_count(&self) -> usize {
+        self.inventory_shards.map_or_else(cpu_cores, usize::from)
+    }
+
+    /// Snapshot writers to start; the same reasoning as the shards.
+    pub fn snapshot_writer_count(&self) -> usize {
+        self.database_writers.map_or_else(cpu_cores, usize::from)
+    }
+
+    /// Payment-record writers: a charge is written once per order, snapshots three times.
+    pub fn charge_writer_count(&self) -> usize {
+        (self.snapshot_writer_count() / 2).max(1)
     }
 
     pub fn reservation_ttl(&self) -> Duration {
@@ -252,5 +280,38 @@ impl Settings {
         settings.stripe_webhook_secret = Vec::new();
         settings.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn shards_and_writers_default_to_the_cores_and_follow_their_flags() {
+        let cores = cpu_cores();
+        let defaults = Settings::parse_from(["serve"]);
+        assert_eq!(defaults.inventory_shard_count(), cores);
+        assert_eq!(defaults.snapshot_writer_count(), cores);
+        assert_eq!(defaults.charge_writer_count(), (cores / 2).max(1));
+
+        let three = Settings::parse_from(["serve", "--inventory-shards", "3"]);
+        assert_eq!(three.inventory_shard_count(), 3);
+        let six = Settings::parse_from(["serve", "--database-writers", "6"]);
+        assert_eq!(six.snapshot_writer_count(), 6);
+        assert_eq!(six.charge_writer_count(), 3);
+        let one = Settings::parse_from(["serve", "--database-writers", "1"]);
+        assert_eq!(one.charge_writer_count(), 1);
+    }
+
+    #[test]
+    fn zero_shards_or_writers_are_refused() {
+        assert!(parse(&["--inventory-shards", "0"]).is_err());
+        assert!(parse(&["--database-writers", "0"]).is_err());
+        assert!(parse(&["--database-writers", "65"]).is_err());
     }
 }

@@ -203,8 +203,11 @@ impl Application {
         });
 
         let orders = if settings.runs(Role::Order) {
-            let deps_store: Arc<dyn OrderSnapshotStore> =
-                Arc::new(pg::PgOrderSnapshotStore::new(pool.clone(), signal.clone()));
+            let deps_store: Arc<dyn OrderSnapshotStore> = Arc::new(pg::PgOrderSnapshotStore::new(
+                pool.clone(),
+                signal.clone(),
+                settings.snapshot_writer_count(),
+            ));
             let deps = SagaDeps {
                 store: deps_store.clone(),
                 clock: clock.clone(),
@@ -236,7 +239,7 @@ impl Application {
             let ledger: Arc<dyn ReservationLedger> =
                 Arc::new(pg::PgReservationLedger::new(pool.clone(), signal.clone()));
             let shards = InventoryShards::spawn(
-                usize::from(settings.inventory_shards),
+                settings.inventory_shard_count(),
                 ledger.clone(),
                 clock.clone(),
                 settings.reservation_ttl(),
@@ -282,7 +285,11 @@ impl Application {
         let (payment_http, stripe_fake) = if settings.runs(Role::Payment) {
             let payments = payments(&settings, address).await?;
             let streak = Arc::new(FailureStreak::new(settings.payment_failure_streak_alert));
-            let records = pg::PgPaymentRecords::new(pool.clone(), signal.clone());
+            let records = pg::PgPaymentRecords::new(
+                pool.clone(),
+                signal.clone(),
+                settings.charge_writer_count(),
+            );
             let recorded_charges = records.recorded_charges();
             let service = PaymentService::with_streak(
                 Arc::new(payments.client.clone()),

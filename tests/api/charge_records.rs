@@ -21,9 +21,11 @@ fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
 async fn concurrent_charges_are_each_recorded_once_with_their_messages() {
     let db = TestDb::create().await;
     let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
+    // Two writers: concurrent records of one order must still meet in one writer.
     let records = Arc::new(pg::PgPaymentRecords::new(
         pool.clone(),
         pg::OutboxSignal::new(),
+        2,
     ));
     let built = Arc::new(AtomicUsize::new(0));
 

@@ -55,7 +55,7 @@ async fn outbox_subjects(pool: &sqlx::PgPool) -> Vec<String> {
 async fn a_transition_and_its_messages_commit_together_and_a_stale_version_writes_nothing() {
     let db = TestDb::create().await;
     let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
-    let store = PgOrderSnapshotStore::new(pool.clone(), pg::OutboxSignal::new());
+    let store = PgOrderSnapshotStore::new(pool.clone(), pg::OutboxSignal::new(), 2);
 
     let start = saga::start(new_order(), Utc::now());
     let msgs: Vec<Envelope> = start

@@ -23,8 +23,6 @@ use super::{OutboxSignal, unavailable};
 
 /// Most records written in one transaction.
 const MAX_BATCH: usize = 256;
-/// Writers working in parallel (each holds one connection while it writes).
-const WRITERS: usize = 2;
 /// Requests waiting per writer before callers wait to enqueue (back-pressure).
 const QUEUE: usize = 4096;
 
@@ -54,9 +52,15 @@ pub(super) struct ChargeWriter {
 }
 
 impl ChargeWriter {
-    /// Starts the writers on the current Tokio runtime; they stop when every clone is dropped.
-    pub fn start(pool: PgPool, signal: OutboxSignal, recorded: RecordedCharges) -> Self {
-        let queues = (0..WRITERS)
+    /// Starts `writers` writers (at least one; each holds one connection while it writes) on
+    /// the current Tokio runtime; they stop when every clone is dropped.
+    pub fn start(
+        pool: PgPool,
+        signal: OutboxSignal,
+        recorded: RecordedCharges,
+        writers: usize,
+    ) -> Self {
+        let queues = (0..writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 tokio::spawn(write_batches(

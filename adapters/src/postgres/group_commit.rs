@@ -10,7 +10,9 @@
 //! A batch is whatever is waiting when a writer becomes free (nothing is delayed to fill it), so
 //! at low load a transition is written alone and at high load batches grow by themselves.
 //! Several writers run at once, each owning the orders that hash to it, so one slow commit does
-//! not stall every saga and an order's writes stay in order.
+//! not stall every saga and an order's writes stay in order. Their number is configured (one per
+//! core by default): every writer more splits the same transitions into smaller batches, and
+//! past the cores that can run their transactions that only adds statements.
 
 use std::collections::HashSet;
 
@@ -28,8 +30,6 @@ use super::{OutboxSignal, unavailable};
 
 /// Most transitions written in one transaction.
 const MAX_BATCH: usize = 256;
-/// Writers (each a connection at most) working in parallel.
-const WRITERS: usize = 4;
 /// Requests waiting per writer before callers wait to enqueue (back-pressure).
 const QUEUE: usize = 4096;
 
@@ -64,9 +64,10 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Starts the writers on the current Tokio runtime; they stop when every clone is dropped.
-    pub fn start(pool: PgPool, signal: OutboxSignal) -> Self {
-        let queues = (0..WRITERS)
+    /// Starts `writers` writers (at least one; each a connection at most) on the current Tokio
+    /// runtime; they stop when every clone is dropped.
+    pub fn start(pool: PgPool, signal: OutboxSignal, writers: usize) -> Self {
+        let queues = (0..writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 tokio::spawn(write_batches(pool.clone(), signal.clone(), rx));

@@ -39,10 +39,11 @@ pub struct PgPaymentRecords {
 }
 
 impl PgPaymentRecords {
-    /// Starts the charge writers on the current Tokio runtime (see `charge_writer`).
-    pub fn new(pool: PgPool, signal: OutboxSignal) -> Self {
+    /// Starts `writers` charge writers (at least one) on the current Tokio runtime (see
+    /// `charge_writer`).
+    pub fn new(pool: PgPool, signal: OutboxSignal, writers: usize) -> Self {
         let recorded = RecordedCharges::default();
-        let writer = ChargeWriter::start(pool.clone(), signal.clone(), recorded.clone());
+        let writer = ChargeWriter::start(pool.clone(), signal.clone(), recorded.clone(), writers);
         Self {
             pool,
             signal,

@@ -21,9 +21,9 @@ pub struct PgOrderSnapshotStore {
 }
 
 impl PgOrderSnapshotStore {
-    /// Starts the group-commit writers on the current runtime.
-    pub fn new(pool: PgPool, signal: OutboxSignal) -> Self {
-        let writer = SnapshotWriter::start(pool.clone(), signal);
+    /// Starts `writers` group-commit writers (at least one) on the current runtime.
+    pub fn new(pool: PgPool, signal: OutboxSignal, writers: usize) -> Self {
+        let writer = SnapshotWriter::start(pool.clone(), signal, writers);
         Self { pool, writer }
     }
 }
