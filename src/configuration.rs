@@ -90,11 +90,14 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Parser)]
 pub struct Settings {
-    /// PostgreSQL URL; the database is created if missing and migrated at start.
+    /// PostgreSQL URL; the database is created if missing and migrated at start. The default
+    /// disables TLS because it is a loopback connection, where TLS protects nothing and costs
+    /// most of the throughput (docs/performance.md); give `sslmode=verify-full` (or `require`)
+    /// for a database on another host.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/ordersaga"
+        default_value = "postgres://postgres@127.0.0.1:5432/ordersaga?sslmode=disable"
     )]
     pub database_url: String,
 
