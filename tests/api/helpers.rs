@@ -251,6 +251,11 @@ async fn start(settings: Settings) -> Started {
 }
 
 impl TestApp {
+    /// The settings the app was started with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     pub fn stop_nats(&mut self) {
         self._nats.stop();
     }

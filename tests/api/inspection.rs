@@ -110,9 +110,10 @@ async fn inspection_shows_the_state_a_saga_is_really_in() {
         "{overview}"
     );
     assert_eq!(overview["live_sagas_by_status"]["PAYMENT_PROCESSING"], 1);
-    // One shard per core unless configured (the test app does not configure it).
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    assert_eq!(overview["inventory"]["shards"], cores);
+    assert_eq!(
+        overview["inventory"]["shards"],
+        app.settings().inventory_shard_count()
+    );
 
     // The finished order's units are committed just after COMPLETED: wait for that.
     let stock = eventually(
