@@ -333,6 +333,13 @@ impl Application {
             (None, None)
         };
 
+        // Other processes' finished orders wake this process's long polls.
+        let (client, watchers, token) = (nats.clone(), status_watchers.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let forwarded = bus::forward_order_events(client, watchers, token).await;
+            ("order event forwarder", forwarded)
+        });
+
         let state = AppState {
             pool: pool.clone(),
             catalog,

@@ -90,6 +90,9 @@ pub type ChargeMessages = Box<dyn FnOnce(&ChargeOutcome) -> Vec<Envelope> + Send
 pub type BatchMessages<'a> =
     &'a (dyn Fn(&ReservationRequest, &ReservationOutcome) -> Vec<Envelope> + Send + Sync);
 
+/// Derives the messages of one release of a batch from its position in the batch and its outcome.
+pub type ReleaseMessages<'a> = &'a (dyn Fn(usize, &SettleOutcome) -> Vec<Envelope> + Send + Sync);
+
 /// Stock and reservations. Postgres's CHECK constraints back every implementation's promise that
 /// nothing is oversold, even with several processes.
 #[async_trait]
@@ -146,6 +149,21 @@ pub trait ReservationLedger: Send + Sync + 'static {
         order_id: OrderId,
         messages: OutcomeMessages<'_, SettleOutcome>,
     ) -> Result<SettleOutcome, StoreError>;
+
+    /// Releases several orders with the same result as releasing them one after the other;
+    /// outcomes in the same order. Ledgers that can should make it one transaction (the default
+    /// just loops, and stops at the first error).
+    async fn release_batch(
+        &self,
+        order_ids: &[OrderId],
+        messages: ReleaseMessages<'_>,
+    ) -> Result<Vec<SettleOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(order_ids.len());
+        for (i, order_id) in order_ids.iter().enumerate() {
+            outcomes.push(self.release(*order_id, &|o| messages(i, o)).await?);
+        }
+        Ok(outcomes)
+    }
 }
 
 /// One charge, as the payment role asks a provider for it.

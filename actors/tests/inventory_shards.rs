@@ -393,3 +393,86 @@ async fn a_shard_that_crashes_is_replaced_and_serves_its_skus_again() {
     assert_eq!(shards.shard_count(), 2);
     shards.stop();
 }
+
+/// Messages put straight into one shard's mailbox, all before it handles the first: the shard
+/// must decide them together, yet exactly as if one at a time.
+#[tokio::test]
+async fn releases_queued_together_are_one_batch_and_a_later_reservation_still_finds_them() {
+    use actors::inventory::{InventoryShard, ReleaseCause, ShardMessage};
+    use actors::ports::{ReservationOutcome, ReservationRequest, SettleOutcome};
+    use ractor::{Actor, concurrency::oneshot};
+
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 10)]));
+    let held = OrderId::new();
+    let request = |order_id: OrderId, units: i64| ReservationRequest {
+        order_id,
+        correlation_id: CorrelationId::new(),
+        lines: vec![OrderLine {
+            sku: sku("SKU-A"),
+            quantity: quantity(units),
+        }],
+        expires_at: t0() + chrono::Duration::minutes(15),
+    };
+    on_message(
+        &spawn_shards(1, &ledger).await,
+        &order_created(held, &[("SKU-A", 3)]),
+    )
+    .await;
+    assert_eq!(ledger.stock("SKU-A").reserved, 3);
+
+    let dyn_ledger: Arc<dyn actors::ports::ReservationLedger> = ledger.clone();
+    let (shard, _) = Actor::spawn(
+        None,
+        InventoryShard,
+        (0, dyn_ledger, Arc::new(FixedClock(t0())) as _),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let release = |order_id: OrderId| {
+        let (tx, rx) = oneshot::<Result<SettleOutcome, StoreError>>();
+        let sent = shard.send_message(ShardMessage::Release {
+            order_id,
+            correlation_id: CorrelationId::new(),
+            cause: ReleaseCause::Requested("payment failed".into()),
+            reply: tx.into(),
+        });
+        assert!(sent.is_ok());
+        rx
+    };
+    let others: Vec<OrderId> = (0..5).map(|_| OrderId::new()).collect();
+    let mut released = vec![release(held)];
+    released.extend(others.iter().map(|o| release(*o)));
+    // A reservation of an order whose release is parked: decided after it, so refused.
+    let (tx, late) = oneshot::<Result<ReservationOutcome, StoreError>>();
+    assert!(
+        shard
+            .send_message(ShardMessage::Reserve(request(others[0], 1), tx.into()))
+            .is_ok()
+    );
+    let tail = release(OrderId::new());
+
+    for rx in released {
+        let outcome = rx.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    assert_eq!(
+        late.await.unwrap_or_else(|e| panic!("{e}")),
+        Ok(ReservationOutcome::AlreadyDecided)
+    );
+    assert!(tail.await.is_ok());
+    assert_eq!(
+        ledger.release_batches(),
+        [6, 1],
+        "the six queued releases in one call; the reservation behind them flushed them first"
+    );
+    assert_eq!(
+        ledger.stock("SKU-A").reserved,
+        0,
+        "the held units came back"
+    );
+    assert_eq!(
+        ledger.subjects(held),
+        [subjects::INVENTORY_RESERVED, subjects::INVENTORY_RELEASED]
+    );
+    shard.stop(None);
+}

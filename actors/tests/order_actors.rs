@@ -364,7 +364,7 @@ async fn waiters_of_an_order_get_its_committed_states_and_nothing_else() {
 
     async fn next(watch: &mut actors::orders::StatusWatch) -> actors::saga::OrderState {
         match tokio::time::timeout(TIMEOUT, watch.changed()).await {
-            Ok(Some(state)) => (*state).clone(),
+            Ok(Some(actors::orders::Change::Committed(state))) => (*state).clone(),
             other => panic!("no status change: {other:?}"),
         }
     }
@@ -402,6 +402,27 @@ async fn waiters_of_an_order_get_its_committed_states_and_nothing_else() {
     drop(waiter);
     drop(other_waiter);
     assert_eq!(orders.status_watchers.watched_orders(), 0);
+}
+
+#[tokio::test]
+async fn a_change_made_elsewhere_wakes_that_orders_waiters_only() {
+    let watchers = actors::orders::StatusWatchers::default();
+    let (one, two) = (new_order().order_id, new_order().order_id);
+    let mut waiter = watchers.watch(one);
+    let mut other_waiter = watchers.watch(two);
+    // Nobody waits for this one: nothing to wake, nothing registered.
+    watchers.changed_elsewhere(new_order().order_id);
+    watchers.changed_elsewhere(one);
+    assert!(matches!(
+        tokio::time::timeout(TIMEOUT, waiter.changed()).await,
+        Ok(Some(actors::orders::Change::Elsewhere))
+    ));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(10), other_waiter.changed())
+            .await
+            .is_err()
+    );
+    assert_eq!(watchers.watched_orders(), 2);
 }
 
 /// A clock the test moves forward.

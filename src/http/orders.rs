@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use actors::domain::{
     CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, PricedLine, Quantity, Sku,
 };
+use actors::orders::Change;
 use actors::saga::{HistoryEntry, NewOrder, OrderState, PaymentInfo};
 use adapters::postgres::IdempotencyClaim;
 use adapters::postgres::snapshots::read_snapshot;
@@ -28,9 +29,12 @@ use super::{ApiError, AppState};
 
 /// Lines per order: enough for any real basket, small enough to bound a snapshot.
 pub const MAX_LINES: usize = 100;
-/// While waiting, how often the snapshot is re-read to catch changes made by *other* processes
-/// (this process's changes arrive at once through the status channel).
-const CROSS_PROCESS_POLL: Duration = Duration::from_millis(500);
+/// While waiting, how often the snapshot is re-read anyway. This process's changes arrive at once
+/// through the status channel, other processes' terminal transitions through their order events
+/// on NATS (`bus::forward_order_events`); the poll only bounds the wait when such an event is
+/// lost (NATS unreachable), so it is slow: polling every waiter often was most of the database's
+/// work under a backlog.
+const FALLBACK_POLL: Duration = Duration::from_secs(5);
 /// Longest `?wait=` a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -421,17 +425,23 @@ pub async fn get_order(
         None => read().await?,
     };
     loop {
-        if order.is_terminal() || tokio::time::Instant::now() >= deadline {
+        if order.is_terminal() {
             return Ok(Json(order.into()));
         }
-        // Changes committed by this process arrive with their state; a slower tick re-reads the
-        // store for changes made by other processes.
-        let tick = CROSS_PROCESS_POLL.min(deadline - tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            // Another process may have moved the order through a step that sends no order
+            // event (stock reserved, payment processing): answer with what the store holds.
+            return Ok(Json(read().await?.into()));
+        }
+        let tick = FALLBACK_POLL.min(deadline - now);
         tokio::select! {
             changed = watch.changed() => match changed {
-                Some(next) if next.version > order.version => order = (*next).clone(),
-                Some(_) => {}
-                None => order = read().await?,
+                Some(Change::Committed(next)) if next.version > order.version => {
+                    order = (*next).clone();
+                }
+                Some(Change::Committed(_)) => {}
+                Some(Change::Elsewhere) | None => order = read().await?,
             },
             _ = tokio::time::sleep(tick) => order = read().await?,
         }

@@ -12,6 +12,7 @@ mod load_smoke;
 mod openapi;
 mod operations;
 mod ops;
+mod order_events;
 mod orders;
 mod payments;
 mod processes;

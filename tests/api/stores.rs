@@ -602,3 +602,87 @@ async fn a_batch_of_reservations_decides_each_in_order_as_if_one_at_a_time() {
     .await);
     assert_eq!(stock, [("COLD".to_owned(), 6, 0), ("HOT".to_owned(), 0, 0)]);
 }
+
+#[tokio::test]
+async fn a_batch_of_releases_frees_each_order_once_and_refuses_later_reservations() {
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 16).await);
+    sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand, low_stock_threshold) VALUES ('HOT', 'hot', 1, 'EUR', 5, 0), ('COLD', 'cold', 1, 'EUR', 10, 0)")
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ledger = PgReservationLedger::new(pool.clone(), pg::OutboxSignal::new());
+    let request = |lines: &[(&str, i64)]| ReservationRequest {
+        order_id: OrderId::new(),
+        correlation_id: CorrelationId::new(),
+        lines: lines
+            .iter()
+            .map(|(sku, q)| OrderLine {
+                sku: ok(Sku::parse(sku)),
+                quantity: ok(Quantity::try_from(*q)),
+            })
+            .collect(),
+        expires_at: Utc::now() + chrono::Duration::minutes(15),
+    };
+    let a = request(&[("HOT", 2)]);
+    let b = request(&[("HOT", 1), ("COLD", 4)]);
+    let kept = request(&[("HOT", 1)]);
+    let short = request(&[("HOT", 9)]);
+    let batch = [a.clone(), b.clone(), kept.clone(), short.clone()];
+    ok(ledger.reserve_batch(&batch, &|_, _| Vec::new()).await);
+    let never_seen = request(&[("HOT", 1)]);
+    sqlx::query("DELETE FROM outbox")
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let orders = [
+        a.order_id,
+        b.order_id,
+        a.order_id,
+        short.order_id,
+        never_seen.order_id,
+    ];
+    let seen = Mutex::new(Vec::new());
+    let released = ok(ledger
+        .release_batch(&orders, &|i, outcome| {
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((i, outcome.rows_changed));
+            let body = EventBody::OrderCancelled(OrderCancelled {
+                reason: format!("release {i}"),
+            });
+            vec![Envelope::new(
+                orders[i],
+                CorrelationId::new(),
+                Utc::now(),
+                body,
+            )]
+        })
+        .await);
+    let rows: Vec<u64> = released.iter().map(|o| o.rows_changed).collect();
+    assert_eq!(
+        rows,
+        [1, 2, 0, 0, 0],
+        "b has two SKUs; the repeated a, the order that found no stock and the unknown one free nothing"
+    );
+    assert_eq!(
+        *seen.lock().unwrap_or_else(|p| p.into_inner()),
+        [(0, 1), (1, 2), (2, 0), (3, 0), (4, 0)],
+        "each position gets its own outcome"
+    );
+    assert_eq!(outbox_subjects(&pool).await.len(), 5, "committed with them");
+    let stock: Vec<(String, i64, i64)> = ok(sqlx::query_as(
+        "SELECT sku, on_hand, reserved FROM products ORDER BY sku",
+    )
+    .fetch_all(&pool)
+    .await);
+    assert_eq!(
+        stock,
+        [("COLD".to_owned(), 10, 0), ("HOT".to_owned(), 5, 1)],
+        "only `kept` still holds a unit"
+    );
+    // A reservation that arrives after its order's release reserves nothing.
+    let late = ok(ledger.reserve(&never_seen, &|_| Vec::new()).await);
+    assert_eq!(late, ReservationOutcome::AlreadyDecided);
+}

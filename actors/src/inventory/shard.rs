@@ -6,10 +6,15 @@
 //! `Flush` is sent to the actor itself, so every request already queued behind it joins the same
 //! batch, and each kind of batch is one ledger transaction. Under a flash sale the hot SKU's shard thus commits hundreds
 //! of reservations per transaction; at low load a batch is one reservation and waits for nothing.
-//! A release first flushes what is parked, so it takes effect after what was queued before it.
-//! (Within one flush, reservations go before commits: a commit always follows the answer to its
-//! order's reservation, so the two never wait in the same batch.)
+//! Releases are parked and batched the same way. Within one flush, reservations go first, then
+//! commits, then releases, so a release takes effect after whatever was queued before it (a
+//! commit always follows the answer to its order's reservation, so those two never wait in the
+//! same batch). A reservation or commit of an order whose release is parked flushes first, so it
+//! finds the order released, exactly as if every request had been decided one at a time.
+//! Batching releases matters under a flash sale: every order that found no stock is cancelled
+//! and released, and releases taken one at a time cut the hot SKU's batches into slivers.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -52,12 +57,23 @@ const MAX_BATCH: usize = 512;
 /// A commit waiting for the next flush.
 type ParkedCommit = (OrderId, RpcReplyPort<Result<SettleOutcome, StoreError>>);
 
+/// A release waiting for the next flush.
+struct ParkedRelease {
+    order_id: OrderId,
+    correlation_id: CorrelationId,
+    cause: ReleaseCause,
+    reply: RpcReplyPort<Result<SettleOutcome, StoreError>>,
+}
+
 pub struct ShardState {
     index: usize,
     ledger: Arc<dyn ReservationLedger>,
     clock: SharedClock,
     parked: Vec<Parked>,
     commits: Vec<ParkedCommit>,
+    releases: Vec<ParkedRelease>,
+    /// The orders in `releases`.
+    releasing: HashSet<OrderId>,
 }
 
 impl Actor for InventoryShard {
@@ -76,6 +92,8 @@ impl Actor for InventoryShard {
             clock,
             parked: Vec::new(),
             commits: Vec::new(),
+            releases: Vec::new(),
+            releasing: HashSet::new(),
         })
     }
 
@@ -90,10 +108,16 @@ impl Actor for InventoryShard {
         }
         match message {
             ShardMessage::Reserve(request, reply) => {
+                if state.releasing.contains(&request.order_id) {
+                    state.flush().await;
+                }
                 state.parked.push((request, reply));
                 state.after_parking(&myself).await;
             }
             ShardMessage::Commit(order_id, reply) => {
+                if state.releasing.contains(&order_id) {
+                    state.flush().await;
+                }
                 state.commits.push((order_id, reply));
                 state.after_parking(&myself).await;
             }
@@ -104,18 +128,14 @@ impl Actor for InventoryShard {
                 cause,
                 reply,
             } => {
-                state.flush().await;
-                let messages = |outcome: &SettleOutcome| {
-                    release_messages(
-                        order_id,
-                        &correlation_id,
-                        &cause,
-                        outcome,
-                        state.clock.now(),
-                    )
-                };
-                let result = state.ledger.release(order_id, &messages).await;
-                let _ = reply.send(result);
+                state.releasing.insert(order_id);
+                state.releases.push(ParkedRelease {
+                    order_id,
+                    correlation_id,
+                    cause,
+                    reply,
+                });
+                state.after_parking(&myself).await;
             }
         }
         Ok(())
@@ -126,7 +146,7 @@ impl ShardState {
     /// The first parked request asks for a flush, queued behind everything already waiting
     /// (those join the batch); a full batch is flushed at once.
     async fn after_parking(&mut self, myself: &ActorRef<ShardMessage>) {
-        let parked = self.parked.len() + self.commits.len();
+        let parked = self.parked.len() + self.commits.len() + self.releases.len();
         if parked == 1 {
             let _ = myself.send_message(ShardMessage::Flush);
         } else if parked >= MAX_BATCH {
@@ -135,10 +155,39 @@ impl ShardState {
     }
 
     /// Decides every parked request: the reservations in one ledger call, then the commits in
-    /// another, answering each.
+    /// another, then the releases, answering each.
     async fn flush(&mut self) {
         self.flush_reservations().await;
         self.flush_commits().await;
+        self.flush_releases().await;
+    }
+
+    async fn flush_releases(&mut self) {
+        if self.releases.is_empty() {
+            return;
+        }
+        self.releasing.clear();
+        let releases = std::mem::take(&mut self.releases);
+        let orders: Vec<OrderId> = releases.iter().map(|r| r.order_id).collect();
+        let now = self.clock.now();
+        let messages = |i: usize, outcome: &SettleOutcome| {
+            releases.get(i).map_or_else(Vec::new, |r| {
+                release_messages(r.order_id, &r.correlation_id, &r.cause, outcome, now)
+            })
+        };
+        let result = self.ledger.release_batch(&orders, &messages).await;
+        match result {
+            Ok(outcomes) => {
+                for (release, outcome) in releases.into_iter().zip(outcomes) {
+                    let _ = release.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for release in releases {
+                    let _ = release.reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     async fn flush_commits(&mut self) {

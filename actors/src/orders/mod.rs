@@ -4,6 +4,7 @@
 //! on demand (which rehydrates from the last snapshot), and forgets actors that stop. A finished
 //! order's actor stops itself, so memory is bounded by live orders, not by orders ever placed.
 
+mod deadline_timers;
 mod handle;
 mod saga_actor;
 mod status_watch;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 pub use handle::OrderSupervisorHandle;
 pub use saga_actor::{LiveOrder, OrderSagaActor, OrderSagaMessage};
-pub use status_watch::{StatusWatch, StatusWatchers};
+pub use status_watch::{Change, StatusWatch, StatusWatchers};
 pub use supervisor::{OrderSupervisor, SupervisorMessage, SupervisorOverview};
 
 use crate::domain::OrderId;

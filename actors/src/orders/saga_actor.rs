@@ -130,12 +130,16 @@ impl Actor for OrderSagaActor {
 }
 
 impl OrderSagaState {
-    async fn ensure_loaded(&mut self) -> Result<(), SagaError> {
+    /// Loads the snapshot if this actor holds none. `firing` is the deadline whose timer is being
+    /// handled, if any: that one is not armed again.
+    async fn ensure_loaded(&mut self, firing: Option<DateTime<Utc>>) -> Result<(), SagaError> {
         if self.snapshot.is_none() {
             self.snapshot = self.deps.store.load(self.order_id).await?;
             if let Some(loaded) = &self.snapshot {
                 // Rehydrated (after a crash, or in another process): make sure its timer runs.
-                self.arm(loaded);
+                if firing.is_none() || loaded.deadline != firing {
+                    self.arm(loaded);
+                }
             }
         }
         Ok(())
@@ -177,12 +181,16 @@ impl OrderSagaState {
         }
     }
 
-    /// Asks the supervisor to fire this order's current deadline, if it has one.
+    /// Tells the supervisor which deadline this order waits for now, if any: a finished order's
+    /// old timers must not wake it up again.
     fn arm(&self, state: &OrderState) {
-        if let (Some(deadline), Some(supervisor)) = (state.deadline, &self.supervisor) {
-            let _ =
-                supervisor.send_message(SupervisorMessage::Arm(vec![(state.order_id, deadline)]));
-        }
+        let Some(supervisor) = &self.supervisor else {
+            return;
+        };
+        let _ = supervisor.send_message(match state.deadline {
+            Some(deadline) => SupervisorMessage::Arm(vec![(state.order_id, deadline)]),
+            None => SupervisorMessage::Disarm(state.order_id),
+        });
     }
 
     async fn start(&mut self, order: NewOrder) -> Result<OrderState, SagaError> {
@@ -197,7 +205,7 @@ impl OrderSagaState {
         if !self.deps.store.create(&next, &outbox).await? {
             // It exists already (a replay, or another process placed it first): that one wins.
             self.snapshot = None;
-            self.ensure_loaded().await?;
+            self.ensure_loaded(None).await?;
             return self
                 .snapshot
                 .clone()
@@ -215,8 +223,12 @@ impl OrderSagaState {
         // stale when another process advanced the order, so an event is only ever dropped after
         // it was judged against a fresh read.
         let mut fresh = self.snapshot.is_none();
+        let firing = match event {
+            SagaEvent::DeadlinePassed { deadline } => Some(*deadline),
+            _ => None,
+        };
         for _ in 0..MAX_CONFLICT_RETRIES {
-            self.ensure_loaded().await?;
+            self.ensure_loaded(firing).await?;
             let Some(current) = self.snapshot.as_ref() else {
                 return Err(SagaError::UnknownOrder(self.order_id));
             };

@@ -8,6 +8,11 @@
 //!
 //! Built on `tokio::sync::watch`: a receiver remembers which value it has seen, so a change that
 //! lands between registering and waiting is never missed.
+//!
+//! Transitions committed by *another* process arrive as a nudge (`changed_elsewhere`, fed by the
+//! order events on NATS): the waiter then re-reads the store once. Polling the store instead
+//! cost one read per waiter per poll; under a backlog (a flash sale with a second of queueing)
+//! those reads were most of the database's work.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +24,16 @@ use crate::saga::OrderState;
 
 const SHARDS: usize = 16;
 
-type Slots = HashMap<OrderId, watch::Sender<Option<Arc<OrderState>>>>;
+type Slots = HashMap<OrderId, watch::Sender<Option<Change>>>;
+
+/// What a waiter learns about its order.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// This process committed the state.
+    Committed(Arc<OrderState>),
+    /// Another process changed the order: read the store.
+    Elsewhere,
+}
 
 /// The registry of waiters, shared by the saga actors (which publish) and HTTP (which waits).
 #[derive(Clone)]
@@ -61,7 +75,14 @@ impl StatusWatchers {
     /// A transition of `state` was committed: wake its waiters, if any.
     pub fn publish(&self, state: &OrderState) {
         if let Some(sender) = self.shard(state.order_id).get(&state.order_id) {
-            sender.send_replace(Some(Arc::new(state.clone())));
+            sender.send_replace(Some(Change::Committed(Arc::new(state.clone()))));
+        }
+    }
+
+    /// Another process reported a transition of `order_id`: its waiters, if any, re-read it.
+    pub fn changed_elsewhere(&self, order_id: OrderId) {
+        if let Some(sender) = self.shard(order_id).get(&order_id) {
+            sender.send_replace(Some(Change::Elsewhere));
         }
     }
 
@@ -82,12 +103,13 @@ impl StatusWatchers {
 pub struct StatusWatch {
     watchers: StatusWatchers,
     order_id: OrderId,
-    receiver: Option<watch::Receiver<Option<Arc<OrderState>>>>,
+    receiver: Option<watch::Receiver<Option<Change>>>,
 }
 
 impl StatusWatch {
-    /// The next committed state of the order (cancel-safe: use it in `select!`).
-    pub async fn changed(&mut self) -> Option<Arc<OrderState>> {
+    /// The order's next change (cancel-safe: use it in `select!`); `None` if the registry went
+    /// away (read the store).
+    pub async fn changed(&mut self) -> Option<Change> {
         let receiver = self.receiver.as_mut()?;
         receiver.changed().await.ok()?;
         receiver.borrow_and_update().clone()

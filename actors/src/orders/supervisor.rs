@@ -3,8 +3,7 @@
 //! "restarted" lazily: the next message for that order spawns a fresh actor that reloads the last
 //! committed snapshot, which is exactly the state the crash could not have corrupted.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use ractor::{
 };
 use tracing::{error, warn};
 
+use super::deadline_timers::DeadlineTimers;
 use super::saga_actor::{LiveOrder, OrderSagaActor, OrderSagaMessage};
 use super::{SagaDeps, SagaError};
 use crate::domain::OrderId;
@@ -28,9 +28,12 @@ pub enum SupervisorMessage {
     Route(OrderId, OrderSagaMessage),
     /// Number of order actors currently alive (for inspection and tests of passivation).
     LiveOrders(RpcReplyPort<usize>),
-    /// Deliver `DeadlinePassed` to the order when its deadline comes (sent by saga actors after
-    /// each commit, and in bulk at start-up for every live order: crash recovery).
+    /// Deliver `DeadlinePassed` to the order when its deadline comes, instead of any deadline it
+    /// had (sent by saga actors after each commit, and in bulk at start-up for every live order:
+    /// crash recovery).
     Arm(Vec<(OrderId, DateTime<Utc>)>),
+    /// The order waits for no deadline any more (it finished, or an operator paused it).
+    Disarm(OrderId),
     /// A timer whose handling failed (the store was down): fire it again a little later.
     RetryTimer(OrderId, DateTime<Utc>),
     /// Number of armed timers (inspection, tests).
@@ -52,9 +55,6 @@ pub struct SupervisorOverview {
     pub restarts: u64,
 }
 
-/// (when to fire, order, the deadline to report), ordered by firing time.
-type Timer = (DateTime<Utc>, OrderId, DateTime<Utc>);
-
 /// How often due timers are checked: the resolution of step timeouts.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -70,10 +70,8 @@ pub struct SupervisorState {
     children: HashMap<OrderId, Child>,
     owners: HashMap<ActorId, OrderId>,
     restarts: u64,
-    /// Timers of every live order, earliest first. Small entries, not actors: an order waiting
-    /// for its deadline needs no actor in memory (it is rehydrated when the timer fires).
-    /// Entries are (when to fire, order, the deadline to report).
-    deadlines: BinaryHeap<Reverse<Timer>>,
+    /// The deadline each live order waits for.
+    deadlines: DeadlineTimers,
 }
 
 impl Actor for OrderSupervisor {
@@ -92,7 +90,7 @@ impl Actor for OrderSupervisor {
             children: HashMap::new(),
             owners: HashMap::new(),
             restarts: 0,
-            deadlines: BinaryHeap::new(),
+            deadlines: DeadlineTimers::default(),
         })
     }
 
@@ -111,15 +109,14 @@ impl Actor for OrderSupervisor {
                 let _ = reply.send(state.children.len());
             }
             SupervisorMessage::Arm(timers) => {
-                state.deadlines.extend(
-                    timers
-                        .into_iter()
-                        .map(|(order, at)| Reverse((at, order, at))),
-                );
+                for (order, deadline) in timers {
+                    state.deadlines.arm(order, deadline);
+                }
             }
+            SupervisorMessage::Disarm(order) => state.deadlines.disarm(order),
             SupervisorMessage::RetryTimer(order, deadline) => {
                 let retry_at = state.deps.clock.now() + chrono::Duration::seconds(1);
-                state.deadlines.push(Reverse((retry_at, order, deadline)));
+                state.deadlines.retry(order, deadline, retry_at);
             }
             SupervisorMessage::ArmedTimers(reply) => {
                 let _ = reply.send(state.deadlines.len());
@@ -145,19 +142,13 @@ impl Actor for OrderSupervisor {
                 let _ = reply.send(SupervisorOverview {
                     live_order_actors: state.children.len(),
                     armed_timers: state.deadlines.len(),
-                    next_timer: state.deadlines.peek().map(|Reverse((at, _, _))| *at),
+                    next_timer: state.deadlines.next(),
                     restarts: state.restarts,
                 });
             }
             SupervisorMessage::Tick => {
                 let now = state.deps.clock.now();
-                while let Some(Reverse((fire_at, order_id, deadline))) =
-                    state.deadlines.peek().copied()
-                {
-                    if fire_at > now {
-                        break;
-                    }
-                    state.deadlines.pop();
+                for (order_id, deadline) in state.deadlines.take_due(now) {
                     // Nobody waits for the answer: the saga asks for a retry if it could not
                     // handle the timer, and ignores a stale one.
                     let (tx, _rx) = tokio::sync::oneshot::channel();

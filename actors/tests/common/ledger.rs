@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use actors::domain::{OrderId, Sku};
 use actors::events::{Envelope, Shortage};
 use actors::ports::{
-    OutcomeMessages, ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome,
-    StoreError,
+    OutcomeMessages, ReleaseMessages, ReservationLedger, ReservationOutcome, ReservationRequest,
+    SettleOutcome, StoreError,
 };
 use async_trait::async_trait;
 
@@ -113,9 +113,16 @@ pub struct InMemoryLedger {
     racy: bool,
     /// The next reservation panics (a bug in a shard's dependency).
     panic_next: std::sync::atomic::AtomicBool,
+    /// The size of every `release_batch` call, in call order.
+    release_batches: Mutex<Vec<usize>>,
 }
 
 impl InMemoryLedger {
+    /// The size of every `release_batch` call so far.
+    pub fn release_batches(&self) -> Vec<usize> {
+        lock(&self.release_batches).clone()
+    }
+
     /// Makes the next reservation panic inside the shard that handles it.
     pub fn panic_on_next_reserve(&self) {
         self.panic_next
@@ -142,6 +149,7 @@ impl InMemoryLedger {
             inner: Mutex::new(inner),
             racy: false,
             panic_next: std::sync::atomic::AtomicBool::new(false),
+            release_batches: Mutex::new(Vec::new()),
         }
     }
 
@@ -291,5 +299,18 @@ impl ReservationLedger for InMemoryLedger {
         messages: OutcomeMessages<'_, SettleOutcome>,
     ) -> Result<SettleOutcome, StoreError> {
         self.settle(order_id, messages, false)
+    }
+
+    async fn release_batch(
+        &self,
+        order_ids: &[OrderId],
+        messages: ReleaseMessages<'_>,
+    ) -> Result<Vec<SettleOutcome>, StoreError> {
+        lock(&self.release_batches).push(order_ids.len());
+        order_ids
+            .iter()
+            .enumerate()
+            .map(|(i, order_id)| self.settle(*order_id, &|o| messages(i, o), false))
+            .collect()
     }
 }

@@ -6,8 +6,10 @@
 
 mod consumer;
 pub use consumer::ensure_consumer;
+mod order_events;
 mod relay;
 mod retry;
+pub use order_events::forward_order_events;
 pub use retry::RetryPolicy;
 
 use std::time::Duration;

@@ -10,8 +10,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use actors::domain::{CorrelationId, OrderId};
 use actors::ports::{
-    BatchMessages, OutcomeMessages, ReservationLedger, ReservationOutcome, ReservationRequest,
-    SettleOutcome, StoreError,
+    BatchMessages, OutcomeMessages, ReleaseMessages, ReservationLedger, ReservationOutcome,
+    ReservationRequest, SettleOutcome, StoreError,
 };
 use chrono::{DateTime, Utc};
 
@@ -213,6 +213,57 @@ async fn commit_many(
     Ok(outcomes)
 }
 
+/// Releases several orders in one transaction: the same steps as `release`, each statement
+/// covering the whole batch. A repeated order is released by its first occurrence.
+async fn release_many(
+    tx: &mut Transaction<'_, Postgres>,
+    order_ids: &[OrderId],
+) -> Result<Vec<SettleOutcome>, sqlx::Error> {
+    // Sorted, so concurrent batches claim decision rows in one order and cannot deadlock.
+    let mut ids: Vec<uuid::Uuid> = order_ids.iter().map(|o| o.as_uuid()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    sqlx::query(
+        "INSERT INTO inventory_decisions (order_id, outcome)
+         SELECT id, 'CANCELLED' FROM unnest($1::uuid[]) AS id ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    let moved: Vec<(uuid::Uuid, String, i32)> = sqlx::query_as(
+        "UPDATE stock_reservations SET status = 'RELEASED', updated_at = now()
+         WHERE order_id = ANY($1) AND status = 'RESERVED' RETURNING order_id, sku, quantity",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut per_sku: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per_order: std::collections::HashMap<uuid::Uuid, u64> =
+        std::collections::HashMap::new();
+    for (order, sku, quantity) in moved {
+        *per_sku.entry(sku).or_default() += i64::from(quantity);
+        *per_order.entry(order).or_default() += 1;
+    }
+    if !per_sku.is_empty() {
+        let (skus, quantities): (Vec<String>, Vec<i64>) = per_sku.into_iter().unzip();
+        lock_available(tx, &skus).await?;
+        sqlx::query(
+            "UPDATE products p SET reserved = p.reserved - w.qty, updated_at = now()
+             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+        )
+        .bind(&skus)
+        .bind(&quantities)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(order_ids
+        .iter()
+        .map(|order_id| SettleOutcome {
+            rows_changed: per_order.remove(&order_id.as_uuid()).unwrap_or(0),
+        })
+        .collect())
+}
+
 #[async_trait]
 impl ReservationLedger for PgReservationLedger {
     async fn reserve(
@@ -297,5 +348,26 @@ impl ReservationLedger for PgReservationLedger {
             .map_err(unavailable)?;
         outbox::commit_with(tx, &messages(&outcome), &self.signal).await?;
         Ok(outcome)
+    }
+
+    async fn release_batch(
+        &self,
+        order_ids: &[OrderId],
+        messages: ReleaseMessages<'_>,
+    ) -> Result<Vec<SettleOutcome>, StoreError> {
+        if order_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let outcomes = release_many(&mut tx, order_ids)
+            .await
+            .map_err(unavailable)?;
+        let envelopes: Vec<_> = outcomes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, outcome)| messages(i, outcome))
+            .collect();
+        outbox::commit_with(tx, &envelopes, &self.signal).await?;
+        Ok(outcomes)
     }
 }
