@@ -51,9 +51,7 @@ impl OrderSnapshotStore for ForgetfulSnapshotStore {
         Ok(())
     }
 
-    async fn live_deadlines(
-        &self,
-    ) -> Result<Vec<(OrderId, Option<DateTime<Utc>>)>, StoreError> {
+    async fn live_deadlines(&self) -> Result<Vec<(OrderId, Option<DateTime<Utc>>)>, StoreError> {
         Ok(Vec::new())
     }
 }
