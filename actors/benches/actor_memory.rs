@@ -183,20 +183,14 @@ async fn run(n: usize) {
     let elapsed = started.elapsed();
     wait_for_live(&orders, n).await;
     let live = rss_bytes().unwrap_or(before);
-    let status = orders
-        .inspect(ids[0])
-        .await
-        .ok()
-        .flatten()
-        .map(|o| o.state.status);
-    assert_eq!(status, Some(OrderStatus::PaymentProcessing));
-    let snapshot_json = orders
-        .inspect(ids[0])
-        .await
-        .ok()
-        .flatten()
-        .map(|o| serde_json::to_vec(&o.state).map(|v| v.len()).unwrap_or(0))
-        .unwrap_or(0);
+    let sample = orders.inspect(ids[0]).await.ok().flatten().map(|o| o.state);
+    assert_eq!(
+        sample.as_ref().map(|s| s.status),
+        Some(OrderStatus::PaymentProcessing)
+    );
+    let snapshot_json = sample
+        .and_then(|s| serde_json::to_vec(&s).ok())
+        .map_or(0, |v| v.len());
 
     complete(&orders, &ids).await;
     wait_for_live(&orders, 0).await;
