@@ -130,6 +130,10 @@ impl From<CatalogError> for ApiError {
             )
             .with_field("on_hand"),
             CatalogError::Unavailable(inner) => inner.into(),
+            CatalogError::PriceRead(inner) => {
+                tracing::warn!(error = %inner, "price read failed; answered with 503");
+                ApiError::unavailable("the database is unavailable; retry shortly")
+            }
         }
     }
 }

@@ -131,6 +131,109 @@ async fn a_transition_and_its_messages_commit_together_and_a_stale_version_write
     );
 }
 
+/// The messages of `decision`'s effects, as the saga actor would send them.
+fn envelopes_of(step: &saga::Transition) -> Vec<Envelope> {
+    step.effects
+        .iter()
+        .map(|saga::Effect::Publish(b)| {
+            Envelope::new(
+                step.next.order_id,
+                step.next.correlation_id.clone(),
+                Utc::now(),
+                b.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_writes_batched_together_apply_once_each_with_only_their_own_messages() {
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
+    // One writer: every concurrent write below queues for the same one, so they share batches.
+    let store = PgOrderSnapshotStore::new(pool.clone(), pg::OutboxSignal::new(), 1);
+    let starts: Vec<saga::Transition> = (0..40)
+        .map(|_| saga::start(new_order(), Utc::now()))
+        .collect();
+
+    // Every order placed, the first ten twice at once: each is created exactly once.
+    let creates = starts
+        .iter()
+        .chain(starts.iter().take(10))
+        .map(|start| store.create(&start.next, &[]));
+    let created = futures::future::join_all(creates).await;
+    let created = created.into_iter().map(ok).filter(|c| *c).count();
+    assert_eq!(
+        created, 40,
+        "each order created once, its duplicate a no-op"
+    );
+
+    // Two conflicting transitions of every order from version 1, all at once: for each order
+    // exactly one applies, and only its message reaches the outbox.
+    let mut writes = Vec::new();
+    for start in &starts {
+        for event in [
+            SagaEvent::StockReserved,
+            SagaEvent::OutOfStock { shortages: vec![] },
+        ] {
+            let Decision::Apply(step) = saga::decide(&start.next, &event, Utc::now()) else {
+                panic!("{event:?} must apply to a new order");
+            };
+            writes.push(step);
+        }
+    }
+    let envelopes: Vec<Vec<Envelope>> = writes.iter().map(|step| envelopes_of(step)).collect();
+    let results = futures::future::join_all(
+        writes
+            .iter()
+            .zip(&envelopes)
+            .map(|(step, messages)| store.commit(1, &step.next, messages)),
+    )
+    .await;
+    // Per order: the status and the message subjects of the write that applied.
+    let mut winners = std::collections::HashMap::new();
+    for ((step, messages), result) in writes.iter().zip(&envelopes).zip(&results) {
+        match result {
+            Ok(()) => {
+                let subjects: Vec<String> =
+                    messages.iter().map(|m| m.subject().to_owned()).collect();
+                assert!(
+                    !subjects.is_empty(),
+                    "every transition here sends a message"
+                );
+                let winner = (step.next.status.as_str(), subjects);
+                let previous = winners.insert(step.next.order_id, winner);
+                assert!(previous.is_none(), "two writes of one order both applied");
+            }
+            Err(StoreError::VersionConflict { expected: 1 }) => {}
+            Err(e) => panic!("unexpected store error: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 40, "one write of every order applied");
+
+    let rows: Vec<(uuid::Uuid, String)> = ok(sqlx::query_as(
+        "SELECT order_id, subject FROM outbox ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await);
+    let mut sent: std::collections::HashMap<OrderId, Vec<String>> = Default::default();
+    for (order_id, subject) in rows {
+        sent.entry(OrderId::from_uuid(order_id))
+            .or_default()
+            .push(subject);
+    }
+    assert_eq!(sent.len(), 40, "messages of every order, of no other");
+    for (order_id, (status, subjects)) in &winners {
+        assert_eq!(
+            sent.get(order_id),
+            Some(subjects),
+            "only the messages of the write that applied, in order"
+        );
+        let loaded = ok(store.load(*order_id).await).unwrap_or_else(|| panic!("snapshot"));
+        assert_eq!((loaded.version, loaded.status.as_str()), (2, *status));
+    }
+}
+
 #[tokio::test]
 async fn concurrent_reservations_from_two_ledgers_never_oversell_and_the_database_refuses_to() {
     let db = TestDb::create().await;
@@ -685,4 +788,66 @@ async fn a_batch_of_releases_frees_each_order_once_and_refuses_later_reservation
     // A reservation that arrives after its order's release reserves nothing.
     let late = ok(ledger.reserve(&never_seen, &|_| Vec::new()).await);
     assert_eq!(late, ReservationOutcome::AlreadyDecided);
+}
+
+#[tokio::test]
+async fn concurrent_price_reads_each_get_their_own_skus_at_the_price_current_when_asked() {
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
+    let catalog = pg::Catalog::new(pool.clone());
+    let eur = ok(Currency::parse("EUR"));
+    let skus: Vec<Sku> = (0..20).map(|i| ok(Sku::parse(&format!("P-{i}")))).collect();
+    for (i, sku) in skus.iter().enumerate() {
+        let product = pg::ProductUpsert {
+            name: format!("product {i}"),
+            unit_price: ok(Money::new(100 + i as i64, eur)),
+            on_hand: 10,
+            low_stock_threshold: 0,
+        };
+        ok(catalog.upsert(sku, &product).await);
+    }
+    let unknown = ok(Sku::parse("NOT-SOLD"));
+
+    // Many reads at once (they share reads of the table): each answer holds exactly the SKUs
+    // it asked for that exist, at their prices.
+    let asks: Vec<Vec<Sku>> = (0..100)
+        .map(|n| {
+            vec![
+                skus[n % 20].clone(),
+                skus[(n * 7) % 20].clone(),
+                unknown.clone(),
+            ]
+        })
+        .collect();
+    let answers = futures::future::join_all(asks.iter().map(|a| catalog.prices(a))).await;
+    for (ask, answer) in asks.iter().zip(answers) {
+        let answer = ok(answer);
+        let mut expected: Vec<(String, i64)> = ask
+            .iter()
+            .filter(|s| **s != unknown)
+            .map(|s| {
+                let i: i64 = ok(s.as_str()[2..].parse::<i64>());
+                (s.as_str().to_owned(), 100 + i)
+            })
+            .collect();
+        expected.sort();
+        expected.dedup();
+        let mut got: Vec<(String, i64)> = answer
+            .iter()
+            .map(|(s, m)| (s.as_str().to_owned(), m.amount_cents()))
+            .collect();
+        got.sort();
+        assert_eq!(got, expected);
+    }
+
+    // A price changed before a read is asked for is the price that read returns.
+    let changed = pg::ProductUpsert {
+        name: "product 3".into(),
+        unit_price: ok(Money::new(999, eur)),
+        on_hand: 10,
+        low_stock_threshold: 0,
+    };
+    ok(catalog.upsert(&skus[3], &changed).await);
+    let answer = ok(catalog.prices(std::slice::from_ref(&skus[3])).await);
+    assert_eq!(answer.get(&skus[3]).map(Money::amount_cents), Some(999));
 }

@@ -1,5 +1,6 @@
 //! The product catalog: prices and stock levels as the HTTP API manages them. Reservations change
-//! `reserved` through the ledger, never through here.
+//! `reserved` through the ledger, never through here. Prices for placements are read through
+//! `price_reads`, which lets concurrent placements share one read.
 
 use std::collections::HashMap;
 
@@ -7,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use actors::domain::{Currency, Money, Sku};
+use actors::domain::{Money, Sku};
+
+use super::price_reads::{PriceReadError, PriceReads};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -15,6 +18,8 @@ pub enum CatalogError {
     OnHandBelowReserved { on_hand: i64, reserved: i64 },
     #[error("database unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    #[error(transparent)]
+    PriceRead(#[from] PriceReadError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -46,11 +51,15 @@ const PRODUCT_COLUMNS: &str =
 #[derive(Clone)]
 pub struct Catalog {
     pool: PgPool,
+    price_reads: PriceReads,
 }
 
 impl Catalog {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            price_reads: PriceReads::new(pool.clone()),
+            pool,
+        }
     }
 
     pub async fn upsert(
@@ -114,23 +123,10 @@ impl Catalog {
         .await?)
     }
 
-    /// Current unit prices of the given SKUs; unknown SKUs are simply absent.
+    /// Current unit prices of the given SKUs; unknown SKUs are simply absent. Concurrent calls
+    /// share one read (`price_reads`), each started after its callers asked.
     pub async fn prices(&self, skus: &[Sku]) -> Result<HashMap<Sku, Money>, CatalogError> {
-        let names: Vec<&str> = skus.iter().map(Sku::as_str).collect();
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT sku, unit_price_cents, currency::text FROM products WHERE sku = ANY($1)",
-        )
-        .bind(&names)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(sku, cents, currency)| {
-                let sku = Sku::parse(&sku).ok()?;
-                let money = Money::new(cents, Currency::parse(&currency).ok()?).ok()?;
-                Some((sku, money))
-            })
-            .collect())
+        Ok(self.price_reads.prices(skus).await?)
     }
 
     /// Seeds a small demo catalog when there are no products at all, so a newcomer's first order

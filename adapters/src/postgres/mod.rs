@@ -12,6 +12,7 @@ mod idempotency;
 mod ledger;
 pub mod outbox;
 mod payments;
+mod price_reads;
 mod reservations;
 pub mod snapshots;
 pub mod stripe_events;

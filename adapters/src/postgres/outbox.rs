@@ -34,7 +34,7 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
-    fn of(envelope: &Envelope) -> Self {
+    pub(super) fn of(envelope: &Envelope) -> Self {
         Self {
             message_id: envelope.message_id,
             subject: Cow::Borrowed(envelope.subject()),
