@@ -167,17 +167,25 @@ async fn retake_expired(
     })
 }
 
-/// Commits many orders' reservations in one transaction: three statements for the whole batch
-/// (move the rows, lock the products in SKU order, adjust them). An order with nothing reserved
-/// is handled as `commit` would (its expired units are taken again if still there).
+/// Commits many orders' reservations in one transaction: two statements for the whole batch
+/// (move the rows and lock their products in SKU order; adjust the products). An order with
+/// nothing reserved is handled as `commit` would (its expired units are taken again if still
+/// there).
 async fn commit_many(
     tx: &mut Transaction<'_, Postgres>,
     order_ids: &[OrderId],
 ) -> Result<Vec<SettleOutcome>, sqlx::Error> {
     let ids: Vec<uuid::Uuid> = order_ids.iter().map(|o| o.as_uuid()).collect();
+    // `locked` is read whole (its count joins every row) before the statement returns, and its
+    // `ORDER BY ... FOR UPDATE` locks in SKU order, as `lock_available` does: batches sharing a
+    // SKU queue on it instead of deadlocking, and the update below meets rows already locked.
     let moved: Vec<(uuid::Uuid, String, i32)> = sqlx::query_as(
-        "UPDATE stock_reservations SET status = 'COMMITTED', updated_at = now()
-         WHERE order_id = ANY($1) AND status = 'RESERVED' RETURNING order_id, sku, quantity",
+        "WITH moved AS (
+             UPDATE stock_reservations SET status = 'COMMITTED', updated_at = now()
+             WHERE order_id = ANY($1) AND status = 'RESERVED' RETURNING order_id, sku, quantity),
+         locked AS (
+             SELECT sku FROM products WHERE sku IN (SELECT sku FROM moved) ORDER BY sku FOR UPDATE)
+         SELECT m.order_id, m.sku, m.quantity FROM moved m, (SELECT count(*) FROM locked) AS l",
     )
     .bind(&ids)
     .fetch_all(&mut **tx)
@@ -191,7 +199,6 @@ async fn commit_many(
     }
     if !per_sku.is_empty() {
         let (skus, quantities): (Vec<String>, Vec<i64>) = per_sku.into_iter().unzip();
-        lock_available(tx, &skus).await?;
         sqlx::query(
             "UPDATE products p SET on_hand = p.on_hand - w.qty, reserved = p.reserved - w.qty, updated_at = now()
              FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",

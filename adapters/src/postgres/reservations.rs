@@ -39,14 +39,81 @@ pub async fn reserve_batch(
         return Ok(Vec::new());
     }
     let mut tx = pool.begin().await.map_err(unavailable)?;
-    let decided = decide(&mut tx, requests).await.map_err(unavailable)?;
+    let (decided, writes) = decide(&mut tx, requests).await.map_err(unavailable)?;
     let envelopes: Vec<Envelope> = requests
         .iter()
         .zip(&decided)
         .flat_map(|(request, outcome)| messages(request, outcome))
         .collect();
-    outbox::commit_with(tx, &envelopes, signal).await?;
+    let rows = writes
+        .apply(&mut tx, &envelopes)
+        .await
+        .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
+    signal.committed(rows);
     Ok(decided)
+}
+
+/// What a decided batch writes, all in one statement once every order is decided.
+#[derive(Default)]
+struct Writes {
+    /// Units newly reserved per SKU (added to `products.reserved`).
+    reserved_per_sku: BTreeMap<String, i64>,
+    /// New rows of `stock_reservations`.
+    rows: ReservationRows,
+    /// Orders refused for lack of stock (their decision row says so).
+    refused: Vec<Uuid>,
+}
+
+impl Writes {
+    /// The batch's writes and its outbox rows as the parts of one `WITH`: one round trip where
+    /// there were four (the products it updates are already locked by this transaction, so the
+    /// order in which the parts run cannot matter). Returns the outbox rows, to hand to the
+    /// relay once the transaction commits.
+    async fn apply(
+        self,
+        tx: &mut Transaction<'_, Postgres>,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<outbox::OutboxMessage>, sqlx::Error> {
+        let messages: Vec<outbox::OutboxMessage> =
+            envelopes.iter().map(outbox::OutboxMessage::of).collect();
+        if self.reserved_per_sku.is_empty() && self.refused.is_empty() && messages.is_empty() {
+            return Ok(messages);
+        }
+        let (skus, quantities): (Vec<String>, Vec<i64>) = self.reserved_per_sku.into_iter().unzip();
+        sqlx::query(
+            "WITH stock AS (
+                 UPDATE products p SET reserved = p.reserved + w.qty, updated_at = now()
+                 FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku),
+             held AS (
+                 INSERT INTO stock_reservations (order_id, sku, quantity, status, expires_at, correlation_id)
+                 SELECT o, s, q, 'RESERVED', e, c
+                 FROM unnest($3::uuid[], $4::text[], $5::integer[], $6::timestamptz[], $7::text[]) AS w(o, s, q, e, c)),
+             refused AS (
+                 UPDATE inventory_decisions SET outcome = 'OUT_OF_STOCK' WHERE order_id = ANY($8))
+             INSERT INTO outbox (message_id, subject, order_id, correlation_id, payload)
+             SELECT m.message_id, m.subject, m.order_id, m.correlation_id, m.payload
+             FROM unnest($9::uuid[], $10::text[], $11::uuid[], $12::text[], $13::bytea[])
+                  WITH ORDINALITY AS m(message_id, subject, order_id, correlation_id, payload, n)
+             ORDER BY m.n",
+        )
+        .bind(&skus)
+        .bind(&quantities)
+        .bind(&self.rows.orders)
+        .bind(&self.rows.skus)
+        .bind(&self.rows.quantities)
+        .bind(&self.rows.expires)
+        .bind(&self.rows.correlations)
+        .bind(&self.refused)
+        .bind(messages.iter().map(|m| m.message_id).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.subject.as_ref()).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.order_id).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.correlation_id.as_str()).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        Ok(messages)
+    }
 }
 
 /// Running stock of one SKU while a batch is decided.
@@ -55,10 +122,11 @@ struct Stock {
     threshold: i64,
 }
 
+/// Decides every request against the stock it locks; returns the outcomes and what they write.
 async fn decide(
     tx: &mut Transaction<'_, Postgres>,
     requests: &[ReservationRequest],
-) -> Result<Vec<ReservationOutcome>, sqlx::Error> {
+) -> Result<(Vec<ReservationOutcome>, Writes), sqlx::Error> {
     // Each order is decided once, ever: the decision row is the inbox. Within the batch, a
     // repeated order (a redelivery) is decided by its first occurrence only.
     let ids: Vec<Uuid> = requests.iter().map(|r| r.order_id.as_uuid()).collect();
@@ -147,38 +215,14 @@ async fn decide(
         outcomes.push(ReservationOutcome::Reserved { low_stock });
     }
 
-    if !reserved_per_sku.is_empty() {
-        let (skus, quantities): (Vec<String>, Vec<i64>) = reserved_per_sku.into_iter().unzip();
-        sqlx::query(
-            "UPDATE products p SET reserved = p.reserved + w.qty, updated_at = now()
-             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
-        )
-        .bind(&skus)
-        .bind(&quantities)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO stock_reservations (order_id, sku, quantity, status, expires_at, correlation_id)
-             SELECT o, s, q, 'RESERVED', e, c
-             FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::timestamptz[], $5::text[]) AS w(o, s, q, e, c)",
-        )
-        .bind(&rows.orders)
-        .bind(&rows.skus)
-        .bind(&rows.quantities)
-        .bind(&rows.expires)
-        .bind(&rows.correlations)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !refused.is_empty() {
-        sqlx::query(
-            "UPDATE inventory_decisions SET outcome = 'OUT_OF_STOCK' WHERE order_id = ANY($1)",
-        )
-        .bind(&refused)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(outcomes)
+    Ok((
+        outcomes,
+        Writes {
+            reserved_per_sku,
+            rows,
+            refused,
+        },
+    ))
 }
 
 /// What one order lacks, against the stock left by the orders decided before it.
