@@ -25,7 +25,7 @@ use actors::events::Envelope;
 use actors::ports::StoreError;
 use actors::saga::OrderState;
 
-use super::outbox::OutboxMessage;
+use super::outbox::{self, OutboxMessage};
 use super::{OutboxSignal, unavailable};
 
 /// Most transitions written in one transaction.
@@ -191,6 +191,7 @@ async fn write_batch(
             messages.push(OutboxMessage::of(envelope));
         }
     }
+    let columns = outbox::Columns::of(&messages);
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "WITH created AS (
              INSERT INTO order_snapshots (order_id, version, status, state, created_at, updated_at, deadline)
@@ -230,11 +231,11 @@ async fn write_batch(
     .bind(updates.iter().map(|(r, _)| r.updated_at).collect::<Vec<_>>())
     .bind(updates.iter().map(|(r, _)| r.deadline).collect::<Vec<_>>())
     .bind(&owners)
-    .bind(messages.iter().map(|m| m.message_id).collect::<Vec<_>>())
-    .bind(messages.iter().map(|m| m.subject.as_ref()).collect::<Vec<_>>())
-    .bind(messages.iter().map(|m| m.order_id).collect::<Vec<_>>())
-    .bind(messages.iter().map(|m| m.correlation_id.as_str()).collect::<Vec<_>>())
-    .bind(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>())
+    .bind(columns.message_ids)
+    .bind(columns.subjects)
+    .bind(columns.order_ids)
+    .bind(columns.correlation_ids)
+    .bind(columns.payloads)
     .fetch_all(pool)
     .await?;
     let written: HashSet<Uuid> = ids.into_iter().collect();

@@ -45,6 +45,29 @@ impl OutboxMessage {
     }
 }
 
+/// The outbox columns of some messages, one array per column, for the statements that insert
+/// them with `unnest` (`insert` here, and the batches that fold the insert into their own
+/// statement).
+pub(super) struct Columns<'a> {
+    pub message_ids: Vec<Uuid>,
+    pub subjects: Vec<&'a str>,
+    pub order_ids: Vec<Uuid>,
+    pub correlation_ids: Vec<&'a str>,
+    pub payloads: Vec<&'a [u8]>,
+}
+
+impl<'a> Columns<'a> {
+    pub(super) fn of(messages: &'a [OutboxMessage]) -> Self {
+        Self {
+            message_ids: messages.iter().map(|m| m.message_id).collect(),
+            subjects: messages.iter().map(|m| m.subject.as_ref()).collect(),
+            order_ids: messages.iter().map(|m| m.order_id).collect(),
+            correlation_ids: messages.iter().map(|m| m.correlation_id.as_str()).collect(),
+            payloads: messages.iter().map(|m| m.payload.as_ref()).collect(),
+        }
+    }
+}
+
 /// Most messages waiting in the hand-off queue; beyond it, committed rows wait for the sweep
 /// (memory stays bounded while NATS is down).
 const HANDOFF_LIMIT: usize = 50_000;
@@ -106,19 +129,16 @@ pub async fn insert(
         return Ok(Vec::new());
     }
     let rows: Vec<OutboxMessage> = messages.iter().map(OutboxMessage::of).collect();
+    let columns = Columns::of(&rows);
     sqlx::query(
         "INSERT INTO outbox (message_id, subject, order_id, correlation_id, payload)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[])",
     )
-    .bind(rows.iter().map(|m| m.message_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|m| m.subject.as_ref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|m| m.order_id).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|m| m.correlation_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>())
+    .bind(columns.message_ids)
+    .bind(columns.subjects)
+    .bind(columns.order_ids)
+    .bind(columns.correlation_ids)
+    .bind(columns.payloads)
     .execute(&mut **tx)
     .await?;
     Ok(rows)

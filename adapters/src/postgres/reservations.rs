@@ -81,6 +81,7 @@ impl Writes {
             return Ok(messages);
         }
         let (skus, quantities): (Vec<String>, Vec<i64>) = self.reserved_per_sku.into_iter().unzip();
+        let columns = outbox::Columns::of(&messages);
         sqlx::query(
             "WITH stock AS (
                  UPDATE products p SET reserved = p.reserved + w.qty, updated_at = now()
@@ -105,11 +106,11 @@ impl Writes {
         .bind(&self.rows.expires)
         .bind(&self.rows.correlations)
         .bind(&self.refused)
-        .bind(messages.iter().map(|m| m.message_id).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.subject.as_ref()).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.order_id).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.correlation_id.as_str()).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>())
+        .bind(columns.message_ids)
+        .bind(columns.subjects)
+        .bind(columns.order_ids)
+        .bind(columns.correlation_ids)
+        .bind(columns.payloads)
         .execute(&mut **tx)
         .await?;
         Ok(messages)
