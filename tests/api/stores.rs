@@ -58,18 +58,7 @@ async fn a_transition_and_its_messages_commit_together_and_a_stale_version_write
     let store = PgOrderSnapshotStore::new(pool.clone(), pg::OutboxSignal::new(), 2);
 
     let start = saga::start(new_order(), Utc::now());
-    let msgs: Vec<Envelope> = start
-        .effects
-        .iter()
-        .map(|saga::Effect::Publish(b)| {
-            Envelope::new(
-                start.next.order_id,
-                start.next.correlation_id.clone(),
-                Utc::now(),
-                b.clone(),
-            )
-        })
-        .collect();
+    let msgs = envelopes_of(&start);
     assert!(ok(store.create(&start.next, &msgs).await));
     assert!(
         !ok(store.create(&start.next, &msgs).await),
