@@ -28,7 +28,7 @@ use adapters::stripe::{StripeClient, StripeConfig, WebhookInbox, WebhookVerifier
 use stripe_fake::{FakeConfig, StripeFake};
 
 use crate::configuration::{DEV_WEBHOOK_SECRET, Role, Settings};
-use crate::http::{self, AppState};
+use crate::http::{self, AppParts, AppState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -340,7 +340,7 @@ impl Application {
             ("order event forwarder", forwarded)
         });
 
-        let state = AppState {
+        let state = AppState::new(AppParts {
             pool: pool.clone(),
             catalog,
             idempotency: IdempotencyKeys::new(pool.clone()),
@@ -354,7 +354,7 @@ impl Application {
                 settings.order_rate_limit_per_sec,
                 settings.order_rate_limit_burst,
             ),
-        };
+        });
         // Keeps the readiness gauges current between `/health/ready` calls (alerts use them).
         let (probed, token) = (state.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -32,9 +32,15 @@ struct Item<'a> {
     quantity: i64,
 }
 
+/// A 202 (`PlacedOrder`, or with `?wait=` the order as it stands) or a 200 (the finished
+/// order): both carry these two fields.
 #[derive(Deserialize)]
-struct Placed {
+struct Placed<'a> {
     order_id: Uuid,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow, default)]
+    cancel_reason: Option<Cow<'a, str>>,
 }
 
 /// The part of an order the client looks at.
@@ -54,6 +60,8 @@ pub(crate) struct ProductStock {
 
 pub(crate) enum Placement {
     Placed(Uuid),
+    /// Placed with `?wait=` and finished within it (200): `Completed` or `Cancelled`.
+    Finished(Status),
     /// 429: try again after this long.
     RateLimited(Duration),
     /// Any other answer than 202: nothing placed.
@@ -151,6 +159,7 @@ impl Api {
         quantity: i64,
         payment_method: &str,
         client_key: Option<&HeaderValue>,
+        wait: Option<Duration>,
     ) -> Placement {
         let body = PlaceOrder {
             customer_id: "load-test",
@@ -158,7 +167,18 @@ impl Api {
             currency: "EUR",
             payment_method,
         };
-        let mut request = self.client.post(self.orders_url.clone()).json(&body);
+        let url = match wait {
+            None => self.orders_url.clone(),
+            Some(wait) => {
+                let mut url = self.orders_url.clone();
+                url.set_query(Some(&format!(
+                    "wait={}ms",
+                    wait.as_millis().clamp(1, 30_000)
+                )));
+                url
+            }
+        };
+        let mut request = self.client.post(url).json(&body);
         if let Some(key) = client_key {
             request = request.header("x-client-key", key.clone());
         }
@@ -166,9 +186,19 @@ impl Api {
             return Placement::Failed;
         };
         match response.status() {
-            StatusCode::ACCEPTED => match response.bytes().await {
+            status @ (StatusCode::ACCEPTED | StatusCode::OK) => match response.bytes().await {
                 Ok(bytes) => match serde_json::from_slice::<Placed>(&bytes) {
-                    Ok(placed) => Placement::Placed(placed.order_id),
+                    Ok(placed) => {
+                        match status_of(&placed.status, placed.cancel_reason.as_deref()) {
+                            // A 200 only comes with `?wait=`, for a terminal order.
+                            done @ (Status::Completed | Status::Cancelled(_))
+                                if status == StatusCode::OK =>
+                            {
+                                Placement::Finished(done)
+                            }
+                            _ => Placement::Placed(placed.order_id),
+                        }
+                    }
                     Err(_) => Placement::Failed,
                 },
                 Err(_) => Placement::Failed,
@@ -204,11 +234,10 @@ impl Api {
         }
         let bytes = response.bytes().await?;
         let view: OrderStatusView<'_> = serde_json::from_slice(&bytes)?;
-        Ok(Read::Found(match view.status.as_ref() {
-            "COMPLETED" => Status::Completed,
-            "CANCELLED" => Status::Cancelled(classify(view.cancel_reason.as_deref())),
-            other => Status::Running(other.to_owned()),
-        }))
+        Ok(Read::Found(status_of(
+            &view.status,
+            view.cancel_reason.as_deref(),
+        )))
     }
 
     /// `order_actors_live` from `GET /metrics`; `None` when absent or unreadable.
@@ -305,6 +334,15 @@ pub(crate) fn parse_gauge(text: &str, name: &str) -> Option<f64> {
         let value = rest.strip_prefix(' ')?;
         value.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// An order's status as the client classifies it.
+fn status_of(status: &str, cancel_reason: Option<&str>) -> Status {
+    match status {
+        "COMPLETED" => Status::Completed,
+        "CANCELLED" => Status::Cancelled(classify(cancel_reason)),
+        other => Status::Running(other.to_owned()),
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,10 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Place each order with a plain `POST /orders` (202 at once) and follow it with long-poll
+    /// `GET /orders/{id}?wait=`, instead of one `POST /orders?wait=` that answers with the outcome.
+    #[arg(long)]
+    place_then_poll: bool,
     /// Also print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -141,6 +145,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     config.max_quantity = args.max_quantity;
     config.order_timeout = Duration::from_secs(args.order_timeout_secs);
     config.progress = !args.no_progress;
+    config.place_then_poll = args.place_then_poll;
     config.client_keys = args.client_keys;
     config.pid = args.pid;
     config.growth_threshold = args.growth_threshold;

@@ -65,6 +65,9 @@ pub struct RunOptions {
     pub payment_method: Option<String>,
     /// Wait for every order to be terminal (the default) or only place it.
     pub wait_for_terminal: bool,
+    /// When waiting: place and wait in one request (`POST /orders?wait=`, the default), or place
+    /// (202 at once) and then long-poll `GET /orders/{id}?wait=`, two requests per order.
+    pub place_then_poll: bool,
     /// Send `X-Client-Key: load-test-<n>` spreading orders over this many keys (0: no header,
     /// the server's rate limit then counts every order against the client's IP address).
     pub client_keys: usize,
@@ -89,6 +92,7 @@ impl Default for RunOptions {
             progress: false,
             payment_method: None,
             wait_for_terminal: true,
+            place_then_poll: false,
             client_keys: 0,
             sampling: None,
             settle_timeout: Duration::from_secs(30),
@@ -386,8 +390,10 @@ pub(crate) async fn execute(config: LoadConfig, options: RunOptions) -> anyhow::
             sustained_orders_per_s: o
                 .duration
                 .map(|d| t.finished_within_duration as f64 / d.as_secs_f64()),
-            latency_measured: if o.wait_for_terminal {
-                "placed -> terminal, client-side".into()
+            latency_measured: if o.wait_for_terminal && o.place_then_poll {
+                "placed -> terminal, client-side (POST, then GET ?wait=)".into()
+            } else if o.wait_for_terminal {
+                "placed -> terminal, client-side (POST ?wait=)".into()
             } else {
                 "POST /orders -> 202, client-side".into()
             },
@@ -513,6 +519,9 @@ async fn worker(ctx: Arc<Ctx>) {
     }
 }
 
+/// How long a placement waits for its order's outcome before the client long-polls instead.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(5);
+
 async fn one_order(
     ctx: &Ctx,
     sku: usize,
@@ -535,13 +544,24 @@ async fn one_order(
         None => "pm_card_visa",
     };
     let give_up = Instant::now() + ctx.config.order_timeout;
+    // The placement itself waits for the outcome unless told not to (or not waiting at all).
+    let wait_in_post = (ctx.options.wait_for_terminal && !ctx.options.place_then_poll)
+        .then(|| ctx.config.order_timeout.min(PLACEMENT_WAIT));
     let (order_id, placed_at) = loop {
         let placed_at = Instant::now();
         match ctx
             .api
-            .place(&ctx.skus[sku], quantity, method, client_key)
+            .place(&ctx.skus[sku], quantity, method, client_key, wait_in_post)
             .await
         {
+            Placement::Finished(status) => {
+                outcome.latency = Some(placed_at.elapsed());
+                outcome.fate = match status {
+                    Status::Cancelled(reason) => Fate::Cancelled(reason),
+                    _ => Fate::Completed,
+                };
+                return outcome;
+            }
             Placement::Placed(id) => break (id, placed_at),
             Placement::RateLimited(wait) if Instant::now() + wait < give_up => {
                 outcome.rate_limited += 1;

@@ -125,6 +125,8 @@ pub struct ScenarioConfig {
     pub max_quantity: Option<i64>,
     pub order_timeout: Duration,
     pub progress: bool,
+    /// Two requests per order (placement, then long poll) instead of `POST /orders?wait=`.
+    pub place_then_poll: bool,
     pub client_keys: usize,
     /// The server's process: its RSS is sampled (soak; any scenario when given), and the
     /// recovery scenario SIGKILLs it.
@@ -149,6 +151,7 @@ impl ScenarioConfig {
             max_quantity: None,
             order_timeout: Duration::from_secs(60),
             progress: false,
+            place_then_poll: false,
             client_keys: 0,
             pid: None,
             growth_threshold: 0.10,
@@ -185,6 +188,7 @@ impl ScenarioConfig {
             scenario: self.scenario.name().into(),
             duration,
             progress: self.progress,
+            place_then_poll: self.place_then_poll,
             client_keys: self.client_keys,
             sampling,
             ..RunOptions::default()

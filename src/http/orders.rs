@@ -2,7 +2,9 @@
 //!
 //! Placing an order prices it from the catalog (never from the client), claims the
 //! `Idempotency-Key` if one is given, and hands the order to its saga actor, which commits the
-//! PENDING snapshot and `order.created.v1` together. The answer is 202: the saga runs on.
+//! PENDING snapshot and `order.created.v1` together. The answer is 202: the saga runs on. With
+//! `?wait=` the same request also waits for the outcome, the way `GET /orders/{id}?wait=` does:
+//! a checkout that wants the result makes one request instead of two.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -73,7 +75,8 @@ pub struct PlacedOrder {
 }
 
 /// `POST /orders`: place an order. It is priced from the catalog and handed to its saga; the
-/// answer comes once the PENDING order is stored, before stock or payment are settled.
+/// answer comes once the PENDING order is stored, before stock or payment are settled, or with
+/// `?wait=` once the order is terminal (or the wait has run out).
 #[utoipa::path(
     post,
     path = "/orders",
@@ -83,15 +86,17 @@ pub struct PlacedOrder {
         ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. The same key with the same body answers with the same order (header `Idempotent-Replayed: true`); with another body, 422 `idempotency_key_reused`."),
         ("X-Correlation-Id" = Option<String>, Header, description = "1 to 128 letters, digits, `-`, `_`, `.` or `:`; generated when absent; echoed and carried by every message of the saga."),
         ("X-Client-Key" = Option<String>, Header, description = "What the rate limit counts against (1 to 128 bytes); the peer IP address when absent."),
+        PlaceOrderQuery,
     ),
     responses(
-        (status = 202, description = "Accepted: the saga runs on; follow it with `GET /orders/{id}`.", body = PlacedOrder,
+        (status = 200, description = "With `wait`: the order reached `COMPLETED` or `CANCELLED` within it; the whole order, with the same headers as 202.", body = OrderView),
+        (status = 202, description = "Accepted: the saga runs on; follow it with `GET /orders/{id}`. With `wait`, when it ran out before the order was terminal, the body is the whole order as it stands (`OrderView`).", body = PlacedOrder,
             headers(
                 ("Location" = String, description = "`/orders/{order_id}`"),
                 ("X-Correlation-Id" = String, description = "The correlation id of the order."),
                 ("Idempotent-Replayed" = String, description = "`true` when an earlier request with this `Idempotency-Key` placed the order; absent otherwise."),
             )),
-        (status = 400, description = "Malformed JSON or a field of the wrong type (`malformed_json`, `invalid_field` with the field path, `unreadable_body`), or a bad `Idempotency-Key` / `X-Correlation-Id` (`invalid_header`).", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or a field of the wrong type (`malformed_json`, `invalid_field` with the field path, `unreadable_body`), a bad `Idempotency-Key` / `X-Correlation-Id` (`invalid_header`), or a bad `wait` (`invalid_query`).", body = ErrorBody),
         (status = 413, description = "`body_too_large`: the body exceeds 64 KiB.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`.", body = ErrorBody),
         (status = 422, description = "Parsed but not acceptable: `validation_failed` (bad customer id, currency, payment method, quantity outside 1..1000, 0 or over 100 lines, a repeated SKU, a currency the SKU is not sold in), `unknown_sku`, `idempotency_key_reused`.", body = ErrorBody),
@@ -102,6 +107,7 @@ pub struct PlacedOrder {
 )]
 pub async fn place_order(
     State(state): State<AppState>,
+    Query(query): Query<PlaceOrderQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PlaceOrderBody>,
 ) -> Result<Response, ApiError> {
@@ -110,6 +116,7 @@ pub async fn place_order(
             "this process does not run the order role",
         ));
     };
+    let wait = wait_query(query.wait.as_deref())?;
     let correlation_id = correlation_id(&headers)?;
     let idempotency_key = idempotency_key(&headers)?;
 
@@ -175,6 +182,8 @@ pub async fn place_order(
         }
     }
 
+    // Registered before the order exists, so not even its first transition can be missed.
+    let watch = (!wait.is_zero()).then(|| state.status_watchers.watch(order_id));
     let placed = orders
         .place(NewOrder {
             order_id,
@@ -194,12 +203,25 @@ pub async fn place_order(
         replayed,
         "order placed"
     );
-    let body = PlacedOrder {
-        order_id: placed.order_id,
-        status: placed.status.as_str(),
-        correlation_id: placed.correlation_id.to_string(),
+    let mut response = match watch {
+        None => {
+            let body = PlacedOrder {
+                order_id: placed.order_id,
+                status: placed.status.as_str(),
+                correlation_id: placed.correlation_id.to_string(),
+            };
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Some(watch) => {
+            let (order, terminal) = settle(&state, placed.order_id, wait, watch).await?;
+            let status = if terminal {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (status, Json(OrderView::from(order))).into_response()
+        }
     };
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&format!("/orders/{}", placed.order_id)) {
         headers.insert(header::LOCATION, location);
@@ -287,6 +309,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 fn request_hash(body: &PlaceOrderBody) -> String {
     let canonical = serde_json::to_vec(body).unwrap_or_default();
     hex::encode(Sha256::digest(&canonical))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PlaceOrderQuery {
+    /// Place the order, then hold the answer until it is `COMPLETED` or `CANCELLED`, at most
+    /// this long (`5s`, `500ms` or plain seconds, at most 30 s): one request instead of a
+    /// placement and a `GET /orders/{id}?wait=`. The answer is then the whole order (200 when
+    /// terminal, 202 when the wait ran out first). Without it, 202 with the placed order at once.
+    #[param(example = "5s")]
+    wait: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -395,44 +428,50 @@ pub async fn get_order(
     let order_id = OrderId::parse(&raw_id).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()).with_field("order_id")
     })?;
-    let wait = match query.wait.as_deref() {
-        None => Duration::ZERO,
-        Some(raw) => parse_wait(raw).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "wait must be a duration such as 5s or 500ms, at most 30s",
-            )
-            .with_field("wait")
-        })?,
-    };
-    let read = || async {
-        read_snapshot(&state.pool, order_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("order {order_id} does not exist")))
-    };
+    let wait = wait_query(query.wait.as_deref())?;
     if wait.is_zero() {
-        return Ok(Json(read().await?.into()));
+        return Ok(Json(read_order(&state, order_id).await?.into()));
     }
     // Registered before the first read, so a change between the read and the wait is not missed.
-    let mut watch = state.status_watchers.watch(order_id);
+    let watch = state.status_watchers.watch(order_id);
+    let (order, _) = settle(&state, order_id, wait, watch).await?;
+    Ok(Json(order.into()))
+}
+
+async fn read_order(state: &AppState, order_id: OrderId) -> Result<OrderState, ApiError> {
+    read_snapshot(&state.pool, order_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("order {order_id} does not exist")))
+}
+
+/// Waits until the order is terminal or `wait` has run out, and returns it as it then stands,
+/// with whether it is terminal. `watch` must have been registered before the order could have
+/// changed in a way the caller has not seen (before the first read, or before placing it).
+async fn settle(
+    state: &AppState,
+    order_id: OrderId,
+    wait: Duration,
+    mut watch: actors::orders::StatusWatch,
+) -> Result<(OrderState, bool), ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     // The first state comes from the order's live actor when this process has one: two mailbox
     // hops instead of a database round trip, and the actor holds the state it last committed (a
     // transition made meanwhile by another process is caught by the tick below, as always).
-    let mut order = match live_state(&state, order_id).await {
+    let mut order = match live_state(state, order_id).await {
         Some(live) => live,
-        None => read().await?,
+        None => read_order(state, order_id).await?,
     };
     loop {
         if order.is_terminal() {
-            return Ok(Json(order.into()));
+            return Ok((order, true));
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
             // Another process may have moved the order through a step that sends no order
             // event (stock reserved, payment processing): answer with what the store holds.
-            return Ok(Json(read().await?.into()));
+            let order = read_order(state, order_id).await?;
+            let terminal = order.is_terminal();
+            return Ok((order, terminal));
         }
         let tick = FALLBACK_POLL.min(deadline - now);
         tokio::select! {
@@ -441,9 +480,9 @@ pub async fn get_order(
                     order = (*next).clone();
                 }
                 Some(Change::Committed(_)) => {}
-                Some(Change::Elsewhere) | None => order = read().await?,
+                Some(Change::Elsewhere) | None => order = read_order(state, order_id).await?,
             },
-            _ = tokio::time::sleep(tick) => order = read().await?,
+            _ = tokio::time::sleep(tick) => order = read_order(state, order_id).await?,
         }
     }
 }
@@ -452,6 +491,21 @@ pub async fn get_order(
 async fn live_state(state: &AppState, order_id: OrderId) -> Option<OrderState> {
     let orders = state.orders.as_ref()?;
     orders.inspect(order_id).await.ok()?.map(|live| live.state)
+}
+
+/// The `wait` query parameter of both routes: absent is zero (answer at once).
+fn wait_query(raw: Option<&str>) -> Result<Duration, ApiError> {
+    match raw {
+        None => Ok(Duration::ZERO),
+        Some(raw) => parse_wait(raw).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "wait must be a duration such as 5s or 500ms, at most 30s",
+            )
+            .with_field("wait")
+        }),
+    }
 }
 
 /// `5s`, `500ms`, `2` (seconds) → a duration up to `MAX_WAIT`.

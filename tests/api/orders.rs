@@ -285,3 +285,89 @@ async fn saga_figures_are_served_as_json_and_as_prometheus_metrics() {
     );
     assert!(text.contains("outbox_pending_messages"), "{text}");
 }
+
+/// `POST /orders?wait=` with the app's client; the status and the JSON body.
+async fn place_and_wait(
+    app: &crate::helpers::TestApp,
+    wait: &str,
+    body: &Value,
+) -> (u16, Option<String>, Value) {
+    let response = app
+        .http
+        .post(format!("{}/orders?wait={wait}", app.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /orders?wait={wait}: {e}"));
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        status,
+        location,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn placing_with_wait_answers_once_with_the_finished_order() {
+    let app = spawn_app().await;
+    app.put_product("MUG", 10, 1250).await;
+
+    let (status, location, order) =
+        place_and_wait(&app, "10s", &order_body(&[("MUG", 2)], "pm_card_visa")).await;
+    assert_eq!(status, 200, "{order}");
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+    assert_eq!(order["version"], 4, "{order}");
+    assert_eq!(order["amount_cents"], 2 * 1250);
+    let id = order["order_id"].as_str().unwrap_or_default();
+    assert_eq!(location, Some(format!("/orders/{id}")));
+    // The answer is the stored order, as GET serves it.
+    let (_, stored) = app.get_json(&format!("/orders/{id}")).await;
+    assert_eq!(stored, order);
+
+    let (status, _, declined) = place_and_wait(
+        &app,
+        "10s",
+        &order_body(&[("MUG", 1)], "pm_card_chargeDeclined"),
+    )
+    .await;
+    assert_eq!(status, 200, "{declined}");
+    assert_eq!(declined["status"], "CANCELLED", "{declined}");
+    assert!(
+        declined["cancel_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("payment failed")),
+        "{declined}"
+    );
+}
+
+#[tokio::test]
+async fn placing_with_a_wait_that_runs_out_answers_202_with_the_order_as_it_stands() {
+    let app = spawn_app().await;
+    app.put_product("MUG", 10, 1250).await;
+    // No webhook ever comes and the create call answers `processing`: the order waits for its
+    // payment far longer than the 300 ms asked for.
+    let (status, _, order) = place_and_wait(
+        &app,
+        "300ms",
+        &order_body(&[("MUG", 1)], "pm_fake_no_webhook"),
+    )
+    .await;
+    assert_eq!(status, 202, "{order}");
+    let current = order["status"].as_str().unwrap_or_default();
+    assert!(
+        !matches!(current, "COMPLETED" | "CANCELLED" | ""),
+        "not terminal yet: {order}"
+    );
+    assert!(order["history"].is_array(), "the whole order: {order}");
+
+    let (status, _, error) =
+        place_and_wait(&app, "forever", &order_body(&[("MUG", 1)], "pm_card_visa")).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["code"], "invalid_query");
+    assert_eq!(error["error"]["field"], "wait");
+}
