@@ -476,3 +476,82 @@ async fn releases_queued_together_are_one_batch_and_a_later_reservation_still_fi
     );
     shard.stop(None);
 }
+
+/// Virtual time: the shard's linger is a Tokio timer, so the test steps time instead of
+/// waiting for it.
+#[tokio::test(start_paused = true)]
+async fn commits_arriving_within_the_linger_share_one_batch_and_a_lone_one_is_still_decided() {
+    use actors::inventory::{InventoryShard, ShardMessage};
+    use actors::ports::{ReservationOutcome, ReservationRequest, SettleOutcome};
+    use ractor::{Actor, concurrency::oneshot};
+
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 10)]));
+    let shards = spawn_shards(1, &ledger).await;
+    let orders: Vec<OrderId> = (0..3).map(|_| OrderId::new()).collect();
+    for order in &orders {
+        on_message(&shards, &order_created(*order, &[("SKU-A", 2)])).await;
+    }
+    assert_eq!(ledger.stock("SKU-A").reserved, 6);
+
+    let dyn_ledger: Arc<dyn actors::ports::ReservationLedger> = ledger.clone();
+    let (shard, _) = Actor::spawn(
+        None,
+        InventoryShard,
+        (0, dyn_ledger, Arc::new(FixedClock(t0())) as _),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let commit = |order_id: OrderId| {
+        let (tx, rx) = oneshot::<Result<SettleOutcome, StoreError>>();
+        assert!(
+            shard
+                .send_message(ShardMessage::Commit(order_id, tx.into()))
+                .is_ok()
+        );
+        rx
+    };
+    let first = commit(orders[0]);
+    // Well inside the linger: the shard has long handled the first commit, and waits.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // A reservation is decided at once, and does not take the parked commit with it.
+    let (tx, reserved) = oneshot::<Result<ReservationOutcome, StoreError>>();
+    let request = ReservationRequest {
+        order_id: OrderId::new(),
+        correlation_id: CorrelationId::new(),
+        lines: vec![OrderLine {
+            sku: sku("SKU-A"),
+            quantity: quantity(1),
+        }],
+        expires_at: t0() + chrono::Duration::minutes(15),
+    };
+    assert!(
+        shard
+            .send_message(ShardMessage::Reserve(request, tx.into()))
+            .is_ok()
+    );
+    assert!(matches!(
+        reserved.await,
+        Ok(Ok(ReservationOutcome::Reserved { .. }))
+    ));
+    assert!(
+        ledger.commit_batches().is_empty(),
+        "the commit still lingers"
+    );
+    let second = commit(orders[1]);
+    for rx in [first, second] {
+        let outcome = rx.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    assert_eq!(ledger.commit_batches(), [2], "both commits in one call");
+
+    // Alone, a commit is decided when its linger runs out.
+    let lone = commit(orders[2]);
+    assert!(lone.await.unwrap_or_else(|e| panic!("{e}")).is_ok());
+    assert_eq!(ledger.commit_batches(), [2, 1]);
+    assert_eq!(
+        ledger.stock("SKU-A").reserved,
+        1,
+        "only the last reservation"
+    );
+    assert_eq!(ledger.stock("SKU-A").on_hand, 4);
+}

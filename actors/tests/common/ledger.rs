@@ -115,12 +115,18 @@ pub struct InMemoryLedger {
     panic_next: std::sync::atomic::AtomicBool,
     /// The size of every `release_batch` call, in call order.
     release_batches: Mutex<Vec<usize>>,
+    commit_batches: Mutex<Vec<usize>>,
 }
 
 impl InMemoryLedger {
     /// The size of every `release_batch` call so far.
     pub fn release_batches(&self) -> Vec<usize> {
         lock(&self.release_batches).clone()
+    }
+
+    /// The size of every `commit_batch` call so far.
+    pub fn commit_batches(&self) -> Vec<usize> {
+        lock(&self.commit_batches).clone()
     }
 
     /// Makes the next reservation panic inside the shard that handles it.
@@ -150,6 +156,7 @@ impl InMemoryLedger {
             racy: false,
             panic_next: std::sync::atomic::AtomicBool::new(false),
             release_batches: Mutex::new(Vec::new()),
+            commit_batches: Mutex::new(Vec::new()),
         }
     }
 
@@ -291,6 +298,14 @@ impl ReservationLedger for InMemoryLedger {
         messages: OutcomeMessages<'_, SettleOutcome>,
     ) -> Result<SettleOutcome, StoreError> {
         self.settle(order_id, messages, true)
+    }
+
+    async fn commit_batch(&self, order_ids: &[OrderId]) -> Result<Vec<SettleOutcome>, StoreError> {
+        lock(&self.commit_batches).push(order_ids.len());
+        order_ids
+            .iter()
+            .map(|order_id| self.settle(*order_id, &|_| Vec::new(), true))
+            .collect()
     }
 
     async fn release(
