@@ -213,7 +213,13 @@ pub async fn place_order(
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Some(watch) => {
-            let (order, terminal) = settle(&state, placed.order_id, wait, watch).await?;
+            // A replayed placement found the order placed earlier, maybe by another process.
+            let start = if replayed {
+                Start::Lookup
+            } else {
+                Start::PlacedHere
+            };
+            let (order, terminal) = settle(&state, placed.order_id, wait, watch, start).await?;
             let status = if terminal {
                 StatusCode::OK
             } else {
@@ -434,7 +440,7 @@ pub async fn get_order(
     }
     // Registered before the first read, so a change between the read and the wait is not missed.
     let watch = state.status_watchers.watch(order_id);
-    let (order, _) = settle(&state, order_id, wait, watch).await?;
+    let (order, _) = settle(&state, order_id, wait, watch, Start::Lookup).await?;
     Ok(Json(order.into()))
 }
 
@@ -442,6 +448,16 @@ async fn read_order(state: &AppState, order_id: OrderId) -> Result<OrderState, A
     read_snapshot(&state.pool, order_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("order {order_id} does not exist")))
+}
+
+/// Where `settle` starts from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The order was placed by this request, after `watch` was registered: every transition
+    /// this process commits reaches the watch, the first included, so nothing needs reading.
+    PlacedHere,
+    /// Anything else: the order's current state is looked up first.
+    Lookup,
 }
 
 /// Waits until the order is terminal or `wait` has run out, and returns it as it then stands,
@@ -452,17 +468,23 @@ async fn settle(
     order_id: OrderId,
     wait: Duration,
     mut watch: actors::orders::StatusWatch,
+    start: Start,
 ) -> Result<(OrderState, bool), ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     // The first state comes from the order's live actor when this process has one: two mailbox
     // hops instead of a database round trip, and the actor holds the state it last committed (a
-    // transition made meanwhile by another process is caught by the tick below, as always).
-    let mut order = match live_state(state, order_id).await {
-        Some(live) => live,
-        None => read_order(state, order_id).await?,
+    // transition made meanwhile by another process is caught by the tick below, as always). An
+    // order placed by this request needs neither: its actor stops once it is finished, and
+    // looking it up then (most orders, under load) cost a read.
+    let mut order = match start {
+        Start::PlacedHere => None,
+        Start::Lookup => Some(match live_state(state, order_id).await {
+            Some(live) => live,
+            None => read_order(state, order_id).await?,
+        }),
     };
     loop {
-        if order.is_terminal() {
+        if let Some(order) = order.take_if(|o| o.is_terminal()) {
             return Ok((order, true));
         }
         let now = tokio::time::Instant::now();
@@ -476,13 +498,15 @@ async fn settle(
         let tick = FALLBACK_POLL.min(deadline - now);
         tokio::select! {
             changed = watch.changed() => match changed {
-                Some(Change::Committed(next)) if next.version > order.version => {
-                    order = (*next).clone();
+                Some(Change::Committed(next))
+                    if order.as_ref().is_none_or(|o| next.version > o.version) =>
+                {
+                    order = Some((*next).clone());
                 }
                 Some(Change::Committed(_)) => {}
-                Some(Change::Elsewhere) | None => order = read_order(state, order_id).await?,
+                Some(Change::Elsewhere) | None => order = Some(read_order(state, order_id).await?),
             },
-            _ = tokio::time::sleep(tick) => order = read_order(state, order_id).await?,
+            _ = tokio::time::sleep(tick) => order = Some(read_order(state, order_id).await?),
         }
     }
 }

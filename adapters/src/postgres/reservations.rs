@@ -117,6 +117,10 @@ impl Writes {
     }
 }
 
+/// A row of the claim-and-lock statement: a claimed order id, or a locked product's SKU,
+/// available units and low-stock threshold.
+type ClaimOrStock = (Option<Uuid>, Option<String>, Option<i64>, Option<i64>);
+
 /// Running stock of one SKU while a batch is decided.
 struct Stock {
     available: i64,
@@ -129,50 +133,56 @@ async fn decide(
     requests: &[ReservationRequest],
 ) -> Result<(Vec<ReservationOutcome>, Writes), sqlx::Error> {
     // Each order is decided once, ever: the decision row is the inbox. Within the batch, a
-    // repeated order (a redelivery) is decided by its first occurrence only.
+    // repeated order (a redelivery) is decided by its first occurrence only. The claim and the
+    // lock of the batch's products are one statement (one round trip): `UNION ALL` runs its
+    // parts in order, so the claim is complete before the first lock is taken, as when they
+    // were two statements, and the rows are locked in SKU order. `FOR UPDATE` returns each
+    // product as it stands once locked (the latest committed version), not as the statement's
+    // snapshot saw it. The SKUs of every order are locked, also those of an order already
+    // decided (a redelivery, rare), which only holds a lock the batch does not need.
     let ids: Vec<Uuid> = requests.iter().map(|r| r.order_id.as_uuid()).collect();
-    let claimed: HashSet<Uuid> = sqlx::query_scalar(
-        "INSERT INTO inventory_decisions (order_id, outcome)
-         SELECT id, 'RESERVED' FROM unnest($1::uuid[]) AS id
-         ON CONFLICT DO NOTHING RETURNING order_id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
-
     let wanted: Vec<BTreeMap<String, i64>> = requests.iter().map(wanted_of).collect();
-    let skus: Vec<String> = requests
+    let skus: Vec<String> = wanted
         .iter()
-        .zip(&wanted)
-        .filter(|(r, _)| claimed.contains(&r.order_id.as_uuid()))
-        .flat_map(|(_, w)| w.keys().cloned())
+        .flat_map(|w| w.keys().cloned())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut stock: BTreeMap<String, Stock> = if skus.is_empty() {
-        BTreeMap::new()
-    } else {
-        sqlx::query_as::<_, (String, i64, i64)>(
-            "SELECT sku, on_hand - reserved, low_stock_threshold FROM products
-             WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
-        )
-        .bind(&skus)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .map(|(sku, available, threshold)| {
-            (
-                sku,
-                Stock {
-                    available,
-                    threshold,
-                },
-            )
-        })
-        .collect()
-    };
+    let rows: Vec<ClaimOrStock> = sqlx::query_as(
+        "WITH claimed AS (
+             INSERT INTO inventory_decisions (order_id, outcome)
+             SELECT id, 'RESERVED' FROM unnest($1::uuid[]) AS id
+             ON CONFLICT DO NOTHING RETURNING order_id),
+         locked AS (
+             SELECT sku, on_hand - reserved AS available, low_stock_threshold FROM products
+             WHERE sku = ANY($2) ORDER BY sku FOR UPDATE)
+         SELECT order_id, NULL::text, NULL::bigint, NULL::bigint FROM claimed
+         UNION ALL
+         SELECT NULL::uuid, sku, available, low_stock_threshold FROM locked",
+    )
+    .bind(&ids)
+    .bind(&skus)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut claimed: HashSet<Uuid> = HashSet::with_capacity(requests.len());
+    let mut stock: BTreeMap<String, Stock> = BTreeMap::new();
+    for row in rows {
+        match row {
+            (Some(order_id), ..) => {
+                claimed.insert(order_id);
+            }
+            (None, Some(sku), Some(available), Some(threshold)) => {
+                stock.insert(
+                    sku,
+                    Stock {
+                        available,
+                        threshold,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
 
     let mut outcomes = Vec::with_capacity(requests.len());
     let mut first_seen: HashSet<Uuid> = HashSet::with_capacity(requests.len());
