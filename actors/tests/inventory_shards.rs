@@ -53,6 +53,35 @@ async fn on_message(shards: &InventoryShards, envelope: &Envelope) {
         .unwrap_or_else(|e| panic!("inventory failed: {e}"));
 }
 
+/// One shard actor on its own (no `InventoryShards` in front), for tests that talk to it
+/// directly.
+async fn spawn_bare_shard(
+    ledger: &Arc<InMemoryLedger>,
+) -> ractor::ActorRef<actors::inventory::ShardMessage> {
+    let dyn_ledger: Arc<dyn actors::ports::ReservationLedger> = ledger.clone();
+    let (shard, _) = ractor::Actor::spawn(
+        None,
+        actors::inventory::InventoryShard,
+        (0, dyn_ledger, Arc::new(FixedClock(t0())) as _),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    shard
+}
+
+/// A reservation of `units` of SKU-A for `order_id`.
+fn reservation(order_id: OrderId, units: i64) -> actors::ports::ReservationRequest {
+    actors::ports::ReservationRequest {
+        order_id,
+        correlation_id: CorrelationId::new(),
+        lines: vec![OrderLine {
+            sku: sku("SKU-A"),
+            quantity: quantity(units),
+        }],
+        expires_at: t0() + chrono::Duration::minutes(15),
+    }
+}
+
 #[tokio::test]
 async fn reserving_an_order_emits_inventory_reserved_with_its_lines_and_expiry() {
     let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5), ("SKU-B", 5)]));
@@ -398,21 +427,12 @@ async fn a_shard_that_crashes_is_replaced_and_serves_its_skus_again() {
 /// must decide them together, yet exactly as if one at a time.
 #[tokio::test]
 async fn releases_queued_together_are_one_batch_and_a_later_reservation_still_finds_them() {
-    use actors::inventory::{InventoryShard, ReleaseCause, ShardMessage};
-    use actors::ports::{ReservationOutcome, ReservationRequest, SettleOutcome};
-    use ractor::{Actor, concurrency::oneshot};
+    use actors::inventory::{ReleaseCause, ShardMessage};
+    use actors::ports::{ReservationOutcome, SettleOutcome};
+    use ractor::concurrency::oneshot;
 
     let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 10)]));
     let held = OrderId::new();
-    let request = |order_id: OrderId, units: i64| ReservationRequest {
-        order_id,
-        correlation_id: CorrelationId::new(),
-        lines: vec![OrderLine {
-            sku: sku("SKU-A"),
-            quantity: quantity(units),
-        }],
-        expires_at: t0() + chrono::Duration::minutes(15),
-    };
     on_message(
         &spawn_shards(1, &ledger).await,
         &order_created(held, &[("SKU-A", 3)]),
@@ -420,14 +440,7 @@ async fn releases_queued_together_are_one_batch_and_a_later_reservation_still_fi
     .await;
     assert_eq!(ledger.stock("SKU-A").reserved, 3);
 
-    let dyn_ledger: Arc<dyn actors::ports::ReservationLedger> = ledger.clone();
-    let (shard, _) = Actor::spawn(
-        None,
-        InventoryShard,
-        (0, dyn_ledger, Arc::new(FixedClock(t0())) as _),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let shard = spawn_bare_shard(&ledger).await;
     let release = |order_id: OrderId| {
         let (tx, rx) = oneshot::<Result<SettleOutcome, StoreError>>();
         let sent = shard.send_message(ShardMessage::Release {
@@ -446,7 +459,7 @@ async fn releases_queued_together_are_one_batch_and_a_later_reservation_still_fi
     let (tx, late) = oneshot::<Result<ReservationOutcome, StoreError>>();
     assert!(
         shard
-            .send_message(ShardMessage::Reserve(request(others[0], 1), tx.into()))
+            .send_message(ShardMessage::Reserve(reservation(others[0], 1), tx.into()))
             .is_ok()
     );
     let tail = release(OrderId::new());
@@ -481,9 +494,9 @@ async fn releases_queued_together_are_one_batch_and_a_later_reservation_still_fi
 /// waiting for it.
 #[tokio::test(start_paused = true)]
 async fn commits_arriving_within_the_linger_share_one_batch_and_a_lone_one_is_still_decided() {
-    use actors::inventory::{InventoryShard, ShardMessage};
-    use actors::ports::{ReservationOutcome, ReservationRequest, SettleOutcome};
-    use ractor::{Actor, concurrency::oneshot};
+    use actors::inventory::ShardMessage;
+    use actors::ports::{ReservationOutcome, SettleOutcome};
+    use ractor::concurrency::oneshot;
 
     let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 10)]));
     let shards = spawn_shards(1, &ledger).await;
@@ -493,14 +506,7 @@ async fn commits_arriving_within_the_linger_share_one_batch_and_a_lone_one_is_st
     }
     assert_eq!(ledger.stock("SKU-A").reserved, 6);
 
-    let dyn_ledger: Arc<dyn actors::ports::ReservationLedger> = ledger.clone();
-    let (shard, _) = Actor::spawn(
-        None,
-        InventoryShard,
-        (0, dyn_ledger, Arc::new(FixedClock(t0())) as _),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let shard = spawn_bare_shard(&ledger).await;
     let commit = |order_id: OrderId| {
         let (tx, rx) = oneshot::<Result<SettleOutcome, StoreError>>();
         assert!(
@@ -515,18 +521,12 @@ async fn commits_arriving_within_the_linger_share_one_batch_and_a_lone_one_is_st
     tokio::time::sleep(Duration::from_millis(5)).await;
     // A reservation is decided at once, and does not take the parked commit with it.
     let (tx, reserved) = oneshot::<Result<ReservationOutcome, StoreError>>();
-    let request = ReservationRequest {
-        order_id: OrderId::new(),
-        correlation_id: CorrelationId::new(),
-        lines: vec![OrderLine {
-            sku: sku("SKU-A"),
-            quantity: quantity(1),
-        }],
-        expires_at: t0() + chrono::Duration::minutes(15),
-    };
     assert!(
         shard
-            .send_message(ShardMessage::Reserve(request, tx.into()))
+            .send_message(ShardMessage::Reserve(
+                reservation(OrderId::new(), 1),
+                tx.into()
+            ))
             .is_ok()
     );
     assert!(matches!(
