@@ -494,3 +494,29 @@ async fn the_supervisor_fires_a_deadline_retries_it_through_an_outage_and_the_sa
         "the fired timer is gone"
     );
 }
+
+#[tokio::test]
+async fn a_nudge_from_elsewhere_does_not_replace_a_terminal_state_a_waiter_has_not_taken_yet() {
+    let orders = spawn_orders().await;
+    let order = new_order();
+    let id = order.order_id;
+    let mut waiter = orders.status_watchers.watch(id);
+    orders.place(order).await;
+    orders.deliver(id, SagaEvent::StockReserved).await;
+    // Not terminal yet: a nudge replaces what the waiter has not taken, and it re-reads.
+    orders.status_watchers.changed_elsewhere(id);
+    assert!(matches!(
+        tokio::time::timeout(TIMEOUT, waiter.changed()).await,
+        Ok(Some(actors::orders::Change::Elsewhere))
+    ));
+    orders.deliver(id, succeeded("pi_1")).await;
+    // This process's own order event comes back before the waiter looks: it still gets the
+    // committed terminal state, not a nudge to read the store.
+    orders.status_watchers.changed_elsewhere(id);
+    match tokio::time::timeout(TIMEOUT, waiter.changed()).await {
+        Ok(Some(actors::orders::Change::Committed(state))) => {
+            assert_eq!(state.status, OrderStatus::Completed);
+        }
+        other => panic!("expected the committed COMPLETED state: {other:?}"),
+    }
+}
