@@ -2,17 +2,19 @@
 //! whose smallest SKU it owns); the ledger behind it does the durable work (stock, reservations
 //! and outbox in one transaction) and is what guarantees no oversell.
 //!
-//! Reservations and commits are decided in batches: a `Reserve` or `Commit` is parked and a
-//! `Flush` is sent to the actor itself, so every request already queued behind it joins the same
-//! batch, and each kind of batch is one ledger transaction. Under a flash sale the hot SKU's shard thus commits hundreds
-//! of reservations per transaction; at low load a batch is one reservation and waits for nothing.
-//! Releases are parked and batched the same way. Within one flush, reservations go first, then
-//! commits, then releases, so a release takes effect after whatever was queued before it (a
-//! commit always follows the answer to its order's reservation, so those two never wait in the
-//! same batch). A reservation or commit of an order whose release is parked flushes first, so it
-//! finds the order released, exactly as if every request had been decided one at a time.
-//! Batching releases matters under a flash sale: every order that found no stock is cancelled
-//! and released, and releases taken one at a time cut the hot SKU's batches into slivers.
+//! Reservations are decided in batches: a `Reserve` is parked and a `Flush` is sent to the actor
+//! itself, so every request already queued behind it joins the same batch, and each kind of
+//! batch is one ledger transaction (commits have a flush of their own, below). Under a flash
+//! sale the hot SKU's shard thus commits hundreds of reservations per transaction; at low load a
+//! batch is one reservation and waits for nothing. Releases are parked and batched the same way.
+//! Within a flush that decides all of them (a full batch, or the commits' own), reservations go
+//! first, then commits, then releases, so a release takes effect after whatever was queued
+//! before it (a commit always follows the answer to its order's reservation, so those two never
+//! wait in the same batch). A reservation or commit of an order whose release is parked flushes
+//! first, so it finds the order released, exactly as if every request had been decided one at a
+//! time. Batching releases matters under a flash sale: every order that found no stock is
+//! cancelled and released, and releases taken one at a time cut the hot SKU's batches into
+//! slivers.
 //!
 //! Commits are not decided by the flushes reservations and releases ask for: they wait up to
 //! `COMMIT_LINGER` for others and are then decided together. No order waits for its stock
@@ -64,7 +66,7 @@ type Parked = (
 /// Most reservations decided in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// How long a parked commit waits for others when nothing else asked for a flush.
+/// How long the first parked commit waits for others before the commits are decided.
 const COMMIT_LINGER: Duration = Duration::from_millis(50);
 
 /// A commit waiting for the next flush.
