@@ -122,12 +122,13 @@ pub struct Settings {
     )]
     pub roles: Vec<Role>,
 
-    /// Number of inventory shard actors (SKUs are hashed onto them); default: one per CPU core.
+    /// Number of inventory shard actors (SKUs are hashed onto them); default: half the CPU
+    /// cores, at least one.
     #[arg(long, env = "INVENTORY_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub inventory_shards: Option<u16>,
 
     /// Group-commit writers for order snapshots (half as many, at least one, for payment
-    /// records); default: one per CPU core.
+    /// records); default: half the CPU cores, at least one.
     #[arg(long, env = "DATABASE_WRITERS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub database_writers: Option<u16>,
 
@@ -239,22 +240,32 @@ fn cpu_cores() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
 
+/// Shards and snapshot writers when not configured: half the cores, at least one. PostgreSQL
+/// and NATS usually share the machine, and a shard's or writer's batch is whatever queued
+/// while its last transaction ran, so more of them than the cores left for their transactions
+/// only split the same work into smaller transactions. Two shards also lock each other's
+/// `products` rows (a stock commit goes to the shard of its order, not of its SKUs). On two
+/// cores, one of each was 23-42 % faster than one per core (docs/performance.md, round of
+/// 2026-12-07, evening); on more cores the ratio is kept, not measured.
+fn default_stage_count() -> usize {
+    (cpu_cores() / 2).max(1)
+}
+
 impl Settings {
     pub fn runs(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }
 
-    /// Shards to spawn. One per core by default: a shard's batch is what queued while its last
-    /// transaction ran, so more shards than the cores that can run their transactions only
-    /// split the same reservations into smaller batches, each paying a transaction's statements
-    /// (measured in docs/performance.md: 8 shards on 2 cores were ~25 % slower than 2).
+    /// Shards to spawn; by default see [`default_stage_count`].
     pub fn inventory_shard_count(&self) -> usize {
-        self.inventory_shards.map_or_else(cpu_cores, usize::from)
+        self.inventory_shards
+            .map_or_else(default_stage_count, usize::from)
     }
 
     /// Snapshot writers to start; the same reasoning as the shards.
     pub fn snapshot_writer_count(&self) -> usize {
-        self.database_writers.map_or_else(cpu_cores, usize::from)
+        self.database_writers
+            .map_or_else(default_stage_count, usize::from)
     }
 
     /// Payment-record writers: a charge is written once per order, snapshots three times.
@@ -295,12 +306,12 @@ mod tests {
     }
 
     #[test]
-    fn shards_and_writers_default_to_the_cores_and_follow_their_flags() {
-        let cores = cpu_cores();
+    fn shards_and_writers_default_to_half_the_cores_and_follow_their_flags() {
+        let half = (cpu_cores() / 2).max(1);
         let defaults = Settings::parse_from(["serve"]);
-        assert_eq!(defaults.inventory_shard_count(), cores);
-        assert_eq!(defaults.snapshot_writer_count(), cores);
-        assert_eq!(defaults.charge_writer_count(), (cores / 2).max(1));
+        assert_eq!(defaults.inventory_shard_count(), half);
+        assert_eq!(defaults.snapshot_writer_count(), half);
+        assert_eq!(defaults.charge_writer_count(), (half / 2).max(1));
 
         let three = Settings::parse_from(["serve", "--inventory-shards", "3"]);
         assert_eq!(three.inventory_shard_count(), 3);
