@@ -166,6 +166,9 @@ impl OrderCreated {
 pub struct OrderConfirmed {
     pub amount: Money,
     pub payment_reference: Option<String>,
+    /// The order's SKUs (see [`routing_skus`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skus: Vec<Sku>,
 }
 
 /// The order is CANCELLED; inventory releases anything still reserved for it (a no-op normally,
@@ -173,6 +176,22 @@ pub struct OrderConfirmed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCancelled {
     pub reason: String,
+    /// The order's SKUs (see [`routing_skus`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skus: Vec<Sku>,
+}
+
+/// The SKUs a saga message about an order's stock carries: its lines' SKUs, sorted, once each.
+/// They let inventory send a commit or release to the shard that took the reservation (the one
+/// owning the smallest SKU) instead of one picked by the order id, where it would lock
+/// `products` rows that another shard's batches hold. A message without them (published before
+/// they existed) is routed by the order id, which is slower but as correct: the ledger's row
+/// locks, not the routing, are what keep stock exact.
+pub fn routing_skus(lines: &[PricedLine]) -> Vec<Sku> {
+    let mut skus: Vec<Sku> = lines.iter().map(|l| l.sku.clone()).collect();
+    skus.sort();
+    skus.dedup();
+    skus
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +233,9 @@ pub struct InventoryLowStock {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryReleaseRequested {
     pub reason: String,
+    /// The order's SKUs (see [`routing_skus`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skus: Vec<Sku>,
 }
 
 /// The saga asks the payment role to charge the order.
@@ -286,6 +308,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_settlement_published_before_messages_named_their_skus_still_decodes_without_them() {
+        let old = br#"{"message_id":"01a21c81-6634-7c08-9d3e-61b2f0a7e5c4","order_id":"01a21c81-65ae-7d55-b9c4-7e0f2a6d93c8","correlation_id":"c-1","occurred_at":"2026-11-27T10:16:12Z","type":"order.confirmed.v1","data":{"amount":{"amount_cents":1000,"currency":"EUR"},"payment_reference":"pi_1"}}"#;
+        let env = Envelope::from_json(old).unwrap_or_else(|e| panic!("{e}"));
+        let EventBody::OrderConfirmed(confirmed) = &env.body else {
+            panic!("not order.confirmed.v1: {:?}", env.body);
+        };
+        assert!(confirmed.skus.is_empty());
+        let json: serde_json::Value =
+            serde_json::from_slice(&env.to_json()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            json["data"].get("skus").is_none(),
+            "no empty list is written"
+        );
+    }
+
+    #[test]
     fn envelopes_round_trip_and_carry_their_type_as_subject() {
         let env = Envelope::new(
             OrderId::new(),
@@ -293,12 +331,14 @@ mod tests {
             Utc::now(),
             EventBody::OrderCancelled(OrderCancelled {
                 reason: "out_of_stock".into(),
+                skus: vec![Sku::parse("SKU-1").unwrap_or_else(|e| panic!("{e}"))],
             }),
         );
         let json: serde_json::Value =
             serde_json::from_slice(&env.to_json()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(json["type"], "order.cancelled.v1");
         assert_eq!(json["data"]["reason"], "out_of_stock");
+        assert_eq!(json["data"]["skus"], serde_json::json!(["SKU-1"]));
         assert_eq!(json["order_id"], env.order_id.to_string());
         let back = Envelope::from_json(&env.to_json()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, env);

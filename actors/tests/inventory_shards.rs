@@ -32,6 +32,8 @@ fn order_cancelled(order_id: OrderId) -> Envelope {
         &CorrelationId::new(),
         EventBody::OrderCancelled(OrderCancelled {
             reason: "customer changed their mind".into(),
+            // As published before messages named their SKUs: routed by the order id.
+            skus: vec![],
         }),
     )
 }
@@ -42,6 +44,7 @@ fn release_requested(order_id: OrderId) -> Envelope {
         &CorrelationId::new(),
         EventBody::InventoryReleaseRequested(InventoryReleaseRequested {
             reason: "payment failed".into(),
+            skus: vec![],
         }),
     )
 }
@@ -242,6 +245,7 @@ async fn a_confirmed_order_takes_its_units_out_of_stock_silently() {
         EventBody::OrderConfirmed(OrderConfirmed {
             amount: eur(1000),
             payment_reference: Some("pi_1".into()),
+            skus: vec![sku("SKU-A")],
         }),
     );
     on_message(&shards, &confirmed).await;
@@ -554,4 +558,21 @@ async fn commits_arriving_within_the_linger_share_one_batch_and_a_lone_one_is_st
         "only the last reservation"
     );
     assert_eq!(ledger.stock("SKU-A").on_hand, 4);
+}
+
+#[tokio::test]
+async fn a_commit_or_release_goes_to_the_shard_of_its_smallest_sku_or_by_order_id_without_skus() {
+    let ledger = Arc::new(InMemoryLedger::with_stock(&[("SKU-A", 5)]));
+    let shards = spawn_shards(4, &ledger).await;
+    let reserving = shards.shard_of(&sku("SKU-A"));
+    // An order whose id alone would pick another shard than its reservation's.
+    let id = (0..1000)
+        .map(|_| OrderId::new())
+        .find(|id| shards.shard_for_settlement(*id, &[]) != reserving)
+        .unwrap_or_else(|| panic!("no order id hashes away from shard {reserving}"));
+
+    let skus = [sku("SKU-Z"), sku("SKU-A")];
+    assert_eq!(shards.shard_for_settlement(id, &skus), reserving);
+    assert_ne!(shards.shard_for_settlement(id, &[]), reserving);
+    shards.stop();
 }

@@ -103,7 +103,10 @@ async fn a_transition_and_its_messages_commit_together_and_a_stale_version_write
         stale.next.order_id,
         stale.next.correlation_id.clone(),
         Utc::now(),
-        EventBody::OrderCancelled(OrderCancelled { reason: "x".into() }),
+        EventBody::OrderCancelled(OrderCancelled {
+            reason: "x".into(),
+            skus: vec![],
+        }),
     );
     assert_eq!(
         store.commit(1, &stale.next, &[cancel]).await,
@@ -305,6 +308,7 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
         Utc::now(),
         EventBody::OrderCancelled(OrderCancelled {
             reason: "test".into(),
+            skus: vec![],
         }),
     );
     let mut tx = ok(pool.begin().await);
@@ -417,6 +421,7 @@ async fn a_message_that_keeps_failing_is_parked_and_stops_blocking_nothing() {
     for order in [poison, healthy] {
         let body = EventBody::OrderCancelled(OrderCancelled {
             reason: "test".into(),
+            skus: vec![],
         });
         ok(pg::outbox::insert(
             &mut tx,
@@ -743,6 +748,7 @@ async fn a_batch_of_releases_frees_each_order_once_and_refuses_later_reservation
                 .push((i, outcome.rows_changed));
             let body = EventBody::OrderCancelled(OrderCancelled {
                 reason: format!("release {i}"),
+                skus: vec![],
             });
             vec![Envelope::new(
                 orders[i],

@@ -3,8 +3,10 @@
 //! An order's reservation goes to the shard that owns its smallest SKU and is decided in one
 //! transaction over all its lines (all or nothing). So single-SKU orders (the flash-sale case) of
 //! one SKU always queue in one shard's mailbox, while a multi-SKU order may touch SKUs owned by
-//! other shards. Commit and release are keyed by order only, so they go to the shard picked by the
-//! order id. What makes an oversell impossible, inside a process and across processes, is
+//! other shards. A commit or release goes to the same shard, found from the SKUs its message
+//! carries (`events::routing_skus`), so it queues and batches behind that shard's reservations
+//! instead of locking their `products` rows from another shard; one without SKUs (an older
+//! message, an expiry found by the sweeper) goes to the shard picked by the order id. What makes an oversell impossible, inside a process and across processes, is
 //! Postgres: row locks taken in SKU order and the CHECK constraints on `products`; the shards keep
 //! contention on a hot SKU off the database and give the ledger a place to batch.
 
@@ -87,6 +89,15 @@ impl InventoryShards {
         (order_id.as_uuid().as_u128() % self.count as u128) as usize
     }
 
+    /// Where a commit or release of this order goes: the shard of its smallest SKU, which took
+    /// its reservation, or by the order id when the message names no SKUs.
+    pub fn shard_for_settlement(&self, order_id: OrderId, skus: &[Sku]) -> usize {
+        match skus.iter().min() {
+            Some(sku) => self.shard_of(sku),
+            None => self.shard_of_order(order_id),
+        }
+    }
+
     /// The shard's current actor.
     fn shard(&self, index: usize) -> Option<ActorRef<ShardMessage>> {
         self.shards
@@ -127,20 +138,20 @@ impl InventoryShards {
                 self.call(shard, |reply| ShardMessage::Reserve(request, reply))
                     .await?;
             }
-            EventBody::OrderConfirmed(_) => {
+            EventBody::OrderConfirmed(e) => {
                 let order_id = envelope.order_id;
-                self.call(self.shard_of_order(order_id), |reply| {
+                self.call(self.shard_for_settlement(order_id, &e.skus), |reply| {
                     ShardMessage::Commit(order_id, reply)
                 })
                 .await?;
             }
             EventBody::OrderCancelled(e) => {
-                self.release(envelope, ReleaseCause::OrderCancelled(e.reason.clone()))
-                    .await?
+                let cause = ReleaseCause::OrderCancelled(e.reason.clone());
+                self.release(envelope, &e.skus, cause).await?
             }
             EventBody::InventoryReleaseRequested(e) => {
-                self.release(envelope, ReleaseCause::Requested(e.reason.clone()))
-                    .await?
+                let cause = ReleaseCause::Requested(e.reason.clone());
+                self.release(envelope, &e.skus, cause).await?
             }
             _ => {}
         }
@@ -177,11 +188,12 @@ impl InventoryShards {
     async fn release(
         &self,
         envelope: &Envelope,
+        skus: &[Sku],
         cause: ReleaseCause,
     ) -> Result<(), InventoryError> {
         let order_id = envelope.order_id;
         let correlation_id = envelope.correlation_id.clone();
-        self.call(self.shard_of_order(order_id), |reply| {
+        self.call(self.shard_for_settlement(order_id, skus), |reply| {
             ShardMessage::Release {
                 order_id,
                 correlation_id,

@@ -14,7 +14,7 @@ use super::state::{
 };
 use crate::events::{
     EventBody, InventoryReleaseRequested, OrderCancelled, OrderConfirmed, OrderCreated,
-    PaymentCancelRequested, PaymentRefundRequested, PaymentRequested, Shortage,
+    PaymentCancelRequested, PaymentRefundRequested, PaymentRequested, Shortage, routing_skus,
 };
 
 /// What the saga reacts to, already stripped of transport details. Serialisable because a
@@ -229,10 +229,7 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
             let reason = out_of_stock_reason(shortages);
             let mut next = advance(state, now, S::Cancelled, Some(&reason));
             next.cancel_reason = Some(reason.clone());
-            apply(
-                next,
-                vec![EventBody::OrderCancelled(OrderCancelled { reason })],
-            )
+            apply(next, vec![cancelled(state, reason)])
         }
         (S::Pending, E::StockReleased) => {
             // Only an expiry releases stock before the saga asked for anything: the reservation
@@ -240,10 +237,7 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
             let reason = "stock reservation expired before the payment completed".to_owned();
             let mut next = advance(state, now, S::Cancelled, Some(&reason));
             next.cancel_reason = Some(reason.clone());
-            apply(
-                next,
-                vec![EventBody::OrderCancelled(OrderCancelled { reason })],
-            )
+            apply(next, vec![cancelled(state, reason)])
         }
         (S::Pending, _) => {
             Decision::Ignore("nothing but a reservation outcome is expected while PENDING")
@@ -278,6 +272,7 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
             let confirmed = OrderConfirmed {
                 amount: state.amount,
                 payment_reference: Some(reference.clone()),
+                skus: routing_skus(&state.lines),
             };
             apply(next, vec![EventBody::OrderConfirmed(confirmed)])
         }
@@ -303,10 +298,7 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
                 .unwrap_or_default();
             let mut next = advance(state, now, S::Cancelled, Some(&reason));
             next.cancel_reason = Some(reason.clone());
-            apply(
-                next,
-                vec![EventBody::OrderCancelled(OrderCancelled { reason })],
-            )
+            apply(next, vec![cancelled(state, reason)])
         }
         (S::StockReserved | S::PaymentProcessing, E::StockReleased) => {
             // Not asked for: the reservation expired. The units are gone, so the order cannot
@@ -315,7 +307,7 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
             let mut next = advance(state, now, S::Cancelled, Some(&reason));
             next.cancel_reason = Some(reason.clone());
             let mut bodies = cancel_payment(state, &reason);
-            bodies.push(EventBody::OrderCancelled(OrderCancelled { reason }));
+            bodies.push(cancelled(state, reason));
             apply(next, bodies)
         }
         (S::StockReserved | S::PaymentProcessing, E::PaymentSucceeded { reference }) => {
@@ -339,6 +331,22 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
 fn deadline_after(now: DateTime<Utc>, step: chrono::Duration) -> DateTime<Utc> {
     use chrono::SubsecRound;
     (now + step).trunc_subsecs(6)
+}
+
+/// `order.cancelled.v1` for this order.
+fn cancelled(state: &OrderState, reason: String) -> EventBody {
+    EventBody::OrderCancelled(OrderCancelled {
+        reason,
+        skus: routing_skus(&state.lines),
+    })
+}
+
+/// `inventory.release_requested.v1` for this order.
+fn release_requested(state: &OrderState, reason: String) -> EventBody {
+    EventBody::InventoryReleaseRequested(InventoryReleaseRequested {
+        reason,
+        skus: routing_skus(&state.lines),
+    })
 }
 
 fn apply(next: OrderState, bodies: Vec<EventBody>) -> Decision {
@@ -425,8 +433,7 @@ fn compensate_payment(
         at: now,
         reason: Some(format!("{reason}; releasing stock")),
     });
-    let release = InventoryReleaseRequested { reason };
-    apply(next, vec![EventBody::InventoryReleaseRequested(release)])
+    apply(next, vec![release_requested(state, reason)])
 }
 
 /// Asks the payment role to cancel the charge, if one may exist.
@@ -450,9 +457,7 @@ fn operator_retry(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc>
             return Decision::Ignore("the order is finished");
         }
         (_, Some(compensation)) => (
-            EventBody::InventoryReleaseRequested(InventoryReleaseRequested {
-                reason: compensation.reason.clone(),
-            }),
+            release_requested(state, compensation.reason.clone()),
             "stock release",
             state.timeouts.inventory(),
         ),
@@ -498,10 +503,7 @@ fn operator_cancel(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc
             let mut next = advance(state, now, OrderStatus::Cancelled, Some(&why));
             next.cancel_reason = Some(why.clone());
             // Inventory releases a reservation that arrives after this (order.cancelled.v1).
-            apply(
-                next,
-                vec![EventBody::OrderCancelled(OrderCancelled { reason: why })],
-            )
+            apply(next, vec![cancelled(state, why)])
         }
         (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, None) => {
             let Decision::Apply(mut transition) =
@@ -630,10 +632,7 @@ fn on_deadline(state: &OrderState, deadline: DateTime<Utc>, now: DateTime<Utc>) 
             let mut next = advance(state, now, OrderStatus::Cancelled, Some(&reason));
             next.cancel_reason = Some(reason.clone());
             // Inventory releases a reservation that arrives after this (order.cancelled.v1).
-            apply(
-                next,
-                vec![EventBody::OrderCancelled(OrderCancelled { reason })],
-            )
+            apply(next, vec![cancelled(state, reason)])
         }
         (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, None) => {
             let reason = format!(
@@ -662,10 +661,10 @@ fn on_deadline(state: &OrderState, deadline: DateTime<Utc>, now: DateTime<Utc>) 
                 at: now,
                 reason: Some("stock release not confirmed in time; asking again".into()),
             });
-            let release = InventoryReleaseRequested {
-                reason: compensation.reason.clone(),
-            };
-            apply(next, vec![EventBody::InventoryReleaseRequested(release)])
+            apply(
+                next,
+                vec![release_requested(state, compensation.reason.clone())],
+            )
         }
         (OrderStatus::Completed | OrderStatus::Cancelled, _) => {
             Decision::Ignore("the order is finished")

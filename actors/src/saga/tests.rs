@@ -581,7 +581,10 @@ fn every_event_body_the_saga_consumes_maps_to_a_saga_event() {
             refund_id: "re_9".into(),
         })
     );
-    let created = EventBody::OrderCancelled(crate::events::OrderCancelled { reason: "x".into() });
+    let created = EventBody::OrderCancelled(crate::events::OrderCancelled {
+        reason: "x".into(),
+        skus: vec![],
+    });
     assert_eq!(SagaEvent::from_body(&created), None);
 }
 
@@ -1036,4 +1039,69 @@ fn a_success_reported_at_once_walks_through_payment_processing_in_one_transition
     let (processing, _) = run(&[reserved(), pending()]);
     let (done, _) = applied(decide(&processing, &succeeded(), t(5)));
     assert_eq!(done.version, processing.version + 1);
+}
+
+/// The bodies of every message a run of events publishes, from placement.
+fn bodies_of(mut state: OrderState, events: &[SagaEvent]) -> Vec<EventBody> {
+    let mut out = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        if let Decision::Apply(tr) = decide(&state, event, t(i as i64 + 1)) {
+            out.extend(tr.effects.iter().map(|Effect::Publish(b)| b.clone()));
+            state = tr.next;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_commit_and_release_the_saga_sends_names_the_orders_skus_sorted() {
+    let mut state = placed();
+    let line = state.lines[0].clone();
+    let sku = |raw: &str| Sku::parse(raw).unwrap_or_else(|e| panic!("{e}"));
+    // Out of order and repeated on purpose: inventory routes by the smallest.
+    state.lines = vec![
+        PricedLine {
+            sku: sku("SKU-C"),
+            ..line.clone()
+        },
+        PricedLine {
+            sku: sku("SKU-A"),
+            ..line.clone()
+        },
+        PricedLine {
+            sku: sku("SKU-C"),
+            ..line
+        },
+    ];
+    let expected = vec![sku("SKU-A"), sku("SKU-C")];
+    let cases: Vec<Vec<SagaEvent>> = vec![
+        vec![reserved(), succeeded()],
+        vec![out_of_stock()],
+        vec![reserved(), failed(), released()],
+        vec![reserved(), released()],
+    ];
+    for events in cases {
+        let bodies = bodies_of(state.clone(), &events);
+        let settling: Vec<&EventBody> = bodies
+            .iter()
+            .filter(|b| {
+                matches!(
+                    b,
+                    EventBody::OrderConfirmed(_)
+                        | EventBody::OrderCancelled(_)
+                        | EventBody::InventoryReleaseRequested(_)
+                )
+            })
+            .collect();
+        assert!(!settling.is_empty(), "{events:?} settles the stock");
+        for body in settling {
+            let skus = match body {
+                EventBody::OrderConfirmed(e) => &e.skus,
+                EventBody::OrderCancelled(e) => &e.skus,
+                EventBody::InventoryReleaseRequested(e) => &e.skus,
+                _ => unreachable!("filtered above"),
+            };
+            assert_eq!(skus, &expected, "{} after {events:?}", body.subject());
+        }
+    }
 }
