@@ -309,7 +309,17 @@ mod tests {
 
     #[test]
     fn a_settlement_published_before_messages_named_their_skus_still_decodes_without_them() {
-        let old = br#"{"message_id":"01a21c81-6634-7c08-9d3e-61b2f0a7e5c4","order_id":"01a21c81-65ae-7d55-b9c4-7e0f2a6d93c8","correlation_id":"c-1","occurred_at":"2026-11-27T10:16:12Z","type":"order.confirmed.v1","data":{"amount":{"amount_cents":1000,"currency":"EUR"},"payment_reference":"pi_1"}}"#;
+        let old = br#"{
+            "message_id": "01a21c81-6634-7c08-9d3e-61b2f0a7e5c4",
+            "order_id": "01a21c81-65ae-7d55-b9c4-7e0f2a6d93c8",
+            "correlation_id": "c-1",
+            "occurred_at": "2026-11-27T10:16:12Z",
+            "type": "order.confirmed.v1",
+            "data": {
+                "amount": { "amount_cents": 1000, "currency": "EUR" },
+                "payment_reference": "pi_1"
+            }
+        }"#;
         let env = Envelope::from_json(old).unwrap_or_else(|e| panic!("{e}"));
         let EventBody::OrderConfirmed(confirmed) = &env.body else {
             panic!("not order.confirmed.v1: {:?}", env.body);

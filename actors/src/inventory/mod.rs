@@ -6,9 +6,10 @@
 //! other shards. A commit or release goes to the same shard, found from the SKUs its message
 //! carries (`events::routing_skus`), so it queues and batches behind that shard's reservations
 //! instead of locking their `products` rows from another shard; one without SKUs (an older
-//! message, an expiry found by the sweeper) goes to the shard picked by the order id. What makes an oversell impossible, inside a process and across processes, is
-//! Postgres: row locks taken in SKU order and the CHECK constraints on `products`; the shards keep
-//! contention on a hot SKU off the database and give the ledger a place to batch.
+//! message, an expiry found by the sweeper) goes to the shard picked by the order id. What
+//! makes an oversell impossible, inside a process and across processes, is Postgres: row locks
+//! taken in SKU order and the CHECK constraints on `products`; the shards keep contention on a
+//! hot SKU off the database and give the ledger a place to batch.
 
 mod outcomes;
 mod shard;

@@ -1,6 +1,7 @@
 //! One inventory shard actor. Its mailbox orders the requests routed to it (every reservation
-//! whose smallest SKU it owns); the ledger behind it does the durable work (stock, reservations
-//! and outbox in one transaction) and is what guarantees no oversell.
+//! whose smallest SKU it owns, and the commits and releases that name that SKU); the ledger
+//! behind it does the durable work (stock, reservations and outbox in one transaction) and is
+//! what guarantees no oversell.
 //!
 //! Reservations are decided in batches: a `Reserve` is parked and a `Flush` is sent to the actor
 //! itself, so every request already queued behind it joins the same batch, and each kind of
