@@ -180,6 +180,8 @@ pub async fn run_consumer(
                 return;
             };
             let context = context.clone();
+            // Read once: it parses the reply subject.
+            let delivered = delivered(&message);
             // The handler is *called* here, in delivery order, and only awaited in the task: a
             // handler that enqueues synchronously (the saga's) thereby keeps per-order order.
             match Envelope::from_json(&message.payload) {
@@ -192,16 +194,15 @@ pub async fn run_consumer(
                         order_id = %envelope.order_id,
                         correlation_id = %envelope.correlation_id,
                     );
-                    let delivery = Delivery {
-                        count: delivered(&message),
-                    };
+                    let delivery = Delivery { count: delivered };
                     let ids = Ids::of(&envelope);
                     let work: HandlerFuture = Box::pin(
                         span.in_scope(|| handler(envelope, delivery))
                             .instrument(span),
                     );
                     tokio::spawn(async move {
-                        finish_one(&context, spec, message, Some(ids), work.await).await;
+                        let result = work.await;
+                        finish_one(&context, spec, message, delivered, Some(ids), result).await;
                         drop(permit);
                     });
                 }
@@ -209,7 +210,7 @@ pub async fn run_consumer(
                     // Redelivering an undecodable message can never succeed: park it.
                     let error = HandlerError::Permanent(format!("undecodable message: {e}"));
                     tokio::spawn(async move {
-                        finish_one(&context, spec, message, None, Err(error)).await;
+                        finish_one(&context, spec, message, delivered, None, Err(error)).await;
                         drop(permit);
                     });
                 }
@@ -226,10 +227,10 @@ async fn finish_one(
     context: &ConsumerContext,
     spec: ConsumerSpec,
     message: jetstream::Message,
+    delivered: u32,
     envelope: Option<Ids>,
     result: Result<(), HandlerError>,
 ) {
-    let delivered = delivered(&message);
     // Formatted only when a line is written (most messages are acked with no line at info).
     let order_id = LazyIds(envelope.as_ref(), false);
     let correlation_id = LazyIds(envelope.as_ref(), true);
