@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{CorrelationId, Money, OrderId, OrderLine, PaymentMethod};
+use crate::domain::{CorrelationId, Money, OrderId, OrderLine, PaymentMethod, Sku};
 use crate::events::{Envelope, InventoryLowStock, Shortage};
 use crate::saga::OrderState;
 
@@ -57,6 +57,17 @@ pub struct ReservationRequest {
     pub correlation_id: CorrelationId,
     pub lines: Vec<OrderLine>,
     pub expires_at: DateTime<Utc>,
+}
+
+/// An order whose reservation outlived its TTL, as the inventory role's sweeper finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredReservation {
+    pub order_id: OrderId,
+    pub correlation_id: CorrelationId,
+    /// The smallest SKU it still holds (byte order, as `Sku`'s `Ord` and
+    /// `events::routing_skus`): its release goes to that SKU's shard, the one that took the
+    /// reservation and takes the order's commit. `None` only if the stored SKU no longer parses.
+    pub routing_sku: Option<Sku>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +151,7 @@ pub trait ReservationLedger: Send + Sync + 'static {
         &self,
         now: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<(OrderId, CorrelationId)>, StoreError>;
+    ) -> Result<Vec<ExpiredReservation>, StoreError>;
 
     /// The order will not complete: reserved units go back on sale. Also marks the order decided,
     /// so a reservation request that arrives after the cancellation is refused.

@@ -13,7 +13,7 @@ use actors::events::{
     Shortage, subjects,
 };
 use actors::inventory::{InventoryError, InventoryShards};
-use actors::ports::StoreError;
+use actors::ports::{ExpiredReservation, StoreError};
 
 use common::ledger::InMemoryLedger;
 use common::{FixedClock, envelope, eur, order_created, quantity, sku, t0};
@@ -574,5 +574,16 @@ async fn a_commit_or_release_goes_to_the_shard_of_its_smallest_sku_or_by_order_i
     let skus = [sku("SKU-Z"), sku("SKU-A")];
     assert_eq!(shards.shard_for_settlement(id, &skus), reserving);
     assert_ne!(shards.shard_for_settlement(id, &[]), reserving);
+    // The sweeper's expiries follow the SKU the ledger names, and the order id without one.
+    let expired = |routing_sku| ExpiredReservation {
+        order_id: id,
+        correlation_id: CorrelationId::new(),
+        routing_sku,
+    };
+    assert_eq!(
+        shards.shard_for_expiry(&expired(Some(sku("SKU-A")))),
+        reserving
+    );
+    assert_ne!(shards.shard_for_expiry(&expired(None)), reserving);
     shards.stop();
 }

@@ -518,6 +518,72 @@ async fn a_message_that_keeps_failing_is_parked_and_stops_blocking_nothing() {
 }
 
 #[tokio::test]
+async fn an_expired_reservation_names_its_smallest_sku_in_byte_order_for_the_sweepers_routing() {
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
+    sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand) VALUES ('EXPB', 'b', 1, 'EUR', 5), ('EXP-Z', 'z', 1, 'EUR', 5)")
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ledger = PgReservationLedger::new(pool.clone(), pg::OutboxSignal::new());
+    let request = |lines: &[&str], expires_in: i64| ReservationRequest {
+        order_id: OrderId::new(),
+        correlation_id: CorrelationId::new(),
+        lines: lines
+            .iter()
+            .map(|sku| OrderLine {
+                sku: ok(Sku::parse(sku)),
+                quantity: ok(Quantity::try_from(1)),
+            })
+            .collect(),
+        expires_at: Utc::now() + chrono::Duration::seconds(expires_in),
+    };
+    // Byte order puts '-' before letters ("EXP-Z" < "EXPB"), as `Sku`'s `Ord` does; a
+    // linguistic collation, which skips the '-', would say "EXPB".
+    let both = request(&["EXPB", "EXP-Z"], -20);
+    let one = request(&["EXPB"], -10);
+    let live = request(&["EXP-Z"], 600);
+    for r in [&both, &one, &live] {
+        assert!(matches!(
+            ok(ledger.reserve(r, &|_| Vec::new()).await),
+            ReservationOutcome::Reserved { .. }
+        ));
+    }
+    let due = ok(ledger.due_for_expiry(Utc::now(), 10).await);
+    let found: Vec<(OrderId, Option<String>, String)> = due
+        .iter()
+        .map(|e| {
+            (
+                e.order_id,
+                e.routing_sku.as_ref().map(|s| s.as_str().to_owned()),
+                e.correlation_id.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (
+                both.order_id,
+                Some("EXP-Z".to_owned()),
+                both.correlation_id.to_string()
+            ),
+            (
+                one.order_id,
+                Some("EXPB".to_owned()),
+                one.correlation_id.to_string()
+            ),
+        ],
+        "oldest first, the unexpired order left alone"
+    );
+    let expected = both.lines.iter().map(|l| l.sku.clone()).min();
+    assert_eq!(
+        due[0].routing_sku, expected,
+        "the same SKU `Sku`'s order picks"
+    );
+}
+
+#[tokio::test]
 async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_there() {
     let db = TestDb::create().await;
     let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
@@ -554,7 +620,7 @@ async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_the
     );
     let due = ok(ledger.due_for_expiry(Utc::now(), 10).await);
     assert_eq!(
-        due.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        due.iter().map(|e| e.order_id).collect::<Vec<_>>(),
         vec![late]
     );
     ok(ledger.release(late, &|_| Vec::new()).await);

@@ -4,9 +4,10 @@
 //! transaction over all its lines (all or nothing). So single-SKU orders (the flash-sale case) of
 //! one SKU always queue in one shard's mailbox, while a multi-SKU order may touch SKUs owned by
 //! other shards. A commit or release goes to the same shard, found from the SKUs its message
-//! carries (`events::routing_skus`), so it queues and batches behind that shard's reservations
-//! instead of locking their `products` rows from another shard; one without SKUs (an older
-//! message, an expiry found by the sweeper) goes to the shard picked by the order id. What
+//! carries (`events::routing_skus`), or, for an expiry found by the sweeper, from the smallest
+//! SKU the ledger still holds for it; so it queues and batches behind that shard's reservations
+//! instead of locking their `products` rows from another shard. One without SKUs (a message
+//! published before they carried them) goes to the shard picked by the order id. What
 //! makes an oversell impossible, inside a process and across processes, is Postgres: row locks
 //! taken in SKU order and the CHECK constraints on `products`; the shards keep contention on a
 //! hot SKU off the database and give the ledger a place to batch.
@@ -26,7 +27,9 @@ pub use supervisor::{ShardSlots, ShardSupervisor, ShardSupervisorArgs};
 
 use crate::domain::{OrderId, Sku};
 use crate::events::{Envelope, EventBody};
-use crate::ports::{ReservationLedger, ReservationRequest, SharedClock, StoreError};
+use crate::ports::{
+    ExpiredReservation, ReservationLedger, ReservationRequest, SharedClock, StoreError,
+};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +102,13 @@ impl InventoryShards {
         }
     }
 
+    /// Where the sweeper sends an expired reservation's release: like a settlement, to the shard
+    /// of its smallest SKU, so it queues behind (and batches with) that shard's other work on
+    /// those rows instead of waiting on their locks from another shard.
+    pub fn shard_for_expiry(&self, expired: &ExpiredReservation) -> usize {
+        self.shard_for_settlement(expired.order_id, expired.routing_sku.as_slice())
+    }
+
     /// The shard's current actor.
     fn shard(&self, index: usize) -> Option<ActorRef<ShardMessage>> {
         self.shards
@@ -168,15 +178,19 @@ impl InventoryShards {
     ) -> Result<usize, InventoryError> {
         let due = ledger.due_for_expiry(self.clock.now(), limit).await?;
         let count = due.len();
-        for (order_id, correlation_id) in due {
+        for expired in due {
+            let shard = self.shard_for_expiry(&expired);
+            let ExpiredReservation {
+                order_id,
+                correlation_id,
+                ..
+            } = expired;
             let released = self
-                .call(self.shard_of_order(order_id), |reply| {
-                    ShardMessage::Release {
-                        order_id,
-                        correlation_id,
-                        cause: ReleaseCause::Expired,
-                        reply,
-                    }
+                .call(shard, |reply| ShardMessage::Release {
+                    order_id,
+                    correlation_id,
+                    cause: ReleaseCause::Expired,
+                    reply,
                 })
                 .await?;
             if released.rows_changed > 0 {

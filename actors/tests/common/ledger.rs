@@ -237,7 +237,7 @@ impl ReservationLedger for InMemoryLedger {
         &self,
         now: chrono::DateTime<chrono::Utc>,
         limit: i64,
-    ) -> Result<Vec<(OrderId, actors::domain::CorrelationId)>, StoreError> {
+    ) -> Result<Vec<actors::ports::ExpiredReservation>, StoreError> {
         let inner = lock(&self.inner);
         if inner.unavailable {
             return Err(unavailable());
@@ -246,7 +246,11 @@ impl ReservationLedger for InMemoryLedger {
             .requests
             .iter()
             .filter(|r| r.expires_at <= now && inner.held.contains_key(&r.order_id))
-            .map(|r| (r.order_id, r.correlation_id.clone()))
+            .map(|r| actors::ports::ExpiredReservation {
+                order_id: r.order_id,
+                correlation_id: r.correlation_id.clone(),
+                routing_sku: r.lines.iter().map(|l| l.sku.clone()).min(),
+            })
             .take(usize::try_from(limit).unwrap_or(0))
             .collect())
     }

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use actors::domain::{CorrelationId, OrderId};
+use actors::domain::{CorrelationId, OrderId, Sku};
 use actors::ports::{
-    BatchMessages, OutcomeMessages, ReleaseMessages, ReservationLedger, ReservationOutcome,
-    ReservationRequest, SettleOutcome, StoreError,
+    BatchMessages, ExpiredReservation, OutcomeMessages, ReleaseMessages, ReservationLedger,
+    ReservationOutcome, ReservationRequest, SettleOutcome, StoreError,
 };
 use chrono::{DateTime, Utc};
 
@@ -317,9 +317,11 @@ impl ReservationLedger for PgReservationLedger {
         &self,
         now: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<(OrderId, CorrelationId)>, StoreError> {
-        let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-            "SELECT order_id, min(correlation_id) FROM stock_reservations
+    ) -> Result<Vec<ExpiredReservation>, StoreError> {
+        // `COLLATE "C"`: the smallest SKU in byte order, as `Sku`'s `Ord` picks it for the
+        // reservation's shard, whatever the database's collation.
+        let rows: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+            "SELECT order_id, min(correlation_id), min(sku COLLATE \"C\") FROM stock_reservations
              WHERE status = 'RESERVED' AND expires_at <= $1
              GROUP BY order_id ORDER BY min(expires_at) LIMIT $2",
         )
@@ -330,11 +332,10 @@ impl ReservationLedger for PgReservationLedger {
         .map_err(unavailable)?;
         Ok(rows
             .into_iter()
-            .map(|(id, corr)| {
-                (
-                    OrderId::from_uuid(id),
-                    CorrelationId::parse(&corr).unwrap_or_default(),
-                )
+            .map(|(id, corr, sku)| ExpiredReservation {
+                order_id: OrderId::from_uuid(id),
+                correlation_id: CorrelationId::parse(&corr).unwrap_or_default(),
+                routing_sku: Sku::parse(&sku).ok(),
             })
             .collect())
     }
