@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# One command per figure of docs/performance.md: builds the release binaries, starts a private
+# nats-server (JetStream, its own port and store directory) and `ordersaga serve` on a fresh
+# database, runs one load-test scenario against it, prints the CPU each process spent per
+# finished order, then stops what it started and drops the database.
+#
+#   load-tests/bench.sh <scenario> [load-tests flags...]
+#   load-tests/bench.sh latency --duration 20s
+#   STRIPE_FAKE=separate load-tests/bench.sh latency     # the Stripe fake as its own process
+#
+# Settings (environment): PG_URL (default postgres://postgres@127.0.0.1:5432, the server, no
+# database), NATS_PORT (14222), HTTP_PORT (18080), FAKE_PORT (12111), STRIPE_FAKE (in-process or
+# separate), RESULT (the JSON result's path, the HTML page beside it; default
+# load-tests/results/<scenario>-<UTC time>.json, so do not pass --out), and anything
+# `ordersaga serve` reads (INVENTORY_SHARDS, DATABASE_WRITERS, ...). For `recovery` the script
+# gives the tool the server's pid and the command that starts it again on the same database and
+# NATS, with a payment timeout of an hour so the sagas wait through the restart; for `soak`, the
+# pid whose RSS to sample.
+# It needs nats-server and curl on PATH, PostgreSQL reachable at PG_URL, and Linux's /proc for
+# the CPU figures; psql, if present, drops the database afterwards. It never touches the
+# machine's own nats-server, and only the database it created.
+set -euo pipefail
+
+scenario=${1:?usage: load-tests/bench.sh <scenario> [load-tests flags...]}
+shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+pg_url=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+nats_port=${NATS_PORT:-14222}
+http_port=${HTTP_PORT:-18080}
+fake_port=${FAKE_PORT:-12111}
+database="ordersaga_bench_$(date +%s)_$$"
+work=$(mktemp -d)
+pids=()
+
+cleanup() {
+    if [ -f "$work/restarted.pid" ]; then pids+=("$(cat "$work/restarted.pid")"); fi
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if command -v psql >/dev/null; then
+        psql -q "$pg_url/postgres" -c "DROP DATABASE IF EXISTS $database" >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_for() { # what, deadline in tenths of a second, command...
+    local what=$1 tenths=$2
+    shift 2
+    for _ in $(seq "$tenths"); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "bench: $what did not come up; logs in $work" >&2
+    trap - EXIT
+    exit 1
+}
+
+# CPU ticks (user + system) of a process, 0 once it is gone.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# The PostgreSQL backends serving this run's database (their titles name it).
+pg_ticks() {
+    local total=0 pid
+    for pid in $(pgrep -f "postgres: .*$database" || true); do
+        total=$((total + $(ticks "$pid")))
+    done
+    echo "$total"
+}
+
+(cd "$root" && cargo build --release -q -p ordersaga -p load-tests)
+bin="$root/target/release"
+
+nats-server -p "$nats_port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
+nats_pid=$!
+pids+=("$nats_pid")
+wait_for "nats-server on port $nats_port" 100 bash -c "echo > /dev/tcp/127.0.0.1/$nats_port"
+
+stripe=()
+fake_pid=
+if [ "${STRIPE_FAKE:-in-process}" = separate ]; then
+    "$bin/ordersaga" stripe-fake --addr "127.0.0.1:$fake_port" \
+        --webhook-url "http://127.0.0.1:$http_port/payments/webhook" \
+        --webhook-secret whsec_ordersaga_dev_fake >"$work/fake.log" 2>&1 &
+    fake_pid=$!
+    pids+=("$fake_pid")
+    stripe=(STRIPE_SECRET_KEY=sk_test_bench "STRIPE_API_BASE=http://127.0.0.1:$fake_port"
+        STRIPE_WEBHOOK_SECRET=whsec_ordersaga_dev_fake)
+fi
+
+extra=()
+if [ "$scenario" = recovery ]; then extra=(PAYMENT_STEP_TIMEOUT_MS=3600000); fi
+# The server's command line, quoted for a shell: recovery starts it again with the same one.
+serve=$(printf '%q ' env DATABASE_URL="$pg_url/$database?sslmode=disable" \
+    NATS_URL="nats://127.0.0.1:$nats_port" HTTP_ADDR="127.0.0.1:$http_port" \
+    ADMIN_TOKEN="${ADMIN_TOKEN:-bench}" RUST_LOG="${RUST_LOG:-warn}" \
+    ORDER_RATE_LIMIT_PER_SEC=1000000 ORDER_RATE_LIMIT_BURST=1000000 "${stripe[@]}" "${extra[@]}" \
+    "$bin/ordersaga" serve)
+bash -c "exec $serve" >"$work/server.log" 2>&1 &
+server_pid=$!
+pids+=("$server_pid")
+wait_for "ordersaga on port $http_port" 600 curl -sf "http://127.0.0.1:$http_port/health/ready"
+
+server0=$(ticks "$server_pid")
+nats0=$(ticks "$nats_pid")
+pg0=$(pg_ticks)
+fake0=0
+[ -n "$fake_pid" ] && fake0=$(ticks "$fake_pid")
+mkdir -p "$root/load-tests/results"
+result=${RESULT:-$root/load-tests/results/$scenario-$(date -u +%Y%m%dT%H%M%SZ).json}
+
+restart=()
+if [ "$scenario" = recovery ]; then
+    # The restarted server is the tool's child; its pid file lets the cleanup stop it.
+    restart=(--pid "$server_pid" --start-cmd "echo \$\$ > $work/restarted.pid; exec $serve >>$work/server.log 2>&1")
+elif [ "$scenario" = soak ]; then
+    restart=(--pid "$server_pid") # the server's RSS is sampled through /proc
+fi
+status=0
+"$bin/load-tests" --url "http://127.0.0.1:$http_port" --scenario "$scenario" \
+    --admin-token "${ADMIN_TOKEN:-bench}" --out "$result" "${restart[@]}" "$@" || status=$?
+
+server1=$(ticks "$server_pid")
+nats1=$(ticks "$nats_pid")
+pg1=$(pg_ticks)
+fake1=0
+[ -n "$fake_pid" ] && fake1=$(ticks "$fake_pid")
+field() { grep -o "\"$1\": *[0-9]*" "$result" | head -1 | grep -o '[0-9]*$' || echo 0; }
+finished=$(($(field completed) + $(field cancelled)))
+hz=$(getconf CLK_TCK)
+
+if [ "$finished" -gt 0 ]; then
+    echo
+    echo "CPU per finished order ($finished completed or cancelled; ticks of 1/$hz s):"
+    per_order() { # name, ticks
+        awk -v t="$2" -v n="$finished" -v hz="$hz" -v name="$1" \
+            'BEGIN { printf "  %-12s %6d ticks  %.3f ms per order\n", name, t, t * 1000 / hz / n }'
+    }
+    per_order ordersaga $((server1 - server0))
+    if [ -n "$fake_pid" ]; then per_order stripe-fake $((fake1 - fake0)); fi
+    per_order postgresql $((pg1 - pg0))
+    per_order nats-server $((nats1 - nats0))
+fi
+exit "$status"
