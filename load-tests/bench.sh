@@ -39,7 +39,7 @@ cleanup() {
     if command -v psql >/dev/null; then
         psql -q "$pg_url/postgres" -c "DROP DATABASE IF EXISTS $database" >/dev/null 2>&1 || true
     fi
-    rm -rf "$work"
+    if [ -z "${keep_logs:-}" ]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -50,8 +50,8 @@ wait_for() { # what, deadline in tenths of a second, command...
         if "$@" >/dev/null 2>&1; then return 0; fi
         sleep 0.1
     done
-    echo "bench: $what did not come up; logs in $work" >&2
-    trap - EXIT
+    echo "bench: $what did not come up; its log is in $work" >&2
+    keep_logs=1
     exit 1
 }
 
