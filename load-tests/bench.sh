@@ -43,11 +43,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() { # what, deadline in tenths of a second, command...
-    local what=$1 tenths=$2
-    shift 2
+wait_for() { # what, its pid, deadline in tenths of a second, command...
+    local what=$1 pid=$2 tenths=$3
+    shift 3
     for _ in $(seq "$tenths"); do
         if "$@" >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then break; fi # it exited: no use waiting
         sleep 0.1
     done
     echo "bench: $what did not come up; its log is in $work" >&2
@@ -72,7 +73,7 @@ bin="$root/target/release"
 nats-server -p "$nats_port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
 nats_pid=$!
 pids+=("$nats_pid")
-wait_for "nats-server on port $nats_port" 100 bash -c "echo > /dev/tcp/127.0.0.1/$nats_port"
+wait_for "nats-server on port $nats_port" "$nats_pid" 100 bash -c "echo > /dev/tcp/127.0.0.1/$nats_port"
 
 stripe=()
 fake_pid=
@@ -97,7 +98,7 @@ serve=$(printf '%q ' env DATABASE_URL="$pg_url/$database?sslmode=disable" \
 bash -c "exec $serve" >"$work/server.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")
-wait_for "ordersaga on port $http_port" 600 curl -sf "http://127.0.0.1:$http_port/health/ready"
+wait_for "ordersaga on port $http_port" "$server_pid" 600 curl -sf "http://127.0.0.1:$http_port/health/ready"
 
 server0=$(ticks "$server_pid")
 nats0=$(ticks "$nats_pid")
