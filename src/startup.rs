@@ -55,14 +55,16 @@ impl StartupError {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             StartupError::Postgres(pg::ConnectError::Unreachable { .. }) => Some(
-                "PostgreSQL is needed. Install and start it (Debian: `apt-get install postgresql && \
-                 pg_ctlcluster 15 main start`), or run `docker compose up -d postgres nats`; \
-                 then set DATABASE_URL if it is not at postgres://postgres@127.0.0.1:5432.",
+                "PostgreSQL is needed. `cargo xtask run` starts a private one when none answers; or \
+                 install and start it (Debian: `apt-get install postgresql && pg_ctlcluster 15 \
+                 main start`), or run `docker compose up -d postgres nats`; then set \
+                 DATABASE_URL if it is not at postgres://postgres@127.0.0.1:5432.",
             ),
             StartupError::Nats(bus::NatsError::Unreachable { .. }) => Some(
-                "NATS with JetStream is needed. Install and start it (Debian: `apt-get install \
-                 nats-server && nats-server -js &`), or run `docker compose up -d postgres nats`; \
-                 then set NATS_URL if it is not at nats://127.0.0.1:4222.",
+                "NATS with JetStream is needed. `cargo xtask run` starts a private one when none \
+                 answers; or install and start it (Debian: `apt-get install nats-server && \
+                 nats-server -js &`), or run `docker compose up -d postgres nats`; then set \
+                 NATS_URL if it is not at nats://127.0.0.1:4222.",
             ),
             StartupError::Nats(bus::NatsError::Setup { .. }) => {
                 Some("Is JetStream enabled on the NATS server? Start it with `-js`.")

@@ -13,7 +13,8 @@ use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::{
-    ChildProcess, TestDb, TestNats, eventually, free_port, order_body, spawn_app_with, wait_healthy,
+    ChildProcess, TestDb, TestNats, database_port, eventually, free_port, order_body,
+    spawn_app_with, wait_healthy,
 };
 
 const SKUS: [&str; 3] = ["FA", "FB", "FC"];
@@ -326,13 +327,17 @@ impl Proxy {
 
 #[tokio::test]
 async fn a_database_cut_answers_503_with_retry_after_and_everything_resumes() {
-    let proxy = Proxy::start(5432).await;
+    let upstream = database_port();
+    let proxy = Proxy::start(upstream).await;
     let app = spawn_app_with(|s| {
         s.order_rate_limit_per_sec = 0;
         // The app reaches its database through the proxy.
-        s.database_url = s
-            .database_url
-            .replace(":5432/", &format!(":{}/", proxy.port));
+        let direct = s.database_url.clone();
+        s.database_url = direct.replace(&format!(":{upstream}/"), &format!(":{}/", proxy.port));
+        assert_ne!(
+            s.database_url, direct,
+            "the app must reach its database through the proxy"
+        );
     })
     .await;
     seed(&app.pool).await;
