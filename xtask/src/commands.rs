@@ -7,12 +7,15 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::nats::{PrivateNats, probe_jetstream};
 use crate::packages::{self, Package, postgres_bin_dir};
 use crate::postgres::{Answer, PrivatePostgres, probe};
-use crate::system::{answers, endpoint, find_program, services_dir};
+use crate::system::{answers, endpoint, find_program, services_dir, signal};
 use crate::{Result, Stop, say};
 
 const DEFAULT_HOST: &str = "127.0.0.1";
@@ -101,12 +104,43 @@ pub fn run(repository: &Path, args: &[String]) -> Result<ExitCode> {
     say(
         "starting `ordersaga serve` (the first release build takes about five minutes on two cores); Ctrl-C stops it and the servers started here",
     );
-    let status = cargo
-        .status()
+    let terminate = survive_signals();
+    let mut child = cargo
+        .spawn()
         .map_err(|e| Stop(format!("cannot run cargo: {e}")))?;
+    let status = wait_forwarding_termination(&mut child, &terminate);
+    // The servers stop after the program that used them has shut down cleanly.
     drop(nats);
     drop(postgres);
-    Ok(exit_code(status.code()))
+    Ok(exit_code(status))
+}
+
+/// Keeps this command alive through Ctrl-C and SIGTERM, so that it can stop its private servers
+/// after the program they serve (the servers run in process groups of their own, out of the
+/// terminal's reach). Returns the flag SIGTERM raises, to pass it on to the child.
+fn survive_signals() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let terminate = Arc::new(AtomicBool::new(false));
+    // Ctrl-C reaches the whole foreground process group, so the child has it already.
+    let _ = signal_hook::flag::register(SIGINT, Arc::new(AtomicBool::new(false)));
+    let _ = signal_hook::flag::register(SIGTERM, terminate.clone());
+    terminate
+}
+
+/// Waits for `child`, sending it SIGTERM once if this process gets one; its exit code.
+fn wait_forwarding_termination(child: &mut Child, terminate: &AtomicBool) -> Option<i32> {
+    let mut forwarded = false;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code(),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        if !forwarded && terminate.load(Ordering::Relaxed) {
+            forwarded = signal(child.id(), "TERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Decides where the database comes from, from the URL in `variable` if the user set one.
@@ -198,10 +232,18 @@ fn cargo() -> Command {
 /// Runs `cargo test`, passing its output through, and closes with one line of totals over every
 /// test binary (cargo's own last line belongs to the last crate's doc-tests).
 fn run_and_count(cargo: &mut Command) -> Result<ExitCode> {
+    let terminate = survive_signals();
     let mut child = cargo
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| Stop(format!("cannot run cargo: {e}")))?;
+    let pid = child.id();
+    std::thread::spawn(move || {
+        while !terminate.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        signal(pid, "TERM");
+    });
     let mut totals = Totals::default();
     if let Some(stdout) = child.stdout.take() {
         let mut out = std::io::stdout();

@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,6 +78,8 @@ impl PrivateNats {
         let child = Command::new(binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(&files.store)
+            // Out of the terminal's process group, like the private PostgreSQL.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)

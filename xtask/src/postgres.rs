@@ -313,6 +313,9 @@ fn spawn_server(
         .args(["-c", "max_connections=200"]);
     run_as(&mut postgres, owner);
     postgres
+        // Out of the terminal's process group: Ctrl-C stops the program first, then this
+        // command stops the server (see commands.rs).
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(log_file(log)?)
         .stderr(log_file(log)?)
