@@ -113,6 +113,11 @@ pub struct Settings {
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
+    /// Timeouts and bounds of the HTTP server: what keeps slow, idle or too many clients from
+    /// holding the process.
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
+
     /// Roles this process runs, comma separated.
     #[arg(
         long,
@@ -235,6 +240,61 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+/// The HTTP server's timeouts and bounds, in one place (docs/architecture.md, "The HTTP edge").
+/// The defaults follow what servers exposed to the internet do (nginx, Go's `http.Server`):
+/// generous for real clients on slow networks, short enough that connections which send nothing
+/// cannot pile up.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpLimits {
+    /// How long a client may take to send a request's headers, from the connection's start or
+    /// from the first byte of a later request on the same connection, in milliseconds. Past it
+    /// the connection is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_ms: u64,
+
+    /// How long a client may take to send a request's whole body once its headers are in, in
+    /// milliseconds. Past it the answer is 408 and the connection is closed.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_timeout_ms: u64,
+
+    /// How long a keep-alive connection may stay open with no request, in milliseconds.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_idle_timeout_ms: u64,
+
+    /// How long a request may take to be answered, in milliseconds; a long poll (`?wait=`) gets
+    /// its wait on top. Past it the answer is 503 with Retry-After.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_request_timeout_ms: u64,
+
+    /// Open connections at most; past it a new connection gets 503 with Retry-After and is
+    /// closed. Lowered to what the process's open-file limit leaves room for.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
+    /// Requests being answered at once, long polls included; past it a request gets 503 with
+    /// Retry-After. Health and metrics are always answered.
+    #[arg(long, env = "HTTP_MAX_REQUESTS_IN_FLIGHT", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_requests_in_flight: u32,
+}
+
+impl HttpLimits {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_header_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_body_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_idle_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_request_timeout_ms)
+    }
+}
+
 /// The cores this process may use (2 when the platform cannot tell).
 fn cpu_cores() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
@@ -320,6 +380,33 @@ mod tests {
         assert_eq!(six.charge_writer_count(), 3);
         let one = Settings::parse_from(["serve", "--database-writers", "1"]);
         assert_eq!(one.charge_writer_count(), 1);
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_refuse_zero() {
+        let defaults = Settings::parse_from(["serve"]).http_limits;
+        assert_eq!(defaults.header_timeout(), Duration::from_secs(10));
+        assert_eq!(defaults.idle_timeout(), Duration::from_secs(75));
+        assert_eq!(defaults.http_max_connections, 10_000);
+        let set = parse(&[
+            "--http-body-timeout-ms",
+            "1500",
+            "--http-max-requests-in-flight",
+            "7",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.http_limits.body_timeout(), Duration::from_millis(1500));
+        assert_eq!(set.http_limits.http_max_requests_in_flight, 7);
+        for flag in [
+            "--http-header-timeout-ms",
+            "--http-body-timeout-ms",
+            "--http-idle-timeout-ms",
+            "--http-request-timeout-ms",
+            "--http-max-connections",
+            "--http-max-requests-in-flight",
+        ] {
+            assert!(parse(&[flag, "0"]).is_err(), "{flag} 0");
+        }
     }
 
     #[test]

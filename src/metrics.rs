@@ -159,6 +159,26 @@ fn describe() {
         "http_requests_total",
         "HTTP requests by method, route template and status"
     );
+    describe_counter!(
+        crate::http::server::CONNECTIONS_ACCEPTED,
+        "HTTP connections accepted"
+    );
+    describe_counter!(
+        crate::http::server::CONNECTIONS_CLOSED,
+        "HTTP connections closed, by reason: client, header_timeout, idle_timeout, error"
+    );
+    describe_counter!(
+        crate::http::server::CONNECTIONS_REJECTED,
+        "HTTP connections answered 503 past HTTP_MAX_CONNECTIONS"
+    );
+    describe_counter!(
+        crate::http::REQUESTS_SHED,
+        "HTTP requests answered 503 past HTTP_MAX_REQUESTS_IN_FLIGHT"
+    );
+    describe_counter!(
+        crate::http::REQUEST_TIMEOUTS,
+        "HTTP requests cut by a deadline, by phase: body (408) or answer (503)"
+    );
     describe_histogram!(
         "http_request_duration_seconds",
         Unit::Seconds,

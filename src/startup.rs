@@ -369,16 +369,24 @@ impl Application {
             }
             ("readiness probe", Ok(()))
         });
-        let router = http::router(state);
+        let limits = &settings.http_limits;
+        let router = http::router(
+            state,
+            http::RequestLimits::new(
+                limits.http_max_requests_in_flight as usize,
+                limits.request_timeout(),
+                limits.body_timeout(),
+            ),
+        );
+        let connection_limits = http::server::ConnectionLimits {
+            header_timeout: limits.header_timeout(),
+            idle_timeout: limits.idle_timeout(),
+            max_connections: http::server::connection_bound(limits.http_max_connections as usize),
+        };
         let token = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
-            ("http server", served.map_err(|e| e.to_string()))
+            http::server::serve(listener, router, connection_limits, token).await;
+            ("http server", Ok(()))
         });
 
         info!(%address, roles = ?settings.roles, "ordersaga started");

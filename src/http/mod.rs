@@ -5,6 +5,7 @@
 //! Swagger UI at `/docs`.
 
 mod admin;
+mod edge;
 mod error;
 pub(crate) mod health;
 mod inventory;
@@ -14,6 +15,7 @@ mod orders;
 pub mod rate_limit;
 mod request_metrics;
 mod saga_metrics;
+pub mod server;
 mod webhooks;
 
 use axum::Router;
@@ -21,6 +23,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use sqlx::PgPool;
 
+pub use edge::{REQUEST_TIMEOUTS, REQUESTS_SHED, RequestLimits};
 pub use error::ApiError;
 
 use actors::orders::{OrderSupervisorHandle, StatusWatchers};
@@ -80,7 +83,9 @@ pub struct PaymentHttp {
 /// Stripe events can be larger than order requests (they embed whole objects).
 pub const MAX_WEBHOOK_BYTES: usize = 512 * 1024;
 
-pub fn router(state: AppState) -> Router {
+/// The API's routes behind the per-request limits of the edge (`edge.rs`): shedding outermost,
+/// so a shed request costs nothing more, then the answer's deadline, then the body's.
+pub fn router(state: AppState, limits: RequestLimits) -> Router {
     let admin = Router::new()
         .route("/actors", get(admin::overview))
         .route("/actors/stuck", get(admin::stuck))
@@ -122,5 +127,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn(request_metrics::record))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.clone(),
+            edge::body_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.clone(),
+            edge::request_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            edge::shed_load,
+        ))
         .with_state(state)
 }

@@ -533,7 +533,7 @@ fn wait_query(raw: Option<&str>) -> Result<Duration, ApiError> {
 }
 
 /// `5s`, `500ms`, `2` (seconds) → a duration up to `MAX_WAIT`.
-fn parse_wait(raw: &str) -> Option<Duration> {
+pub(super) fn parse_wait(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
     let duration = if let Some(ms) = raw.strip_suffix("ms") {
         Duration::from_millis(ms.parse::<u64>().ok().filter(|v| *v <= 30_000)?)
