@@ -255,6 +255,22 @@ impl Api {
         parse_gauge(&response.text().await.ok()?, "order_actors_live")
     }
 
+    /// The JetStream message counters of the process at the base URL, from `GET /metrics`;
+    /// `None` when its metrics cannot be read.
+    pub async fn message_counts(&self) -> Option<MessageCounts> {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        Some(MessageCounts::of_metrics(&response.text().await.ok()?))
+    }
+
     /// Whether `GET /health/ready` answers 200 within `timeout`.
     pub async fn ready(&self, timeout: Duration) -> bool {
         matches!(
@@ -328,6 +344,62 @@ pub(crate) fn classify(reason: Option<&str>) -> String {
 }
 
 /// The value of an unlabelled sample `name value` in Prometheus text.
+/// What one process sent through JetStream and received from it, summed over streams,
+/// consumers and outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct MessageCounts {
+    pub published: f64,
+    pub delivered: f64,
+    pub redelivered: f64,
+}
+
+impl MessageCounts {
+    fn of_metrics(text: &str) -> Self {
+        Self {
+            published: sum_of(text, "jetstream_messages_published_total"),
+            delivered: sum_of(text, "jetstream_messages_consumed_total"),
+            redelivered: sum_of(text, "jetstream_redeliveries_total"),
+        }
+    }
+
+    /// The counts divided by `orders`.
+    pub fn per(&self, orders: f64) -> Self {
+        Self {
+            published: self.published / orders,
+            delivered: self.delivered / orders,
+            redelivered: self.redelivered / orders,
+        }
+    }
+
+    /// What happened between `before` and `self`.
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            published: self.published - before.published,
+            delivered: self.delivered - before.delivered,
+            redelivered: self.redelivered - before.redelivered,
+        }
+    }
+}
+
+/// The sum of every series of one metric in Prometheus text (`name 3` and `name{...} 4`).
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.rsplit_once('}')?.1,
+                None => rest,
+            };
+            value
+                .strip_prefix(' ')?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
+}
+
 pub(crate) fn parse_gauge(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
@@ -348,6 +420,38 @@ fn status_of(status: &str, cancel_reason: Option<&str>) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_counts_sum_every_series_of_their_metric_only() {
+        let text = "# TYPE jetstream_messages_published_total counter\n\
+            jetstream_messages_published_total{stream=\"orders\"} 10\n\
+            jetstream_messages_published_total{stream=\"inventory\"} 5\n\
+            jetstream_messages_published_totally_else 100\n\
+            jetstream_messages_consumed_total{consumer=\"a\",outcome=\"ack\"} 7\n\
+            jetstream_messages_consumed_total{consumer=\"b\",outcome=\"retry\"} 1\n";
+        let counts = MessageCounts::of_metrics(text);
+        assert_eq!(
+            counts,
+            MessageCounts {
+                published: 15.0,
+                delivered: 8.0,
+                redelivered: 0.0
+            }
+        );
+        let later = MessageCounts {
+            published: 25.0,
+            delivered: 20.0,
+            redelivered: 2.0,
+        };
+        assert_eq!(
+            later.since(&counts),
+            MessageCounts {
+                published: 10.0,
+                delivered: 12.0,
+                redelivered: 2.0
+            }
+        );
+    }
 
     #[test]
     fn cancel_reasons_are_counted_by_kind() {

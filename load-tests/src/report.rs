@@ -7,6 +7,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::api::MessageCounts;
+
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Percentiles {
@@ -222,6 +224,10 @@ pub struct LoadReport {
     pub samples: Vec<Sample>,
     pub soak: Option<SoakSummary>,
     pub recovery: Option<RecoveryReport>,
+    /// JetStream messages one finished order cost the process at `base_url` (only that one):
+    /// published by its outbox relay, delivered to its durable consumers (any outcome), and how
+    /// many deliveries were repeats. What the sagas need from the broker shows here.
+    pub messages_per_order: Option<MessageCounts>,
     /// The invariants this run checked.
     pub invariants_checked: Vec<String>,
     /// Human-readable descriptions of every invariant that failed; empty means all held.
@@ -297,6 +303,13 @@ impl fmt::Display for LoadReport {
             "latency ({}): p50 {:.1} ms, p90 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             self.latency_measured, l.p50_ms, l.p90_ms, l.p95_ms, l.p99_ms, l.max_ms
         )?;
+        if let Some(m) = &self.messages_per_order {
+            writeln!(
+                f,
+                "JetStream per finished order (this process): {:.2} published, {:.2} delivered, {:.2} redelivered",
+                m.published, m.delivered, m.redelivered
+            )?;
+        }
         for target in &self.targets {
             writeln!(
                 f,

@@ -306,6 +306,7 @@ pub(crate) async fn execute(config: LoadConfig, options: RunOptions) -> anyhow::
             order_actors_live: api.order_actors_live().await,
         });
     }
+    let messages_before = api.message_counts().await;
     let started = Instant::now();
     let ctx = Arc::new(Ctx {
         api: api.clone(),
@@ -409,6 +410,12 @@ pub(crate) async fn execute(config: LoadConfig, options: RunOptions) -> anyhow::
         )
     };
 
+    let finished = (report.completed + report.cancelled) as f64;
+    if let (Some(before), Some(after), true) =
+        (messages_before, api.message_counts().await, finished > 0.0)
+    {
+        report.messages_per_order = Some(after.since(&before).per(finished));
+    }
     if report.rate_limited_retries > 0 {
         report.warnings.push(format!(
             "the server rate-limited {} placements (429, retried): throughput is capped by ORDER_RATE_LIMIT_PER_SEC; run the server with it at 0, or pass --client-keys",
