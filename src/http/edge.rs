@@ -69,51 +69,43 @@ fn always_answered(path: &str) -> bool {
     matches!(path, "/health" | "/health/ready" | "/metrics")
 }
 
-/// Answers 503 `overloaded` when the in-flight bound is reached; otherwise holds a slot until the
-/// answer is ready.
-pub async fn shed_load(
-    State(limits): State<RequestLimits>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if always_answered(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let Ok(_slot) = limits.in_flight.clone().try_acquire_owned() else {
-        metrics::counter!(REQUESTS_SHED).increment(1);
+/// The edge's limits on one request, as one layer (one boxed future per request instead of one
+/// per limit): shed past the in-flight bound, then give the body and the answer their deadlines.
+pub async fn guard(State(limits): State<RequestLimits>, request: Request, next: Next) -> Response {
+    let _slot = if always_answered(request.uri().path()) {
+        None
+    } else {
+        match limits.in_flight.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                metrics::counter!(REQUESTS_SHED).increment(1);
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many requests in flight; retry shortly",
+                )
+                .into_response();
+            }
+        }
+    };
+    let deadline = limits.request_timeout + long_poll_wait(request.uri().query());
+    let (request, body_timed_out) = with_body_deadline(request, limits.body_timeout);
+    let Ok(response) = tokio::time::timeout(deadline, next.run(request)).await else {
+        metrics::counter!(REQUEST_TIMEOUTS, "phase" => "answer").increment(1);
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests in flight; retry shortly",
+            "timed_out",
+            format!(
+                "the request was not answered within {} ms; it may still take effect: retry \
+                 (with the same Idempotency-Key for a placement)",
+                deadline.as_millis()
+            ),
         )
         .into_response();
     };
-    next.run(request).await
-}
-
-/// Answers 503 `timed_out` when the request is not answered within its deadline (the request
-/// timeout, plus the wait of a long poll).
-pub async fn request_deadline(
-    State(limits): State<RequestLimits>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let deadline = limits.request_timeout + long_poll_wait(request.uri().query());
-    match tokio::time::timeout(deadline, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            metrics::counter!(REQUEST_TIMEOUTS, "phase" => "answer").increment(1);
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timed_out",
-                format!(
-                    "the request was not answered within {} ms; it may still take effect: retry \
-                     (with the same Idempotency-Key for a placement)",
-                    deadline.as_millis()
-                ),
-            )
-            .into_response()
-        }
+    match body_timed_out {
+        Some(flag) if flag.load(Ordering::Acquire) => body_timeout_answer(limits.body_timeout),
+        _ => response,
     }
 }
 
@@ -128,31 +120,29 @@ fn long_poll_wait(query: Option<&str>) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// Gives the body `HTTP_BODY_TIMEOUT_MS` to arrive; when it does not, the answer is 408
-/// `body_timeout` whatever the handler made of the failed read, and the connection is closed.
-pub async fn body_deadline(
-    State(limits): State<RequestLimits>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Gives a request's body until `timeout` from now to arrive, and the flag its failure raises;
+/// a request without a body is left as it is.
+fn with_body_deadline(request: Request, timeout: Duration) -> (Request, Option<Arc<AtomicBool>>) {
     if !has_body(&request) {
-        return next.run(request).await;
+        return (request, None);
     }
     let timed_out = Arc::new(AtomicBool::new(false));
-    let deadline = Instant::now() + limits.body_timeout;
+    let deadline = Instant::now() + timeout;
     let flag = timed_out.clone();
     let request = request.map(|body| Body::new(DeadlineBody::new(body, deadline, flag)));
-    let response = next.run(request).await;
-    if !timed_out.load(Ordering::Acquire) {
-        return response;
-    }
+    (request, Some(timed_out))
+}
+
+/// 408 `body_timeout`, whatever the handler made of the failed read, with `Connection: close`:
+/// the rest of a body that never came cannot be told from the next request.
+fn body_timeout_answer(timeout: Duration) -> Response {
     metrics::counter!(REQUEST_TIMEOUTS, "phase" => "body").increment(1);
     let mut response = ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         "body_timeout",
         format!(
             "the request body did not arrive within {} ms",
-            limits.body_timeout.as_millis()
+            timeout.as_millis()
         ),
     )
     .into_response();
@@ -290,10 +280,7 @@ mod tests {
                     "done"
                 }),
             )
-            .layer(axum::middleware::from_fn_with_state(
-                limits,
-                request_deadline,
-            ));
+            .layer(axum::middleware::from_fn_with_state(limits, guard));
         let call = |uri: &'static str| {
             let app = app.clone();
             async move {

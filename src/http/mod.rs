@@ -83,8 +83,8 @@ pub struct PaymentHttp {
 /// Stripe events can be larger than order requests (they embed whole objects).
 pub const MAX_WEBHOOK_BYTES: usize = 512 * 1024;
 
-/// The API's routes behind the per-request limits of the edge (`edge.rs`): shedding outermost,
-/// so a shed request costs nothing more, then the answer's deadline, then the body's.
+/// The API's routes behind the per-request limits of the edge (`edge.rs`), outermost so that a
+/// shed request costs nothing more.
 pub fn router(state: AppState, limits: RequestLimits) -> Router {
     let admin = Router::new()
         .route("/actors", get(admin::overview))
@@ -127,17 +127,6 @@ pub fn router(state: AppState, limits: RequestLimits) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn(request_metrics::record))
-        .layer(axum::middleware::from_fn_with_state(
-            limits.clone(),
-            edge::body_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            limits.clone(),
-            edge::request_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            limits,
-            edge::shed_load,
-        ))
+        .layer(axum::middleware::from_fn_with_state(limits, edge::guard))
         .with_state(state)
 }

@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -261,6 +261,9 @@ enum Phase {
 /// touch it, never at the same instant for long.
 struct ConnectionClock {
     phase: Mutex<Phase>,
+    /// Raised when a deadline starts (the connection fell idle, or the next request's first
+    /// byte came), since the new one may fall before the one the watchdog sleeps towards.
+    deadline_moved: Notify,
     header_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -271,6 +274,7 @@ impl ConnectionClock {
             phase: Mutex::new(Phase::AwaitingHeaders {
                 since: Instant::now(),
             }),
+            deadline_moved: Notify::new(),
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
         }
@@ -286,13 +290,18 @@ impl ConnectionClock {
 
     /// Bytes arrived: on an idle connection they start the next request's header deadline.
     fn bytes_read(&self) {
-        self.with_phase(|phase| {
-            if let Phase::Idle { .. } = phase {
+        let moved = self.with_phase(|phase| {
+            let idle = matches!(phase, Phase::Idle { .. });
+            if idle {
                 *phase = Phase::AwaitingHeaders {
                     since: Instant::now(),
                 };
             }
+            idle
         });
+        if moved {
+            self.deadline_moved.notify_one();
+        }
     }
 
     /// A request's headers are in; the connection is busy until the returned guard drops.
@@ -309,7 +318,7 @@ impl ConnectionClock {
     }
 
     fn request_finished(&self) {
-        self.with_phase(|phase| {
+        let idle = self.with_phase(|phase| {
             *phase = match *phase {
                 Phase::Busy { requests } if requests > 1 => Phase::Busy {
                     requests: requests - 1,
@@ -318,26 +327,32 @@ impl ConnectionClock {
                     since: Instant::now(),
                 },
             };
+            matches!(phase, Phase::Idle { .. })
         });
+        if idle {
+            self.deadline_moved.notify_one();
+        }
     }
 
-    /// Resolves when the deadline of the current phase passes. Phase changes do not wake it: it
-    /// wakes at the deadline it last saw and looks again, so a busy connection costs one timer.
+    /// Resolves when the deadline of the current phase passes. A busy connection has none and
+    /// waits, with no timer, for the phase to move.
     async fn expired(&self) -> Closed {
         loop {
             let (deadline, reason) = match self.with_phase(|phase| *phase) {
                 Phase::AwaitingHeaders { since } => {
-                    (since + self.header_timeout, Some(Closed::HeaderTimeout))
+                    (Some(since + self.header_timeout), Closed::HeaderTimeout)
                 }
-                Phase::Idle { since } => (since + self.idle_timeout, Some(Closed::IdleTimeout)),
-                Phase::Busy { .. } => (Instant::now() + self.idle_timeout, None),
+                Phase::Idle { since } => (Some(since + self.idle_timeout), Closed::IdleTimeout),
+                Phase::Busy { .. } => (None, Closed::ByClient),
             };
-            if let Some(reason) = reason
-                && Instant::now() >= deadline
-            {
-                return reason;
+            match deadline {
+                Some(deadline) if Instant::now() >= deadline => return reason,
+                Some(deadline) => tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = self.deadline_moved.notified() => {}
+                },
+                None => self.deadline_moved.notified().await,
             }
-            tokio::time::sleep_until(deadline).await;
         }
     }
 }
@@ -449,6 +464,26 @@ mod tests {
         let first_byte = Instant::now();
         assert_eq!(clock.expired().await, Closed::HeaderTimeout);
         assert_eq!(first_byte.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_deadline_shorter_than_the_header_deadline_it_waited_on_still_closes_in_time() {
+        let clock = Arc::new(ConnectionClock::new(ConnectionLimits {
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 1,
+        }));
+        let watchdog = tokio::spawn({
+            let clock = clock.clone();
+            async move { clock.expired().await }
+        });
+        // The watchdog now sleeps towards the 60 s header deadline.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        drop(clock.request_started());
+        let idle_since = Instant::now();
+        let closed = watchdog.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(closed, Closed::IdleTimeout);
+        assert_eq!(idle_since.elapsed(), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
