@@ -242,22 +242,18 @@ impl Api {
 
     /// `order_actors_live` from `GET /metrics`; `None` when absent or unreadable.
     pub async fn order_actors_live(&self) -> Option<f64> {
-        let response = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        parse_gauge(&response.text().await.ok()?, "order_actors_live")
+        parse_gauge(&self.metrics_text().await?, "order_actors_live")
     }
 
     /// The JetStream message counters of the process at the base URL, from `GET /metrics`;
     /// `None` when its metrics cannot be read.
     pub async fn message_counts(&self) -> Option<MessageCounts> {
+        Some(MessageCounts::of_metrics(&self.metrics_text().await?))
+    }
+
+    /// `GET /metrics` of the process at the base URL, with a short timeout (it is sampled while
+    /// the load runs).
+    async fn metrics_text(&self) -> Option<String> {
         let response = self
             .client
             .get(format!("{}/metrics", self.base))
@@ -268,7 +264,7 @@ impl Api {
         if !response.status().is_success() {
             return None;
         }
-        Some(MessageCounts::of_metrics(&response.text().await.ok()?))
+        response.text().await.ok()
     }
 
     /// Whether `GET /health/ready` answers 200 within `timeout`.

@@ -15,10 +15,10 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::postgres::Answer;
-use crate::system::{self, create_reachable_dir, free_port, log_tail, process_alive};
+use crate::system::{self, create_reachable_dir, free_port, process_alive};
 use crate::{Result, Stop, say};
 
 /// What the server at `host:port` said: `Accepts` when its greeting shows JetStream enabled.
@@ -89,7 +89,16 @@ impl PrivateNats {
             port,
             child: Some(child),
         };
-        server.wait_until_ready(&files.log)?;
+        if let Some(child) = server.child.as_mut() {
+            let ready = || probe_jetstream("127.0.0.1", port) == Answer::Accepts;
+            system::wait_until_ready(
+                child,
+                "nats-server",
+                &files.log,
+                Duration::from_secs(30),
+                ready,
+            )?;
+        }
         files.remember(server.child.as_ref().map(Child::id), port);
         say(format!(
             "NATS: started a private nats-server -js on 127.0.0.1:{port} (store in {}, log in {})",
@@ -103,47 +112,10 @@ impl PrivateNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn wait_until_ready(&mut self, log: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(Stop(format!(
-                    "the private nats-server exited ({status}); its log ({}) ends with:\n{}",
-                    log.display(),
-                    log_tail(log, 15)
-                )));
-            }
-            if probe_jetstream("127.0.0.1", self.port) == Answer::Accepts {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Stop(format!(
-                    "the private nats-server did not answer within 30 s; see {}",
-                    log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGINT: nats-server flushes its store and exits.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        system::signal(child.id(), "INT");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = self.child.take() {
+            system::stop_server(child, Duration::from_secs(15));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

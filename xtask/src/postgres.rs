@@ -19,7 +19,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::system::{self, create_reachable_dir, free_port, log_tail, process_alive};
 use crate::{Result, Stop, say};
@@ -163,7 +163,20 @@ impl PrivatePostgres {
             data_dir,
             child: Some(child),
         };
-        server.wait_until_ready(&log)?;
+        if let Some(child) = server.child.as_mut() {
+            let data_dir = &server.data_dir;
+            let ready = || {
+                running_port(data_dir) == Some(port)
+                    && probe("127.0.0.1", port, "postgres", "postgres") == Answer::Accepts
+            };
+            system::wait_until_ready(
+                child,
+                "PostgreSQL server",
+                &log,
+                Duration::from_secs(60),
+                ready,
+            )?;
+        }
         say(format!(
             "PostgreSQL: started a private server on 127.0.0.1:{port} (data in {}, log in {})",
             server.data_dir.display(),
@@ -183,49 +196,10 @@ impl PrivatePostgres {
         self.child.is_some()
     }
 
-    fn wait_until_ready(&mut self, log: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(Stop(format!(
-                    "the private PostgreSQL server exited ({status}); its log ({}) ends with:\n{}",
-                    log.display(),
-                    log_tail(log, 15)
-                )));
-            }
-            if running_port(&self.data_dir) == Some(self.port)
-                && probe("127.0.0.1", self.port, "postgres", "postgres") == Answer::Accepts
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Stop(format!(
-                    "the private PostgreSQL server did not become ready within a minute; see {}",
-                    log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Fast shutdown (SIGINT: running transactions roll back, the data stays consistent).
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        system::signal(child.id(), "INT");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = self.child.take() {
+            system::stop_server(child, Duration::from_secs(30));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

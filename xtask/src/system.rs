@@ -177,6 +177,58 @@ pub fn answers(host: &str, port: u16) -> bool {
         .unwrap_or(false)
 }
 
+/// Waits until `ready()` holds for the server `child` just started, failing with the end of its
+/// log when it exits first or `within` runs out.
+pub fn wait_until_ready(
+    child: &mut std::process::Child,
+    name: &str,
+    log: &Path,
+    within: std::time::Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Stop(format!(
+                "the private {name} exited ({status}); its log ({}) ends with:\n{}",
+                log.display(),
+                log_tail(log, 15)
+            )));
+        }
+        if ready() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Stop(format!(
+                "the private {name} was not ready within {} s; see {}",
+                within.as_secs(),
+                log.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Stops a server this command started with SIGINT, which both PostgreSQL (fast shutdown:
+/// transactions roll back, the data stays consistent) and nats-server (its store flushed) take
+/// as a clean stop; killed if still running after `grace`.
+pub fn stop_server(mut child: std::process::Child, grace: std::time::Duration) {
+    // One that already exited was reaped: its pid may belong to another process by now.
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    signal(child.id(), "INT");
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The last lines of a log file, to show why a server did not start.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
