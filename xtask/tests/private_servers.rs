@@ -4,7 +4,7 @@
 //! refuse (one wanting a password, one without JetStream), which the machine does not run.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 
 use xtask::nats::{PrivateNats, probe_jetstream};
@@ -32,6 +32,22 @@ impl Drop for ServicesDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A one-connection server on a free port that answers with `respond`; joined by the caller.
+fn fake_server(
+    respond: impl FnOnce(TcpStream) + Send + 'static,
+) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    let server = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        respond(socket);
+    });
+    (port, server)
 }
 
 #[test]
@@ -71,13 +87,7 @@ fn a_private_postgres_lets_postgres_in_without_a_password_is_found_again_while_i
 
 #[test]
 fn a_server_that_wants_a_password_is_told_apart_from_one_that_lets_postgres_in() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .port();
-    let server = std::thread::spawn(move || {
-        let (mut socket, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+    let (port, server) = fake_server(|mut socket| {
         let mut length = [0u8; 4];
         socket
             .read_exact(&mut length)
@@ -128,13 +138,7 @@ fn a_private_nats_server_has_jetstream_is_found_again_while_it_runs_and_stops() 
 
 #[test]
 fn a_nats_server_without_jetstream_is_refused_with_the_flag_it_lacks() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .port();
-    let server = std::thread::spawn(move || {
-        let (mut socket, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+    let (port, server) = fake_server(|mut socket| {
         let _ = socket.write_all(b"INFO {\"server_id\":\"plain\",\"max_payload\":1048576}\r\n");
     });
     assert!(matches!(
