@@ -338,16 +338,16 @@ impl ConnectionClock {
     /// waits, with no timer, for the phase to move.
     async fn expired(&self) -> Closed {
         loop {
-            let (deadline, reason) = match self.with_phase(|phase| *phase) {
+            let running = match self.with_phase(|phase| *phase) {
                 Phase::AwaitingHeaders { since } => {
-                    (Some(since + self.header_timeout), Closed::HeaderTimeout)
+                    Some((since + self.header_timeout, Closed::HeaderTimeout))
                 }
-                Phase::Idle { since } => (Some(since + self.idle_timeout), Closed::IdleTimeout),
-                Phase::Busy { .. } => (None, Closed::ByClient),
+                Phase::Idle { since } => Some((since + self.idle_timeout, Closed::IdleTimeout)),
+                Phase::Busy { .. } => None,
             };
-            match deadline {
-                Some(deadline) if Instant::now() >= deadline => return reason,
-                Some(deadline) => tokio::select! {
+            match running {
+                Some((deadline, reason)) if Instant::now() >= deadline => return reason,
+                Some((deadline, _)) => tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => {}
                     _ = self.deadline_moved.notified() => {}
                 },
