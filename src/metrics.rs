@@ -143,6 +143,8 @@ fn register_alerting_counters() {
         m::COMMIT_SHORTFALL,
         m::RESERVATIONS_EXPIRED,
         m::JETSTREAM_PUBLISH_FAILURES,
+        crate::http::server::CONNECTIONS_REJECTED,
+        crate::http::REQUESTS_SHED,
     ] {
         metrics::counter!(name).increment(0);
     }

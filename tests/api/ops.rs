@@ -44,6 +44,11 @@ const METRICS: &[&str] = &[
     "jetstream_redeliveries_total",
     "http_requests_total",
     "http_request_duration_seconds",
+    "http_connections_accepted_total",
+    "http_connections_closed_total",
+    "http_connections_rejected_total",
+    "http_requests_shed_total",
+    "http_request_timeouts_total",
     "outbox_pending_messages",
     "outbox_lag_seconds",
     "ordersaga_ready",
@@ -70,6 +75,7 @@ const RUNBOOK_ANCHORS: &[&str] = &[
     "low-stock",
     "inventory-shortfall",
     "dead-letters",
+    "http-overload",
 ];
 
 /// What the dashboard must show (the panels asked of it), by the series its queries read.
