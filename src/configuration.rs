@@ -146,6 +146,16 @@ pub struct Settings {
     #[arg(long, env = "PAYMENT_STEP_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub payment_step_timeout_ms: u64,
 
+    /// How long a saga waits for the answer to a command handed to an actor in this process before
+    /// sending it again, in milliseconds (doubled on each re-send, up to 30 s, with jitter).
+    #[arg(long, env = "SAGA_RESEND_AFTER_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub saga_resend_after_ms: u64,
+
+    /// Commands handed to actors in this process and not answered yet above which new orders
+    /// are refused with 503 and Retry-After (backpressure instead of unbounded queues).
+    #[arg(long, env = "MAX_COMMANDS_IN_FLIGHT", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_commands_in_flight: u32,
+
     /// How often expired stock reservations are looked for, in milliseconds.
     #[arg(long, env = "RESERVATION_SWEEP_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub reservation_sweep_interval_ms: u64,
@@ -314,6 +324,14 @@ fn default_stage_count() -> usize {
 impl Settings {
     pub fn runs(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    /// How sagas re-send the commands handed to actors in this process.
+    pub fn resend_policy(&self) -> actors::orders::ResendPolicy {
+        actors::orders::ResendPolicy {
+            first: Duration::from_millis(self.saga_resend_after_ms),
+            max: Duration::from_secs(30).max(Duration::from_millis(self.saga_resend_after_ms)),
+        }
     }
 
     /// Shards to spawn; by default see [`default_stage_count`].

@@ -21,6 +21,7 @@ pub const STOCK_AVAILABLE: &str = "inventory_stock_available";
 pub const SAGAS_STUCK: &str = "order_sagas_stuck";
 pub const READY: &str = "ordersaga_ready";
 pub const DEPENDENCY_UP: &str = "ordersaga_dependency_up";
+pub const PLACEMENTS_REFUSED_BUSY: &str = "order_placements_refused_busy_total";
 
 /// How many of the lowest-stock SKUs are exported with a `sku` label.
 pub const STOCK_SKUS_EXPORTED: i64 = 50;
@@ -157,6 +158,10 @@ fn register_alerting_counters() {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     actors::metrics::describe();
+    describe_counter!(
+        PLACEMENTS_REFUSED_BUSY,
+        "Orders refused with 503 because too many commands were in flight in this process"
+    );
     describe_counter!(
         "http_requests_total",
         "HTTP requests by method, route template and status"

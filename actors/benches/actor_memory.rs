@@ -162,6 +162,8 @@ async fn run(n: usize) {
             inventory_ms: 3_600_000,
             payment_ms: 3_600_000,
         },
+        postman: actors::postman::Postman::default(),
+        resend: actors::orders::ResendPolicy::default(),
     };
     let (supervisor, _join) = ractor::Actor::spawn(None, OrderSupervisor, deps)
         .await

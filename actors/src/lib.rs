@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod orders;
 pub mod payments;
 pub mod ports;
+pub mod postman;
 pub mod saga;

@@ -11,6 +11,7 @@ pub const SAGA_DURATION: &str = "order_saga_duration_seconds";
 pub const SAGA_TIMEOUTS: &str = "order_saga_step_timeouts_total";
 pub const STEP_DURATION: &str = "order_saga_step_duration_seconds";
 pub const STEP_RETRIES: &str = "order_saga_step_retries_total";
+pub const STEP_RESENDS: &str = "order_saga_step_resends_total";
 pub const ORDER_ACTORS_LIVE: &str = "order_actors_live";
 pub const ACTOR_RESTARTS: &str = "actor_restarts_total";
 pub const MAILBOX_DEPTH: &str = "actor_mailbox_depth";
@@ -71,6 +72,18 @@ pub fn describe() {
     describe_counter!(
         STEP_RETRIES,
         "Step retries by step: redelivered messages, re-fired timers and operator retries"
+    );
+    describe_counter!(
+        STEP_RESENDS,
+        "Pending commands a saga sent again because their answer did not come (or at recovery), by step"
+    );
+    describe_gauge!(
+        crate::postman::IN_FLIGHT,
+        "Commands handed to a receiver in this process and not answered yet, by receiver"
+    );
+    describe_counter!(
+        crate::postman::DELIVERED,
+        "Commands and answers handed straight to an actor in this process (no broker), by receiver"
     );
     describe_gauge!(ORDER_ACTORS_LIVE, "Order saga actors alive in this process");
     describe_counter!(

@@ -25,6 +25,7 @@ use crate::ports::{
     AppliedUpdate, ChargeMessages, ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway,
     PaymentRecords, PaymentUpdate, ProviderStatus, RefundRequest, SharedClock, StoreError,
 };
+use crate::saga::SagaEvent;
 
 /// How old a payment request may be and still be charged without reading the records first on
 /// its first delivery (see `PaymentService::on_delivery`).
@@ -154,17 +155,30 @@ impl PaymentService {
         self.on_delivery(envelope, false).await
     }
 
+    /// Handles one delivery (see `answer`), dropping the answer: it also travels as a payment
+    /// event in the outbox.
+    pub async fn on_delivery(
+        &self,
+        envelope: &Envelope,
+        first_delivery: bool,
+    ) -> Result<(), PaymentError> {
+        self.answer(envelope, first_delivery).await.map(|_| ())
+    }
+
     /// Handles one delivery; `first_delivery` is the bus's word that this message was not
     /// delivered before. A fresh request on its first delivery is charged without reading the
     /// records: the read would find nothing (a redelivery is never a first delivery), and the
     /// rare duplicate publication is made harmless by the idempotency key, under which the
     /// provider answers the charge it already made (it keeps keys for 24 hours; "fresh" is well
     /// inside that), and by the record, which stays the one written first.
-    pub async fn on_delivery(
+    ///
+    /// Returns the saga's answer: the charge's outcome as recorded (for a repeated request, the
+    /// charge as it stands now, so a saga whose answer was lost gets it again), or the refund.
+    pub async fn answer(
         &self,
         envelope: &Envelope,
         first_delivery: bool,
-    ) -> Result<(), PaymentError> {
+    ) -> Result<Option<SagaEvent>, PaymentError> {
         match &envelope.body {
             EventBody::PaymentRequested(request) => {
                 let fresh = self.clock.now() - envelope.occurred_at < FRESH_REQUEST;
@@ -172,8 +186,10 @@ impl PaymentService {
                     .await
             }
             EventBody::PaymentRefundRequested(request) => self.refund(envelope, request).await,
-            EventBody::PaymentCancelRequested(request) => self.cancel(envelope, request).await,
-            _ => Ok(()),
+            EventBody::PaymentCancelRequested(request) => {
+                self.cancel(envelope, request).await.map(|()| None)
+            }
+            _ => Ok(None),
         }
     }
 
@@ -182,10 +198,14 @@ impl PaymentService {
         envelope: &Envelope,
         request: &PaymentRequested,
         check_records: bool,
-    ) -> Result<(), PaymentError> {
+    ) -> Result<Option<SagaEvent>, PaymentError> {
         let order_id = envelope.order_id;
         if check_records && self.records.is_recorded(order_id, request.attempt).await? {
-            return Ok(());
+            let recorded = self
+                .records
+                .recorded_charge(order_id, request.attempt)
+                .await?;
+            return Ok(recorded.and_then(|c| answer_of(c.reference, &c.status)));
         }
         // Until the outcome is recorded (this function returns), an overtaking webhook waits.
         let _in_flight = self.records.charging(order_id, request.attempt);
@@ -257,7 +277,19 @@ impl PaymentService {
         if recorded {
             debug!(%order_id, correlation_id = %envelope.correlation_id, outcome = ?outcome, "payment recorded");
         }
-        Ok(())
+        Ok(Some(match outcome {
+            ChargeOutcome::Succeeded { reference } => SagaEvent::PaymentSucceeded { reference },
+            ChargeOutcome::Processing { reference } => SagaEvent::PaymentPending { reference },
+            ChargeOutcome::Declined {
+                reference,
+                code,
+                message,
+            } => SagaEvent::PaymentFailed {
+                reference,
+                code,
+                message,
+            },
+        }))
     }
 
     /// Applies what the provider reports about a charge (a verified webhook).
@@ -316,11 +348,11 @@ impl PaymentService {
         &self,
         envelope: &Envelope,
         request: &PaymentRefundRequested,
-    ) -> Result<(), PaymentError> {
+    ) -> Result<Option<SagaEvent>, PaymentError> {
         let order_id = envelope.order_id;
         let reference = &request.payment_reference;
         if self.records.is_refunded(reference).await? {
-            return Ok(());
+            return Ok(None);
         }
         let refund = RefundRequest {
             order_id,
@@ -335,7 +367,7 @@ impl PaymentService {
             Err(GatewayError::Permanent(e)) => {
                 // Nothing automatic can fix this; an operator must look. Do not redeliver forever.
                 error!(%order_id, %reference, error = %e, "refund refused by the provider; manual action needed");
-                return Ok(());
+                return Ok(None);
             }
         };
         let body = EventBody::PaymentRefunded(PaymentRefunded {
@@ -355,7 +387,10 @@ impl PaymentService {
         {
             info!(%order_id, %reference, %refund_id, "payment refunded");
         }
-        Ok(())
+        Ok(Some(SagaEvent::PaymentRefunded {
+            reference: reference.clone(),
+            refund_id,
+        }))
     }
 
     /// Cancels a charge the saga gave up on. A charge that already succeeded cannot be canceled;
@@ -388,6 +423,23 @@ impl PaymentService {
             }
         }
     }
+}
+
+/// What the saga hears of a charge in this status; `None` for a charge still in processing
+/// whose id is unknown (there is nothing to tell yet).
+pub fn answer_of(reference: Option<String>, status: &ProviderStatus) -> Option<SagaEvent> {
+    Some(match (status, reference) {
+        (ProviderStatus::Processing, Some(reference)) => SagaEvent::PaymentPending { reference },
+        (ProviderStatus::Processing, None) => return None,
+        (ProviderStatus::Succeeded, Some(reference)) => SagaEvent::PaymentSucceeded { reference },
+        (ProviderStatus::Canceled, Some(reference)) => SagaEvent::PaymentCanceled { reference },
+        (ProviderStatus::Failed { code, message }, reference) => SagaEvent::PaymentFailed {
+            reference,
+            code: code.clone(),
+            message: message.clone(),
+        },
+        (ProviderStatus::Succeeded | ProviderStatus::Canceled, None) => return None,
+    })
 }
 
 fn pending(reference: &str) -> EventBody {

@@ -68,6 +68,22 @@ pub struct ExpiredReservation {
     /// `events::routing_skus`): its release goes to that SKU's shard, the one that took the
     /// reservation and takes the order's commit. `None` only if the stored SKU no longer parses.
     pub routing_sku: Option<Sku>,
+    /// The order's status when it finished (`COMPLETED` or `CANCELLED`) and the settlement that
+    /// follows was lost (a crash between the saga's commit and the shard's): the sweeper commits
+    /// a completed order's units (they were sold) and releases a cancelled one's. `None`: the
+    /// order is live, or gone, and the reservation simply expired.
+    pub finished: Option<crate::saga::OrderStatus>,
+}
+
+/// What inventory decided the first time about an order, to answer a repeated request the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriorReservation {
+    /// Its units are held (or were sold).
+    Reserved,
+    /// It was refused for lack of stock.
+    OutOfStock,
+    /// Its units went back on sale (released, expired), or it was cancelled before any were held.
+    Released,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +162,15 @@ pub trait ReservationLedger: Send + Sync + 'static {
         Ok(outcomes)
     }
 
-    /// Orders holding reservations that expired at `now`, oldest first, at most `limit`.
+    /// What was decided for this order's reservation, if anything: a repeated request (a saga
+    /// re-sending after its answer was lost) is answered from it.
+    async fn prior_decision(
+        &self,
+        order_id: OrderId,
+    ) -> Result<Option<PriorReservation>, StoreError>;
+
+    /// Orders holding reservations that expired at `now`, or whose order finished a while before
+    /// `now` without its stock being settled; oldest first, at most `limit`.
     async fn due_for_expiry(
         &self,
         now: DateTime<Utc>,
@@ -270,6 +294,13 @@ pub struct PaymentUpdate {
     pub correlation_hint: Option<CorrelationId>,
 }
 
+/// A charge as the payment role's records hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCharge {
+    pub reference: Option<String>,
+    pub status: ProviderStatus,
+}
+
 /// The charge an update was applied to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedUpdate {
@@ -307,6 +338,14 @@ pub trait PaymentRecords: Send + Sync + 'static {
 
     /// Whether an outcome is already recorded for this order and attempt.
     async fn is_recorded(&self, order_id: OrderId, attempt: u32) -> Result<bool, StoreError>;
+
+    /// The charge recorded for this order and attempt as it stands now (webhooks included):
+    /// a repeated request (a saga re-sending after its answer was lost) is answered from it.
+    async fn recorded_charge(
+        &self,
+        order_id: OrderId,
+        attempt: u32,
+    ) -> Result<Option<RecordedCharge>, StoreError>;
 
     /// Records the outcome with the messages `messages` derives from it (called only when the
     /// record is new, inside the transaction); a second record of the same attempt is a no-op

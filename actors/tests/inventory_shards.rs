@@ -579,6 +579,7 @@ async fn a_commit_or_release_goes_to_the_shard_of_its_smallest_sku_or_by_order_i
         order_id: id,
         correlation_id: CorrelationId::new(),
         routing_sku,
+        finished: None,
     };
     assert_eq!(
         shards.shard_for_expiry(&expired(Some(sku("SKU-A")))),

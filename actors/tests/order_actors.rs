@@ -449,6 +449,8 @@ async fn the_supervisor_fires_a_deadline_retries_it_through_an_outage_and_the_sa
             inventory_ms: 1_000,
             payment_ms: 2_000,
         },
+        postman: actors::postman::Postman::default(),
+        resend: actors::orders::ResendPolicy::default(),
     };
     let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
         .await

@@ -62,6 +62,8 @@ pub struct AppParts {
     pub orders: Option<OrderSupervisorHandle>,
     pub status_watchers: StatusWatchers,
     pub nats: async_nats::Client,
+    /// Carries commands between the roles of this process; says when too many are in flight.
+    pub postman: actors::postman::Postman,
     /// `None` when this process does not run the payment role.
     pub payments: Option<PaymentHttp>,
     /// `None` when this process does not run the inventory role.

@@ -102,7 +102,8 @@ pub struct PlacedOrder {
         (status = 422, description = "Parsed but not acceptable: `validation_failed` (bad customer id, currency, payment method, quantity outside 1..1000, 0 or over 100 lines, a repeated SKU, a currency the SKU is not sold in), `unknown_sku`, `idempotency_key_reused`.", body = ErrorBody),
         (status = 429, description = "`rate_limited`: this client places orders too fast; nothing was stored.", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait."))),
-        (status = 503, description = "`unavailable`: the database or the order service is unavailable, or this process does not run the order role.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database or the order service is unavailable, or this process does not run the order role; `overloaded`: too many orders are in progress (stock or payments are behind); nothing was stored.", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait."))),
     )
 )]
 pub async fn place_order(
@@ -116,6 +117,15 @@ pub async fn place_order(
             "this process does not run the order role",
         ));
     };
+    if state.postman.saturated() {
+        // Stock and payments are behind: holding more orders in memory would only make every
+        // order slower. Nothing was stored; the client retries.
+        metrics::counter!(crate::metrics::PLACEMENTS_REFUSED_BUSY).increment(1);
+        return Err(
+            ApiError::unavailable("too many orders are in progress; retry shortly")
+                .coded("overloaded"),
+        );
+    }
     let wait = wait_query(query.wait.as_deref())?;
     let correlation_id = correlation_id(&headers)?;
     let idempotency_key = idempotency_key(&headers)?;

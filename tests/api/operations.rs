@@ -125,16 +125,19 @@ async fn metrics_move_as_orders_flow_through_every_step() {
             vec![("stream", "payments")],
             2.0,
         ),
+        // All roles run here: commands and answers go from actor to actor, not through JetStream
+        // (two reservations, a commit, a release; two charges; five answers).
         (
-            "jetstream_messages_consumed_total",
-            vec![("consumer", "inventory-orders"), ("outcome", "ack")],
-            2.0,
+            "postman_delivered_total",
+            vec![("receiver", "inventory")],
+            4.0,
         ),
         (
-            "jetstream_messages_consumed_total",
-            vec![("consumer", "payment-requests"), ("outcome", "ack")],
+            "postman_delivered_total",
+            vec![("receiver", "payments")],
             2.0,
         ),
+        ("postman_delivered_total", vec![("receiver", "orders")], 5.0),
         (
             "http_requests_total",
             vec![("method", "POST"), ("route", "/orders"), ("status", "202")],
@@ -156,6 +159,25 @@ async fn metrics_move_as_orders_flow_through_every_step() {
     .await;
     for (name, labels, by) in &expectations {
         assert!(grew(&after, name, labels, *by), "{name} {labels:?}");
+    }
+    for consumer in [
+        "inventory-orders",
+        "payment-requests",
+        "order-saga-inventory",
+        "order-saga-payments",
+    ] {
+        let consumed = |text: &str| {
+            counter(
+                text,
+                "jetstream_messages_consumed_total",
+                &[("consumer", consumer), ("outcome", "ack")],
+            )
+        };
+        assert_eq!(
+            consumed(&after) - consumed(&before),
+            0.0,
+            "no JetStream delivery on an order's way when every role runs here ({consumer})"
+        );
     }
     // Histograms have real buckets (alerts and dashboards take quantiles from them).
     assert!(
@@ -416,7 +438,8 @@ async fn every_hop_of_an_order_logs_the_same_correlation_id() {
     let hops = [
         ("HTTP", "ordersaga::http::orders"),
         ("saga actor", "actors::orders"),
-        ("NATS consumer", "adapters::nats::consumer"),
+        // Every role runs in this process: commands pass through the postman, not a consumer.
+        ("postman", "actors::postman"),
         ("inventory", "actors::inventory"),
         ("Stripe call", "adapters::stripe::client"),
         ("webhook", "ordersaga::http::webhooks"),

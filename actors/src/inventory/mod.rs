@@ -28,8 +28,10 @@ pub use supervisor::{ShardSlots, ShardSupervisor, ShardSupervisorArgs};
 use crate::domain::{OrderId, Sku};
 use crate::events::{Envelope, EventBody};
 use crate::ports::{
-    ExpiredReservation, ReservationLedger, ReservationRequest, SharedClock, StoreError,
+    ExpiredReservation, PriorReservation, ReservationLedger, ReservationOutcome,
+    ReservationRequest, SharedClock, StoreError,
 };
+use crate::saga::{OrderStatus, SagaEvent};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +49,8 @@ pub struct InventoryShards {
     shards: ShardSlots,
     count: usize,
     supervisor: ActorRef<()>,
+    /// Read directly only to answer a repeated reservation request from its first decision.
+    ledger: Arc<dyn ReservationLedger>,
     clock: SharedClock,
     reservation_ttl: chrono::Duration,
     timeout: Duration,
@@ -65,7 +69,7 @@ impl InventoryShards {
         let shards: ShardSlots = Arc::new(std::sync::RwLock::new(Vec::with_capacity(count)));
         let args = ShardSupervisorArgs {
             count,
-            ledger,
+            ledger: ledger.clone(),
             clock: clock.clone(),
             slots: shards.clone(),
         };
@@ -74,6 +78,7 @@ impl InventoryShards {
             shards,
             count,
             supervisor,
+            ledger,
             clock,
             reservation_ttl: chrono::Duration::from_std(reservation_ttl)
                 .unwrap_or_else(|_| chrono::Duration::minutes(15)),
@@ -133,48 +138,90 @@ impl InventoryShards {
 
     /// Handles one message from the bus. Messages inventory does not care about are accepted.
     pub async fn on_message(&self, envelope: &Envelope) -> Result<(), InventoryError> {
+        self.answer(envelope).await.map(|_| ())
+    }
+
+    /// Handles one command and returns the saga's answer, if the saga waits for one: the
+    /// reservation's outcome, or the confirmation of a requested release. A repeated reservation
+    /// request is answered from the first decision, so a saga whose answer was lost (a crash
+    /// between the two) gets it again. Messages inventory does not care about are accepted.
+    pub async fn answer(&self, envelope: &Envelope) -> Result<Option<SagaEvent>, InventoryError> {
+        let order_id = envelope.order_id;
         match &envelope.body {
             EventBody::OrderCreated(created) => {
                 let lines = created.order_lines();
                 let Some(first) = lines.iter().map(|l| &l.sku).min() else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 let shard = self.shard_of(first);
                 let request = ReservationRequest {
-                    order_id: envelope.order_id,
+                    order_id,
                     correlation_id: envelope.correlation_id.clone(),
                     lines,
                     expires_at: self.clock.now() + self.reservation_ttl,
                 };
-                self.call(shard, |reply| ShardMessage::Reserve(request, reply))
+                let outcome = self
+                    .call(shard, |reply| ShardMessage::Reserve(request, reply))
                     .await?;
+                Ok(match outcome {
+                    ReservationOutcome::Reserved { .. } => Some(SagaEvent::StockReserved),
+                    ReservationOutcome::OutOfStock(shortages) => {
+                        Some(SagaEvent::OutOfStock { shortages })
+                    }
+                    ReservationOutcome::AlreadyDecided => self
+                        .ledger
+                        .prior_decision(order_id)
+                        .await?
+                        .map(|prior| match prior {
+                            PriorReservation::Reserved => SagaEvent::StockReserved,
+                            // The shortages were told the first time; the saga needs the verdict.
+                            PriorReservation::OutOfStock => SagaEvent::OutOfStock {
+                                shortages: Vec::new(),
+                            },
+                            PriorReservation::Released => SagaEvent::StockReleased,
+                        }),
+                })
             }
             EventBody::OrderConfirmed(e) => {
-                let order_id = envelope.order_id;
                 self.call(self.shard_for_settlement(order_id, &e.skus), |reply| {
                     ShardMessage::Commit(order_id, reply)
                 })
                 .await?;
+                Ok(None)
             }
             EventBody::OrderCancelled(e) => {
                 let cause = ReleaseCause::OrderCancelled(e.reason.clone());
-                self.release(envelope, &e.skus, cause).await?
+                self.release(envelope, &e.skus, cause).await?;
+                Ok(None)
             }
             EventBody::InventoryReleaseRequested(e) => {
                 let cause = ReleaseCause::Requested(e.reason.clone());
-                self.release(envelope, &e.skus, cause).await?
+                self.release(envelope, &e.skus, cause).await?;
+                Ok(Some(SagaEvent::StockReleased))
             }
-            _ => {}
+            _ => Ok(None),
         }
-        Ok(())
     }
 
-    /// Releases every reservation whose TTL passed (run periodically by the inventory role).
-    /// Returns how many orders were found due.
+    /// Settles what nobody else will (run periodically by the inventory role): releases every
+    /// reservation whose TTL passed, and settles the stock of finished orders whose commit or
+    /// release was lost (committed if the order completed). Returns how many orders were due.
     pub async fn sweep_expired(
         &self,
         ledger: &dyn ReservationLedger,
         limit: i64,
+    ) -> Result<usize, InventoryError> {
+        self.sweep(ledger, limit, |_| {}).await
+    }
+
+    /// `sweep_expired`, telling `expired` each order whose units went back on sale because its
+    /// reservation ran out: the saga must hear of it (the sweeper's `inventory.released.v1`
+    /// carries the news through the broker; the caller hands it over directly when it can).
+    pub async fn sweep(
+        &self,
+        ledger: &dyn ReservationLedger,
+        limit: i64,
+        expired_order: impl Fn(OrderId),
     ) -> Result<usize, InventoryError> {
         let due = ledger.due_for_expiry(self.clock.now(), limit).await?;
         let count = due.len();
@@ -183,18 +230,32 @@ impl InventoryShards {
             let ExpiredReservation {
                 order_id,
                 correlation_id,
+                finished,
                 ..
             } = expired;
+            let cause = match finished {
+                Some(OrderStatus::Completed) => {
+                    // Sold: the commit that followed the order's completion was lost.
+                    self.call(shard, |reply| ShardMessage::Commit(order_id, reply))
+                        .await?;
+                    continue;
+                }
+                // The release that followed the cancellation was lost.
+                Some(_) => ReleaseCause::OrderCancelled("order cancelled".into()),
+                None => ReleaseCause::Expired,
+            };
+            let expired = cause == ReleaseCause::Expired;
             let released = self
                 .call(shard, |reply| ShardMessage::Release {
                     order_id,
                     correlation_id,
-                    cause: ReleaseCause::Expired,
+                    cause,
                     reply,
                 })
                 .await?;
-            if released.rows_changed > 0 {
+            if expired && released.rows_changed > 0 {
                 metrics::counter!(crate::metrics::RESERVATIONS_EXPIRED).increment(1);
+                expired_order(order_id);
             }
         }
         Ok(count)

@@ -11,6 +11,11 @@
 //!
 //! Stale heap entries are dropped lazily when they come up, and in bulk when they outnumber the
 //! armed ones, so memory follows the orders in flight rather than the orders placed recently.
+//!
+//! The same structure schedules re-sends: while an order waits for the answer to its step's
+//! command, a second heap holds when to send that command again. A re-send entry belongs to the
+//! deadline armed when it was scheduled and is stale as soon as the order arms another deadline
+//! (the step moved on, so its command was answered) or finishes.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -25,19 +30,26 @@ type Entry = (DateTime<Utc>, OrderId, DateTime<Utc>);
 /// Stale entries tolerated before the heap is rebuilt (besides one per armed timer).
 const STALE_SLACK: usize = 4096;
 
+/// (when to re-send, order, the deadline of the step being re-sent, which re-send this is).
+type ResendEntry = (DateTime<Utc>, OrderId, DateTime<Utc>, u32);
+
 #[derive(Debug, Default)]
 pub(crate) struct DeadlineTimers {
     heap: BinaryHeap<Reverse<Entry>>,
+    resends: BinaryHeap<Reverse<ResendEntry>>,
     /// The deadline each order is waiting for; a heap entry for any other deadline is stale.
     armed: HashMap<OrderId, DateTime<Utc>>,
 }
 
 impl DeadlineTimers {
-    /// The order now waits for `deadline` (replacing any deadline it had).
-    pub(crate) fn arm(&mut self, order: OrderId, deadline: DateTime<Utc>) {
-        if self.armed.insert(order, deadline) != Some(deadline) {
+    /// The order now waits for `deadline` (replacing any deadline it had). Returns whether
+    /// that is news (arming the deadline already armed changes nothing).
+    pub(crate) fn arm(&mut self, order: OrderId, deadline: DateTime<Utc>) -> bool {
+        let new = self.armed.insert(order, deadline) != Some(deadline);
+        if new {
             self.heap.push(Reverse((deadline, order, deadline)));
         }
+        new
     }
 
     /// The order waits for no deadline any more (finished, or paused).
@@ -71,6 +83,48 @@ impl DeadlineTimers {
         due
     }
 
+    /// Schedules the `nth` re-send of the command of the step that ends at `deadline`.
+    pub(crate) fn arm_resend(
+        &mut self,
+        order: OrderId,
+        deadline: DateTime<Utc>,
+        at: DateTime<Utc>,
+        nth: u32,
+    ) {
+        if at < deadline && self.armed.get(&order) == Some(&deadline) {
+            self.resends.push(Reverse((at, order, deadline, nth)));
+        }
+    }
+
+    /// Takes at most `max` re-sends due at `now` whose step is still the order's current one,
+    /// oldest first, as (order, step deadline, nth). Due ones beyond `max` stay for the next call,
+    /// so a recovery that schedules every live saga at once re-sends at a bounded rate.
+    pub(crate) fn take_due_resends(
+        &mut self,
+        now: DateTime<Utc>,
+        max: usize,
+    ) -> Vec<(OrderId, DateTime<Utc>, u32)> {
+        let mut due = Vec::new();
+        while due.len() < max
+            && let Some(Reverse((at, order, deadline, nth))) = self.resends.peek().copied()
+        {
+            if at > now {
+                break;
+            }
+            self.resends.pop();
+            if self.armed.get(&order) == Some(&deadline) {
+                due.push((order, deadline, nth));
+            }
+        }
+        due
+    }
+
+    /// Re-sends scheduled, stale ones included (tests).
+    #[cfg(test)]
+    fn resends_len(&self) -> usize {
+        self.resends.len()
+    }
+
     /// Orders waiting for a deadline.
     pub(crate) fn len(&self) -> usize {
         self.armed.len()
@@ -88,10 +142,14 @@ impl DeadlineTimers {
     }
 
     fn compact(&mut self) {
-        if self.heap.len() > self.armed.len() * 2 + STALE_SLACK {
-            let armed = &self.armed;
+        let armed = &self.armed;
+        if self.heap.len() > armed.len() * 2 + STALE_SLACK {
             self.heap
                 .retain(|Reverse((_, order, deadline))| armed.get(order) == Some(deadline));
+        }
+        if self.resends.len() > armed.len() * 2 + STALE_SLACK {
+            self.resends
+                .retain(|Reverse((_, order, deadline, _))| armed.get(order) == Some(deadline));
         }
     }
 
@@ -157,6 +215,40 @@ mod tests {
         assert_eq!(timers.len(), 2);
         assert_eq!(timers.take_due(at(11)), vec![(order(1), at(10))]);
         assert_eq!(timers.next(), Some(at(50)));
+    }
+
+    #[test]
+    fn a_resend_fires_while_its_step_lasts_and_never_after_the_order_moved_on() {
+        let mut timers = DeadlineTimers::default();
+        timers.arm(order(1), at(30));
+        timers.arm(order(2), at(30));
+        timers.arm_resend(order(1), at(30), at(2), 1);
+        timers.arm_resend(order(2), at(30), at(2), 1);
+        // A re-send at or after the deadline is pointless: the deadline decides then.
+        timers.arm_resend(order(1), at(30), at(30), 2);
+        // Order 2 got its answer: its step (and deadline) changed.
+        timers.arm(order(2), at(90));
+        assert!(timers.take_due_resends(at(1), 10).is_empty());
+        assert_eq!(
+            timers.take_due_resends(at(2), 10),
+            vec![(order(1), at(30), 1)]
+        );
+        assert_eq!(timers.resends_len(), 0);
+        timers.arm_resend(order(1), at(30), at(5), 2);
+        timers.disarm(order(1));
+        assert!(timers.take_due_resends(at(10), 10).is_empty());
+    }
+
+    #[test]
+    fn due_resends_beyond_the_budget_wait_for_the_next_round() {
+        let mut timers = DeadlineTimers::default();
+        for n in 0..5 {
+            timers.arm(order(n), at(30));
+            timers.arm_resend(order(n), at(30), at(1), 1);
+        }
+        assert_eq!(timers.take_due_resends(at(1), 3).len(), 3);
+        assert_eq!(timers.take_due_resends(at(1), 3).len(), 2);
+        assert!(timers.take_due_resends(at(1), 3).is_empty());
     }
 
     #[test]

@@ -121,6 +121,17 @@ impl OrderSupervisorHandle {
             .map_err(|e| SagaError::ActorUnavailable(e.to_string()))
     }
 
+    /// Crash recovery at start-up: arms the timers of live sagas and re-sends their pending
+    /// commands (see `SupervisorMessage::Recover`).
+    pub fn recover(
+        &self,
+        timers: Vec<(OrderId, chrono::DateTime<chrono::Utc>)>,
+    ) -> Result<(), SagaError> {
+        self.supervisor
+            .send_message(SupervisorMessage::Recover(timers))
+            .map_err(|e| SagaError::ActorUnavailable(e.to_string()))
+    }
+
     async fn call<T: Send + 'static>(
         &self,
         build: impl FnOnce(RpcReplyPort<T>) -> SupervisorMessage,

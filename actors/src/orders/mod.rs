@@ -6,6 +6,7 @@
 
 mod deadline_timers;
 mod handle;
+mod resend;
 mod saga_actor;
 mod status_watch;
 mod supervisor;
@@ -13,6 +14,7 @@ mod supervisor;
 use std::sync::Arc;
 
 pub use handle::OrderSupervisorHandle;
+pub use resend::ResendPolicy;
 pub use saga_actor::{LiveOrder, OrderSagaActor, OrderSagaMessage};
 pub use status_watch::{Change, StatusWatch, StatusWatchers};
 pub use supervisor::{OrderSupervisor, SupervisorMessage, SupervisorOverview};
@@ -30,6 +32,10 @@ pub struct SagaDeps {
     pub status_watchers: StatusWatchers,
     /// Step timeouts given to every new order.
     pub timeouts: StepTimeouts,
+    /// Hands committed commands to receivers in this process (see `postman`).
+    pub postman: crate::postman::Postman,
+    /// How a pending step's command is re-sent while its answer does not come.
+    pub resend: ResendPolicy,
 }
 
 /// The answer to a delivered event.

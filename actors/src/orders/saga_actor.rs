@@ -33,6 +33,9 @@ pub enum OrderSagaMessage {
     Handle(SagaEvent, RpcReplyPort<Result<Delivery, SagaError>>),
     /// The state this actor holds in memory right now (`None` if not loaded yet).
     Inspect(RpcReplyPort<Option<LiveOrder>>),
+    /// Send the pending step's command again if the order still waits on the step that ends at
+    /// `deadline` (its answer has not come: lost in a crash, or slow).
+    Resend { deadline: DateTime<Utc> },
 }
 
 /// What inspection sees of a live order actor.
@@ -101,6 +104,12 @@ impl Actor for OrderSagaActor {
                 let _ = reply.send(live);
                 // Inspecting must not keep an idle actor alive or stop a live one.
                 return Ok(());
+            }
+            OrderSagaMessage::Resend { deadline } => {
+                if let Err(e) = state.resend(deadline).await {
+                    // The next re-send, or the deadline, tries again.
+                    debug!(order_id = %state.order_id, error = %e, "re-send skipped");
+                }
             }
             OrderSagaMessage::Handle(event, reply) => {
                 let result = state.handle(&event).await;
@@ -214,8 +223,33 @@ impl OrderSagaState {
         Self::record_metrics(None, &next);
         self.publish_status(&next);
         self.arm(&next);
+        self.deps.postman.dispatch(&outbox, true);
         self.snapshot = Some(next.clone());
         Ok(next)
+    }
+
+    /// Sends the pending step's command again, if the order still waits on that step.
+    async fn resend(&mut self, deadline: DateTime<Utc>) -> Result<(), SagaError> {
+        self.ensure_loaded(None).await?;
+        let Some(current) = &self.snapshot else {
+            return Ok(());
+        };
+        if current.deadline != Some(deadline) {
+            return Ok(());
+        }
+        let Some((body, step, _)) = saga::pending_command(current) else {
+            return Ok(());
+        };
+        metrics::counter!(m::STEP_RESENDS, "step" => step).increment(1);
+        debug!(order_id = %self.order_id, correlation_id = %current.correlation_id, step, "re-sending the pending command");
+        let envelope = Envelope::new(
+            current.order_id,
+            current.correlation_id.clone(),
+            self.deps.clock.now(),
+            body,
+        );
+        self.deps.postman.dispatch(&[envelope], false);
+        Ok(())
     }
 
     async fn handle(&mut self, event: &SagaEvent) -> Result<Delivery, SagaError> {
@@ -269,6 +303,7 @@ impl OrderSagaState {
                     if transition.next.deadline != current_deadline {
                         self.arm(&transition.next);
                     }
+                    self.deps.postman.dispatch(&outbox, true);
                     self.snapshot = Some(transition.next);
                     return Ok(Delivery::Applied(status));
                 }

@@ -32,6 +32,9 @@ pub enum SupervisorMessage {
     /// had (sent by saga actors after each commit, and in bulk at start-up for every live order:
     /// crash recovery).
     Arm(Vec<(OrderId, DateTime<Utc>)>),
+    /// Crash recovery: like `Arm`, and each order's pending command is re-sent soon (at a
+    /// bounded rate), since its answer may have been lost with the previous process.
+    Recover(Vec<(OrderId, DateTime<Utc>)>),
     /// The order waits for no deadline any more (it finished, or an operator paused it).
     Disarm(OrderId),
     /// A timer whose handling failed (the store was down): fire it again a little later.
@@ -57,6 +60,10 @@ pub struct SupervisorOverview {
 
 /// How often due timers are checked: the resolution of step timeouts.
 const TICK: Duration = Duration::from_millis(100);
+
+/// Most re-sends per tick. After a crash every live saga re-sends at once; this spreads them
+/// (5,000 a second) so that recovery leaves room for new placements.
+const RESENDS_PER_TICK: usize = 500;
 
 /// A live order actor and the number of messages waiting in its mailbox (ractor does not
 /// expose mailbox lengths, so the supervisor counts what it routes and the actor what it takes).
@@ -109,8 +116,20 @@ impl Actor for OrderSupervisor {
                 let _ = reply.send(state.children.len());
             }
             SupervisorMessage::Arm(timers) => {
+                let now = state.deps.clock.now();
+                for (order, deadline) in timers {
+                    if state.deadlines.arm(order, deadline) {
+                        state.schedule_resend(order, deadline, now, 1);
+                    }
+                }
+            }
+            SupervisorMessage::Recover(timers) => {
+                let now = state.deps.clock.now();
                 for (order, deadline) in timers {
                     state.deadlines.arm(order, deadline);
+                    if state.deps.postman.delivers_any_locally() {
+                        state.deadlines.arm_resend(order, deadline, now, 1);
+                    }
                 }
             }
             SupervisorMessage::Disarm(order) => state.deadlines.disarm(order),
@@ -161,6 +180,14 @@ impl Actor for OrderSupervisor {
                         )
                         .await;
                 }
+                for (order_id, deadline, nth) in
+                    state.deadlines.take_due_resends(now, RESENDS_PER_TICK)
+                {
+                    state.schedule_resend(order_id, deadline, now, nth + 1);
+                    state
+                        .route(&myself, order_id, OrderSagaMessage::Resend { deadline })
+                        .await;
+                }
             }
         }
         Ok(())
@@ -191,6 +218,21 @@ impl Actor for OrderSupervisor {
 }
 
 impl SupervisorState {
+    /// Schedules the `nth` re-send of the order's pending command, when some command of a saga
+    /// is handed over in this process (a broker's durable consumer redelivers the others).
+    fn schedule_resend(
+        &mut self,
+        order: OrderId,
+        deadline: DateTime<Utc>,
+        now: DateTime<Utc>,
+        nth: u32,
+    ) {
+        if self.deps.postman.delivers_any_locally() {
+            let at = now + self.deps.resend.delay(order, nth);
+            self.deadlines.arm_resend(order, deadline, at, nth);
+        }
+    }
+
     fn forget(&mut self, actor: ActorId) -> Option<OrderId> {
         let order_id = self.owners.remove(&actor)?;
         if self
@@ -289,5 +331,6 @@ fn fail(msg: OrderSagaMessage, reason: String) {
         OrderSagaMessage::Inspect(reply) => {
             let _ = reply.send(None);
         }
+        OrderSagaMessage::Resend { .. } => {}
     }
 }

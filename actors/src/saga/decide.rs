@@ -450,12 +450,15 @@ fn cancel_payment(state: &OrderState, reason: &str) -> Vec<EventBody> {
     }
 }
 
-/// Re-sends the current step's messages, with a fresh deadline, recording who asked and why.
-fn operator_retry(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc>) -> Decision {
-    let (body, step, timeout) = match (state.status, &state.compensation) {
-        (OrderStatus::Completed | OrderStatus::Cancelled, _) => {
-            return Decision::Ignore("the order is finished");
-        }
+/// The command the saga's current step waits on, with the step's name and timeout: what a
+/// re-send repeats and an operator's retry sends again. `None` when nothing is awaited (the order
+/// is finished, or paused: a paused saga takes no step).
+pub fn pending_command(state: &OrderState) -> Option<(EventBody, &'static str, chrono::Duration)> {
+    if state.paused.is_some() {
+        return None;
+    }
+    Some(match (state.status, &state.compensation) {
+        (OrderStatus::Completed | OrderStatus::Cancelled, _) => return None,
         (_, Some(compensation)) => (
             release_requested(state, compensation.reason.clone()),
             "stock release",
@@ -479,6 +482,14 @@ fn operator_retry(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc>
             "payment",
             state.timeouts.payment(),
         ),
+    })
+}
+
+/// Re-sends the current step's messages, with a fresh deadline, recording who asked and why.
+fn operator_retry(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc>) -> Decision {
+    // Paused sagas never get here (`decide_paused`), so `None` means finished.
+    let Some((body, step, timeout)) = pending_command(state) else {
+        return Decision::Ignore("the order is finished");
     };
     let mut next = state.clone();
     bump(&mut next, now);

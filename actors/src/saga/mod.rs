@@ -10,7 +10,9 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{Decision, Effect, SagaEvent, Transition, decide, start, start_with_timeouts};
+pub use decide::{
+    Decision, Effect, SagaEvent, Transition, decide, pending_command, start, start_with_timeouts,
+};
 pub use state::{
     Compensation, HistoryEntry, LatePayment, NewOrder, OrderState, OrderStatus, Pause,
     PaymentFailure, PaymentInfo, PaymentStatus, StepTimeouts,

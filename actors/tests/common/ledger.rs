@@ -39,6 +39,8 @@ struct LedgerInner {
     decisions: HashMap<OrderId, Decided>,
     /// Units currently held per order (removed when committed or released).
     held: HashMap<OrderId, Vec<(Sku, i64)>>,
+    /// Orders whose held units went back on sale.
+    released: std::collections::HashSet<OrderId>,
     requests: Vec<ReservationRequest>,
     outbox: Vec<Envelope>,
     unavailable: bool,
@@ -215,6 +217,9 @@ impl InMemoryLedger {
                 .or_insert(Decided::Cancelled);
         }
         let held = inner.held.remove(&order_id).unwrap_or_default();
+        if !commit && !held.is_empty() {
+            inner.released.insert(order_id);
+        }
         for (sku, quantity) in &held {
             let stock = inner.stock.entry(sku.clone()).or_default();
             stock.reserved -= quantity;
@@ -233,6 +238,23 @@ impl InMemoryLedger {
 
 #[async_trait]
 impl ReservationLedger for InMemoryLedger {
+    async fn prior_decision(
+        &self,
+        order_id: OrderId,
+    ) -> Result<Option<actors::ports::PriorReservation>, StoreError> {
+        use actors::ports::PriorReservation as P;
+        let inner = lock(&self.inner);
+        if inner.unavailable {
+            return Err(unavailable());
+        }
+        Ok(inner.decisions.get(&order_id).map(|decided| match decided {
+            Decided::Reserved if inner.released.contains(&order_id) => P::Released,
+            Decided::Reserved => P::Reserved,
+            Decided::OutOfStock => P::OutOfStock,
+            Decided::Cancelled => P::Released,
+        }))
+    }
+
     async fn due_for_expiry(
         &self,
         now: chrono::DateTime<chrono::Utc>,
@@ -250,6 +272,7 @@ impl ReservationLedger for InMemoryLedger {
                 order_id: r.order_id,
                 correlation_id: r.correlation_id.clone(),
                 routing_sku: r.lines.iter().map(|l| l.sku.clone()).min(),
+                finished: None,
             })
             .take(usize::try_from(limit).unwrap_or(0))
             .collect())

@@ -26,6 +26,8 @@ pub async fn spawn_orders() -> Orders {
         clock: Arc::new(FixedClock(t0())),
         status_watchers: status_watchers.clone(),
         timeouts: actors::saga::StepTimeouts::default(),
+        postman: actors::postman::Postman::default(),
+        resend: actors::orders::ResendPolicy::default(),
     };
     let (supervisor, _join) = Actor::spawn(None, OrderSupervisor, deps)
         .await

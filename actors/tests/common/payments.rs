@@ -239,6 +239,39 @@ impl InMemoryPaymentRecords {
 
 #[async_trait]
 impl PaymentRecords for InMemoryPaymentRecords {
+    async fn recorded_charge(
+        &self,
+        order_id: OrderId,
+        attempt: u32,
+    ) -> Result<Option<actors::ports::RecordedCharge>, StoreError> {
+        let inner = lock(&self.inner);
+        if inner.unavailable {
+            return Err(unavailable());
+        }
+        Ok(inner.charges.get(&(order_id, attempt)).and_then(|c| {
+            let status = match c.status {
+                ChargeStatus::Claimed => return None,
+                ChargeStatus::Processing => ProviderStatus::Processing,
+                ChargeStatus::Succeeded => ProviderStatus::Succeeded,
+                ChargeStatus::Canceled => ProviderStatus::Canceled,
+                ChargeStatus::Failed => match &c.outcome {
+                    Some(ChargeOutcome::Declined { code, message, .. }) => ProviderStatus::Failed {
+                        code: code.clone(),
+                        message: message.clone(),
+                    },
+                    _ => ProviderStatus::Failed {
+                        code: "payment_failed".into(),
+                        message: String::new(),
+                    },
+                },
+            };
+            Some(actors::ports::RecordedCharge {
+                reference: c.reference.clone(),
+                status,
+            })
+        }))
+    }
+
     async fn is_recorded(&self, order_id: OrderId, attempt: u32) -> Result<bool, StoreError> {
         let mut inner = lock(&self.inner);
         inner.reads += 1;

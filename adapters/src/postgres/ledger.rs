@@ -10,12 +10,16 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use actors::domain::{CorrelationId, OrderId, Sku};
 use actors::ports::{
-    BatchMessages, ExpiredReservation, OutcomeMessages, ReleaseMessages, ReservationLedger,
-    ReservationOutcome, ReservationRequest, SettleOutcome, StoreError,
+    BatchMessages, ExpiredReservation, OutcomeMessages, PriorReservation, ReleaseMessages,
+    ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome, StoreError,
 };
+use actors::saga::OrderStatus;
 use chrono::{DateTime, Utc};
 
 use super::{OutboxSignal, outbox, reservations, unavailable};
+
+/// How long after its order finished a reservation still held is taken for a lost settlement.
+const SETTLEMENT_GRACE_MS: f64 = 5_000.0;
 
 #[derive(Clone)]
 pub struct PgReservationLedger {
@@ -313,6 +317,26 @@ impl ReservationLedger for PgReservationLedger {
         Ok(outcomes)
     }
 
+    async fn prior_decision(
+        &self,
+        order_id: OrderId,
+    ) -> Result<Option<PriorReservation>, StoreError> {
+        let row: Option<(String, bool)> = sqlx::query_as(
+            "SELECT d.outcome, EXISTS (SELECT 1 FROM stock_reservations r
+                                       WHERE r.order_id = d.order_id AND r.status <> 'RELEASED')
+             FROM inventory_decisions d WHERE d.order_id = $1",
+        )
+        .bind(order_id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.map(|(outcome, held)| match (outcome.as_str(), held) {
+            ("RESERVED", true) => PriorReservation::Reserved,
+            ("OUT_OF_STOCK", _) => PriorReservation::OutOfStock,
+            _ => PriorReservation::Released,
+        }))
+    }
+
     async fn due_for_expiry(
         &self,
         now: DateTime<Utc>,
@@ -320,22 +344,35 @@ impl ReservationLedger for PgReservationLedger {
     ) -> Result<Vec<ExpiredReservation>, StoreError> {
         // `COLLATE "C"`: the smallest SKU in byte order, as `Sku`'s `Ord` picks it for the
         // reservation's shard, whatever the database's collation.
-        let rows: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
-            "SELECT order_id, min(correlation_id), min(sku COLLATE \"C\") FROM stock_reservations
-             WHERE status = 'RESERVED' AND expires_at <= $1
-             GROUP BY order_id ORDER BY min(expires_at) LIMIT $2",
+        // Besides expiries: a finished order still holding units lost the commit or release
+        // that follows (a crash between the saga's commit and the shard's). The grace keeps the
+        // sweeper from racing the settlement on its normal way.
+        let rows: Vec<(uuid::Uuid, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT r.order_id, min(r.correlation_id), min(r.sku COLLATE \"C\"), min(s.status)
+             FROM stock_reservations r
+             LEFT JOIN order_snapshots s
+                    ON s.order_id = r.order_id AND s.status IN ('COMPLETED', 'CANCELLED')
+             WHERE r.status = 'RESERVED'
+               AND (r.expires_at <= $1 OR s.updated_at <= $1 - $3 * interval '1 millisecond')
+             GROUP BY r.order_id ORDER BY min(r.expires_at) LIMIT $2",
         )
         .bind(now)
         .bind(limit)
+        .bind(SETTLEMENT_GRACE_MS)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
         Ok(rows
             .into_iter()
-            .map(|(id, corr, sku)| ExpiredReservation {
+            .map(|(id, corr, sku, finished)| ExpiredReservation {
                 order_id: OrderId::from_uuid(id),
                 correlation_id: CorrelationId::parse(&corr).unwrap_or_default(),
                 routing_sku: Sku::parse(&sku).ok(),
+                finished: match finished.as_deref() {
+                    Some("COMPLETED") => Some(OrderStatus::Completed),
+                    Some(_) => Some(OrderStatus::Cancelled),
+                    None => None,
+                },
             })
             .collect())
     }

@@ -221,6 +221,36 @@ impl PaymentRecords for PgPaymentRecords {
         .map_err(unavailable)
     }
 
+    async fn recorded_charge(
+        &self,
+        order_id: OrderId,
+        attempt: u32,
+    ) -> Result<Option<actors::ports::RecordedCharge>, StoreError> {
+        type Row = (String, Option<String>, Option<String>, Option<String>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT status, reference, failure_code, failure_message FROM payments
+             WHERE order_id = $1 AND attempt = $2",
+        )
+        .bind(order_id.as_uuid())
+        .bind(attempt_column(attempt))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.and_then(|(status, reference, code, message)| {
+            let status = match status.as_str() {
+                "PROCESSING" => ProviderStatus::Processing,
+                "SUCCEEDED" => ProviderStatus::Succeeded,
+                "CANCELED" => ProviderStatus::Canceled,
+                "FAILED" => ProviderStatus::Failed {
+                    code: code.unwrap_or_else(|| "payment_failed".into()),
+                    message: message.unwrap_or_default(),
+                },
+                _ => return None,
+            };
+            Some(actors::ports::RecordedCharge { reference, status })
+        }))
+    }
+
     async fn record(
         &self,
         order_id: OrderId,

@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use actors::payments::PaymentService;
+use actors::payments::{PaymentService, answer_of};
+use actors::postman::Postman;
 
 use super::webhook::{StripeEvent, parse_event, payment_update, type_label};
 use crate::postgres::RecordedCharges;
@@ -72,11 +73,13 @@ impl WebhookInbox {
         }
     }
 
-    /// Processes recorded events until `shutdown`.
-    pub async fn run(self, service: PaymentService, shutdown: CancellationToken) {
+    /// Processes recorded events until `shutdown`. An update that moves a charge forward is
+    /// told to the order's actor through `postman` when the order role runs here (else its
+    /// payment event reaches it through the broker).
+    pub async fn run(self, service: PaymentService, postman: Postman, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            match self.process_batch(&service).await {
+            match self.process_batch(&service, &postman).await {
                 Ok(0) => {
                     backoff = Duration::from_millis(100);
                     tokio::select! {
@@ -101,14 +104,18 @@ impl WebhookInbox {
     /// Processes one batch; returns how many events were settled. Events are handled
     /// concurrently: each update is its own transaction under a row lock on its charge, and the
     /// forward-only status rule makes their order irrelevant.
-    pub async fn process_batch(&self, service: &PaymentService) -> Result<usize, String> {
+    pub async fn process_batch(
+        &self,
+        service: &PaymentService,
+        postman: &Postman,
+    ) -> Result<usize, String> {
         let mut batch = stripe_events::claim(&self.pool, 200)
             .await
             .map_err(|e| e.to_string())?;
         let events = std::mem::take(&mut batch.events);
         let outcomes: Vec<(String, Option<String>)> = futures::stream::iter(events)
             .map(|(event_id, payload)| async move {
-                let outcome = outcome_of(service, &event_id, payload).await;
+                let outcome = outcome_of(service, postman, &event_id, payload).await;
                 (event_id, outcome)
             })
             .buffer_unordered(IN_FLIGHT)
@@ -135,6 +142,7 @@ const IN_FLIGHT: usize = 8;
 
 async fn outcome_of(
     service: &PaymentService,
+    postman: &Postman,
     event_id: &str,
     payload: serde_json::Value,
 ) -> Option<String> {
@@ -153,6 +161,9 @@ async fn outcome_of(
     match service.on_provider_update(&update).await {
         Ok(Some(applied)) => {
             actors::metrics::webhook_event(kind, "routed");
+            if let Some(answer) = answer_of(Some(update.reference.clone()), &update.status) {
+                postman.answer_order(applied.order_id, answer);
+            }
             debug!(%event_id, event_type = %event.kind, order_id = %applied.order_id, correlation_id = %applied.correlation_id, "webhook event routed to its order");
             Some(format!("applied to order {}", applied.order_id))
         }

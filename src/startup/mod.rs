@@ -1,0 +1,344 @@
+//! Wiring: connect to PostgreSQL and NATS, start the roles this process runs, serve HTTP.
+//!
+//! `Application::build` does everything that can fail up front and reports which dependency is
+//! missing; `run_until_stopped` then runs until Ctrl-C/SIGTERM or until a task dies, and drains.
+//! Tests build the same `Application` on a random port against their own database and NATS.
+//!
+//! Each role this process runs is started by its own module (`order_role`, `inventory_role`,
+//! `payment_role`) inside one `Wiring`; the postman learns each receiver as its role starts, so
+//! commands between roles of this process skip the broker.
+
+mod inventory_role;
+mod order_role;
+mod payment_role;
+mod wiring;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use actors::inventory::InventoryShards;
+use actors::orders::{OrderSupervisorHandle, StatusWatchers};
+use actors::ports::SystemClock;
+use actors::postman::Postman;
+use adapters::nats as bus;
+use adapters::postgres::{self as pg, Catalog, IdempotencyKeys, OutboxSignal};
+use stripe_fake::StripeFake;
+
+use crate::configuration::{Role, Settings};
+use crate::http::{self, AppParts, AppState};
+use wiring::Wiring;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Postgres(#[from] pg::ConnectError),
+    #[error("{0}")]
+    Nats(#[from] bus::NatsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start actors: {0}")]
+    Actors(String),
+    #[error("database error while starting: {0}")]
+    Catalog(#[from] pg::CatalogError),
+    #[error("Stripe is misconfigured: {0}")]
+    Stripe(String),
+}
+
+impl StartupError {
+    /// What a newcomer should do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            StartupError::Postgres(pg::ConnectError::Unreachable { .. }) => Some(
+                "PostgreSQL is needed. `cargo xtask run` starts a private one when none answers; or \
+                 install and start it (Debian: `apt-get install postgresql && pg_ctlcluster 15 \
+                 main start`), or run `docker compose up -d postgres nats`; then set \
+                 DATABASE_URL if it is not at postgres://postgres@127.0.0.1:5432.",
+            ),
+            StartupError::Nats(bus::NatsError::Unreachable { .. }) => Some(
+                "NATS with JetStream is needed. `cargo xtask run` starts a private one when none \
+                 answers; or install and start it (Debian: `apt-get install nats-server && \
+                 nats-server -js &`), or run `docker compose up -d postgres nats`; then set \
+                 NATS_URL if it is not at nats://127.0.0.1:4222.",
+            ),
+            StartupError::Nats(bus::NatsError::Setup { .. }) => {
+                Some("Is JetStream enabled on the NATS server? Start it with `-js`.")
+            }
+            _ => None,
+        }
+    }
+}
+
+pub struct Application {
+    address: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, Result<(), String>)>,
+    pool: PgPool,
+    orders: Option<OrderSupervisorHandle>,
+    shards: Option<InventoryShards>,
+    /// The in-process Stripe fake, when no real Stripe key is configured.
+    stripe_fake: Option<StripeFake>,
+}
+
+/// The tasks every process runs whatever its roles: the store sampler, the outbox relay (every
+/// role writes to the outbox), and the forwarder through which other processes' finished orders
+/// wake this process's long polls.
+fn start_shared_tasks(wiring: &mut Wiring<'_>, nats: &async_nats::Client) {
+    let (sampled, token) = (wiring.pool.clone(), wiring.shutdown.clone());
+    wiring.spawn("store sampler", async move {
+        crate::metrics::sample_store(sampled, token).await;
+        Ok(())
+    });
+    let relay = bus::OutboxRelay::new(
+        wiring.pool.clone(),
+        wiring.js.clone(),
+        wiring.signal.clone(),
+    );
+    let token = wiring.shutdown.clone();
+    wiring.spawn("outbox relay", async move {
+        relay.run(token).await;
+        Ok(())
+    });
+    let (client, watchers, token) = (
+        nats.clone(),
+        wiring.status_watchers.clone(),
+        wiring.shutdown.clone(),
+    );
+    wiring.spawn("order event forwarder", async move {
+        bus::forward_order_events(client, watchers, token).await
+    });
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        // Install the metrics recorder before anything records (the facade drops what is
+        // recorded while no recorder is installed).
+        let _ = crate::metrics::handle();
+        let timeouts = settings.step_timeouts();
+        let worst_case =
+            Duration::from_millis(timeouts.inventory_ms.saturating_add(timeouts.payment_ms));
+        if settings.reservation_ttl() <= worst_case {
+            warn!(
+                reservation_ttl_secs = settings.reservation_ttl_secs,
+                step_timeouts_ms = worst_case.as_millis() as u64,
+                "reservations can expire before the saga's own timeouts; orders may be cancelled by expiry"
+            );
+        }
+        let pool =
+            pg::connect_and_migrate(&settings.database_url, settings.database_max_connections)
+                .await?;
+        let (nats, js) = bus::connect(&settings.nats_url).await?;
+        bus::ensure_streams(&js).await?;
+
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|source| StartupError::Listen {
+                addr: settings.http_addr,
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                addr: settings.http_addr,
+                source,
+            })?;
+        let catalog = Catalog::new(pool.clone());
+        if settings.seed_demo_catalog && catalog.seed_demo_if_empty().await? {
+            info!("seeded the demo catalog");
+        }
+        let mut wiring = Wiring {
+            settings: &settings,
+            pool: pool.clone(),
+            js: js.clone(),
+            signal: OutboxSignal::new(),
+            clock: Arc::new(SystemClock),
+            status_watchers: StatusWatchers::default(),
+            postman: Postman::new(settings.max_commands_in_flight as usize),
+            shutdown: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        };
+        start_shared_tasks(&mut wiring, &nats);
+
+        let orders = match settings.runs(Role::Order) {
+            true => Some(order_role::start(&mut wiring).await?),
+            false => None,
+        };
+        let shards = match settings.runs(Role::Inventory) {
+            true => Some(inventory_role::start(&mut wiring).await?),
+            false => None,
+        };
+        let payments = match settings.runs(Role::Payment) {
+            true => Some(payment_role::start(&mut wiring, address).await?),
+            false => None,
+        };
+        // Only now does the postman know every receiver here, so recovery re-sends through it.
+        if let Some(orders) = &orders {
+            orders.recover().await?;
+        }
+        let orders = orders.map(|o| o.handle);
+        let (payment_http, stripe_fake) = match payments {
+            Some(p) => (Some(p.http), p.stripe_fake),
+            None => (None, None),
+        };
+        let Wiring {
+            status_watchers,
+            postman,
+            shutdown,
+            mut tasks,
+            ..
+        } = wiring;
+
+        let state = AppState::new(AppParts {
+            pool: pool.clone(),
+            catalog,
+            idempotency: IdempotencyKeys::new(pool.clone()),
+            orders: orders.clone(),
+            status_watchers,
+            nats,
+            postman,
+            payments: payment_http,
+            shards: shards.clone(),
+            admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
+            order_rate_limit: http::rate_limit::OrderRateLimit::new(
+                settings.order_rate_limit_per_sec,
+                settings.order_rate_limit_burst,
+            ),
+        });
+        // Keeps the readiness gauges current between `/health/ready` calls (alerts use them).
+        let (probed, token) = (state.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            loop {
+                http::health::probe(&probed).await;
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                }
+            }
+            ("readiness probe", Ok(()))
+        });
+        let limits = &settings.http_limits;
+        let router = http::router(
+            state,
+            http::RequestLimits::new(
+                limits.http_max_requests_in_flight as usize,
+                limits.request_timeout(),
+                limits.body_timeout(),
+            ),
+        );
+        let connection_limits = http::server::ConnectionLimits {
+            header_timeout: limits.header_timeout(),
+            idle_timeout: limits.idle_timeout(),
+            max_connections: http::server::connection_bound(limits.http_max_connections as usize),
+        };
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            http::server::serve(listener, router, connection_limits, token).await;
+            ("http server", Ok(()))
+        });
+
+        info!(%address, roles = ?settings.roles, "ordersaga started");
+        Ok(Self {
+            address,
+            shutdown,
+            tasks,
+            pool,
+            orders,
+            shards,
+            stripe_fake,
+        })
+    }
+
+    /// The in-process Stripe fake's base URL, when one runs (tests read its ledger).
+    pub fn stripe_fake_url(&self) -> Option<String> {
+        self.stripe_fake.as_ref().map(StripeFake::base_url)
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn orders(&self) -> Option<&OrderSupervisorHandle> {
+        self.orders.as_ref()
+    }
+
+    /// Cancel this to stop the application (tests use it; `main` relies on signals).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until a shutdown signal or until any task ends, then stops everything and drains.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let token = self.shutdown.clone();
+        let first = tokio::select! {
+            _ = token.cancelled() => None,
+            _ = shutdown_signal() => None,
+            ended = self.tasks.join_next() => ended,
+        };
+        let failure = match first {
+            Some(Ok((task, Err(e)))) => Some(format!("{task} failed: {e}")),
+            Some(Ok((task, Ok(())))) if !token.is_cancelled() => {
+                Some(format!("{task} stopped unexpectedly"))
+            }
+            Some(Err(e)) => Some(format!("a task panicked: {e}")),
+            _ => None,
+        };
+        info!("shutting down");
+        self.shutdown.cancel();
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_secs(10), self.tasks.join_next()).await
+        {}
+        if let Some(orders) = &self.orders {
+            orders.actor().stop(None);
+        }
+        if let Some(shards) = &self.shards {
+            shards.stop();
+        }
+        self.pool.close().await;
+        match failure {
+            Some(f) => {
+                warn!(failure = %f, "stopped after a failure");
+                Err(anyhow::anyhow!(f))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

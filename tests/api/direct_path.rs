@@ -1,0 +1,236 @@
+//! With all roles in one process, commands go from actor to actor without the broker, and the
+//! sagas' own state makes them durable. These tests leave the database as a crash between two
+//! actors would (one side committed, the other never told), start the application on it, and
+//! check that recovery finishes each order with nothing lost or done twice; and that orders
+//! complete while NATS is down.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use actors::domain::{
+    CorrelationId, Currency, CustomerId, Money, OrderId, OrderLine, PaymentMethod, PricedLine,
+    Quantity, Sku,
+};
+use actors::ports::{
+    ChargeOutcome, OrderSnapshotStore, PaymentRecords, ReservationLedger, ReservationOutcome,
+    ReservationRequest,
+};
+use actors::saga::{self, Decision, NewOrder, OrderState, SagaEvent};
+use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgPaymentRecords, PgReservationLedger};
+
+use crate::helpers::{TestApp, eventually, order_body, spawn_app};
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Two units of `sku` at 5.00 EUR.
+fn new_order(sku: &str) -> NewOrder {
+    let eur = ok(Currency::parse("EUR"));
+    NewOrder {
+        order_id: OrderId::new(),
+        correlation_id: CorrelationId::new(),
+        customer_id: ok(CustomerId::parse("customer-1")),
+        lines: vec![PricedLine {
+            sku: ok(Sku::parse(sku)),
+            quantity: ok(Quantity::try_from(2)),
+            unit_price: ok(Money::new(500, eur)),
+        }],
+        amount: ok(Money::new(1000, eur)),
+        payment_method: ok(PaymentMethod::parse("pm_card_visa")),
+    }
+}
+
+/// The order's saga after `events`, each committed as the saga actor would, but with no
+/// messages: nothing but the saga's own state says what it waits for.
+async fn saga_after(app: &TestApp, order: NewOrder, events: &[SagaEvent]) -> OrderState {
+    let store = PgOrderSnapshotStore::new(app.pool.clone(), pg::OutboxSignal::new(), 1);
+    let mut state = saga::start(order, Utc::now()).next;
+    assert!(ok(store.create(&state, &[]).await));
+    for event in events {
+        let Decision::Apply(step) = saga::decide(&state, event, Utc::now()) else {
+            panic!("{} does not apply to {:?}", event.name(), state.status);
+        };
+        ok(store.commit(state.version, &step.next, &[]).await);
+        state = step.next;
+    }
+    state
+}
+
+/// Reserves the order's lines in the ledger, as the inventory shard would have, expiring at
+/// `expires_at`.
+async fn reserve(app: &TestApp, state: &OrderState, expires_at: chrono::DateTime<Utc>) {
+    let ledger = PgReservationLedger::new(app.pool.clone(), pg::OutboxSignal::new());
+    let request = ReservationRequest {
+        order_id: state.order_id,
+        correlation_id: state.correlation_id.clone(),
+        lines: state
+            .lines
+            .iter()
+            .map(|l| OrderLine {
+                sku: l.sku.clone(),
+                quantity: l.quantity,
+            })
+            .collect(),
+        expires_at,
+    };
+    let outcome = ok(ledger.reserve(&request, &|_| Vec::new()).await);
+    assert!(matches!(outcome, ReservationOutcome::Reserved { .. }));
+}
+
+/// (status, count) of the order's reservation rows.
+async fn reservation_rows(app: &TestApp, order_id: OrderId) -> Vec<(String, i64)> {
+    ok(sqlx::query_as(
+        "SELECT status, count(*) FROM stock_reservations WHERE order_id = $1 GROUP BY status",
+    )
+    .bind(order_id.as_uuid())
+    .fetch_all(&app.pool)
+    .await)
+}
+
+/// PaymentIntents the Stripe fake created for this order.
+async fn intents_of(app: &TestApp, order_id: OrderId) -> usize {
+    let ledger = app.ledger().await;
+    ledger["intents"]
+        .as_array()
+        .map(|intents| {
+            intents
+                .iter()
+                .filter(|i| i["metadata"]["order_id"] == order_id.to_string())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_reservation_committed_before_the_saga_heard_of_it_is_answered_again_after_a_restart() {
+    let mut app = spawn_app().await;
+    app.put_product("SKU-A", 10, 500).await;
+    let state = saga_after(&app, new_order("SKU-A"), &[]).await;
+    reserve(&app, &state, Utc::now() + chrono::Duration::minutes(15)).await;
+
+    app.restart().await;
+
+    let order = app.wait_terminal(&state.order_id.to_string()).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+    let product = app.settled_product("SKU-A").await;
+    assert_eq!(
+        product["on_hand"], 8,
+        "the units were taken once: {product}"
+    );
+    assert_eq!(
+        reservation_rows(&app, state.order_id).await,
+        vec![("COMMITTED".to_owned(), 1)]
+    );
+    assert_eq!(intents_of(&app, state.order_id).await, 1, "one charge");
+}
+
+#[tokio::test]
+async fn a_charge_recorded_before_the_saga_heard_of_it_completes_the_order_without_charging_again()
+{
+    let mut app = spawn_app().await;
+    app.put_product("SKU-A", 10, 500).await;
+    let state = saga_after(&app, new_order("SKU-A"), &[SagaEvent::StockReserved]).await;
+    reserve(&app, &state, Utc::now() + chrono::Duration::minutes(15)).await;
+    let records = PgPaymentRecords::new(app.pool.clone(), pg::OutboxSignal::new(), 1);
+    let charged = ChargeOutcome::Succeeded {
+        reference: "pi_recorded_before_the_crash".into(),
+    };
+    let recorded = records
+        .record(
+            state.order_id,
+            1,
+            &state.correlation_id,
+            &charged,
+            Box::new(|_| Vec::new()),
+        )
+        .await;
+    assert!(ok(recorded));
+
+    app.restart().await;
+
+    let order = app.wait_terminal(&state.order_id.to_string()).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+    assert_eq!(
+        order["payment"]["reference"], "pi_recorded_before_the_crash",
+        "{order}"
+    );
+    assert_eq!(
+        intents_of(&app, state.order_id).await,
+        0,
+        "the recorded charge is the answer: the provider is not asked again"
+    );
+    let product = app.settled_product("SKU-A").await;
+    assert_eq!(product["on_hand"], 8, "{product}");
+}
+
+#[tokio::test]
+async fn a_completed_order_whose_stock_commit_was_lost_has_its_units_committed_not_released() {
+    let app = spawn_app().await;
+    app.put_product("SKU-A", 10, 500).await;
+    let paid = SagaEvent::PaymentSucceeded {
+        reference: "pi_paid".into(),
+    };
+    let state = saga_after(&app, new_order("SKU-A"), &[SagaEvent::StockReserved, paid]).await;
+    assert!(state.is_terminal());
+    // The commit that follows completion never ran, and the reservation has run out.
+    reserve(&app, &state, Utc::now() - chrono::Duration::seconds(1)).await;
+
+    let rows = eventually(
+        Duration::from_secs(15),
+        "the sweeper to settle the expired reservation",
+        || async {
+            let rows = reservation_rows(&app, state.order_id).await;
+            (rows.iter().all(|(status, _)| status != "RESERVED")).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(rows, vec![("COMMITTED".to_owned(), 1)]);
+    let product = app.product("SKU-A").await;
+    assert_eq!(
+        (product["on_hand"].clone(), product["reserved"].clone()),
+        (Value::from(8), Value::from(0)),
+        "sold units leave stock: {product}"
+    );
+}
+
+#[tokio::test]
+async fn with_every_role_in_one_process_orders_complete_while_nats_is_down_and_events_follow() {
+    let mut app = spawn_app().await;
+    app.put_product("SKU-A", 100, 500).await;
+    app.stop_nats();
+
+    for _ in 0..5 {
+        let response = app
+            .http
+            .post(format!("{}/orders?wait=10s", app.base))
+            .json(&order_body(&[("SKU-A", 1)], "pm_card_visa"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /orders: {e}"));
+        assert_eq!(response.status(), 200);
+        let order: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(order["status"], "COMPLETED", "{order}");
+    }
+    let pool = app.pool.clone();
+    let pending = || async {
+        let n: i64 = ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await);
+        n
+    };
+    assert!(
+        pending().await >= 5,
+        "the domain events wait in the outbox for NATS"
+    );
+
+    app.start_nats();
+    eventually(
+        Duration::from_secs(30),
+        "the outbox to drain once NATS is back",
+        || async { (pending().await == 0).then_some(()) },
+    )
+    .await;
+}
