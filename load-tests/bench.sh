@@ -14,8 +14,9 @@
 # load-tests/results/<scenario>-<UTC time>.json, so do not pass --out), and anything
 # `ordersaga serve` reads (INVENTORY_SHARDS, DATABASE_WRITERS, ...). For `recovery` the script
 # gives the tool the server's pid and the command that starts it again on the same database and
-# NATS, with a payment timeout of an hour so the sagas wait through the restart; for `soak`, the
-# pid whose RSS to sample.
+# NATS, with a payment timeout of an hour so the sagas wait through the restart; for `soak` and
+# `slow-stripe`, the pid whose RSS to sample; `slow-stripe` runs the in-process fake with
+# STRIPE_FAKE_API_DELAY_MS=300.
 # It needs nats-server and curl on PATH, PostgreSQL reachable at PG_URL, and Linux's /proc for
 # the CPU figures; psql, if present, drops the database afterwards. It never touches the
 # machine's own nats-server, and only the database it created.
@@ -89,6 +90,7 @@ fi
 
 extra=()
 if [ "$scenario" = recovery ]; then extra=(PAYMENT_STEP_TIMEOUT_MS=3600000); fi
+if [ "$scenario" = slow-stripe ]; then extra=(STRIPE_FAKE_API_DELAY_MS=300); fi
 # The server's command line, quoted for a shell: recovery starts it again with the same one.
 serve=$(printf '%q ' env DATABASE_URL="$pg_url/$database?sslmode=disable" \
     NATS_URL="nats://127.0.0.1:$nats_port" HTTP_ADDR="127.0.0.1:$http_port" \
@@ -112,7 +114,7 @@ restart=()
 if [ "$scenario" = recovery ]; then
     # The restarted server is the tool's child; its pid file lets the cleanup stop it.
     restart=(--pid "$server_pid" --start-cmd "echo \$\$ > $work/restarted.pid; exec $serve >>$work/server.log 2>&1")
-elif [ "$scenario" = soak ]; then
+elif [ "$scenario" = soak ] || [ "$scenario" = slow-stripe ]; then
     restart=(--pid "$server_pid") # the server's RSS is sampled through /proc
 fi
 status=0

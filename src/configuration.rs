@@ -237,6 +237,11 @@ pub struct Settings {
     #[arg(long, env = "STRIPE_FAKE_DELAY_MS", default_value_t = 300)]
     pub stripe_fake_delay_ms: u64,
 
+    /// How long the in-process fake takes to answer the creation of a PaymentIntent, in
+    /// milliseconds: a slow provider, for load tests.
+    #[arg(long, env = "STRIPE_FAKE_API_DELAY_MS", default_value_t = 0)]
+    pub stripe_fake_api_delay_ms: u64,
+
     /// Consecutive payment failures that raise an alert (error log, metric, event).
     #[arg(long, env = "PAYMENT_FAILURE_STREAK_ALERT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub payment_failure_streak_alert: u32,

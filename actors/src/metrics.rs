@@ -18,6 +18,7 @@ pub const MAILBOX_DEPTH: &str = "actor_mailbox_depth";
 pub const RESERVATIONS_EXPIRED: &str = "inventory_reservations_expired_total";
 pub const LOW_STOCK_ALERTS: &str = "inventory_low_stock_alerts_total";
 pub const COMMIT_SHORTFALL: &str = "inventory_commit_shortfall_total";
+pub const OUTBOX_WRITTEN: &str = "outbox_rows_written_total";
 pub const JETSTREAM_PUBLISHED: &str = "jetstream_messages_published_total";
 pub const JETSTREAM_PUBLISH_FAILURES: &str = "jetstream_publish_failures_total";
 pub const JETSTREAM_CONSUMED: &str = "jetstream_messages_consumed_total";
@@ -72,6 +73,10 @@ pub fn describe() {
     describe_counter!(
         STEP_RETRIES,
         "Step retries by step: redelivered messages, re-fired timers and operator retries"
+    );
+    describe_counter!(
+        OUTBOX_WRITTEN,
+        "Outbox rows written with the state changes they report (each is published once)"
     );
     describe_counter!(
         STEP_RESENDS,

@@ -344,35 +344,45 @@ pub(crate) fn classify(reason: Option<&str>) -> String {
 /// consumers and outcomes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct MessageCounts {
+    /// Outbox rows written (each becomes one published message).
+    pub outbox_rows: f64,
     pub published: f64,
     pub delivered: f64,
     pub redelivered: f64,
+    /// Commands and answers handed from actor to actor in the process, without the broker.
+    pub handed_over: f64,
 }
 
 impl MessageCounts {
     fn of_metrics(text: &str) -> Self {
         Self {
+            outbox_rows: sum_of(text, "outbox_rows_written_total"),
             published: sum_of(text, "jetstream_messages_published_total"),
             delivered: sum_of(text, "jetstream_messages_consumed_total"),
             redelivered: sum_of(text, "jetstream_redeliveries_total"),
+            handed_over: sum_of(text, "postman_delivered_total"),
         }
     }
 
     /// The counts divided by `orders`.
     pub fn per(&self, orders: f64) -> Self {
         Self {
+            outbox_rows: self.outbox_rows / orders,
             published: self.published / orders,
             delivered: self.delivered / orders,
             redelivered: self.redelivered / orders,
+            handed_over: self.handed_over / orders,
         }
     }
 
     /// What happened between `before` and `self`.
     pub fn since(&self, before: &Self) -> Self {
         Self {
+            outbox_rows: self.outbox_rows - before.outbox_rows,
             published: self.published - before.published,
             delivered: self.delivered - before.delivered,
             redelivered: self.redelivered - before.redelivered,
+            handed_over: self.handed_over - before.handed_over,
         }
     }
 }
@@ -424,27 +434,36 @@ mod tests {
             jetstream_messages_published_total{stream=\"inventory\"} 5\n\
             jetstream_messages_published_totally_else 100\n\
             jetstream_messages_consumed_total{consumer=\"a\",outcome=\"ack\"} 7\n\
-            jetstream_messages_consumed_total{consumer=\"b\",outcome=\"retry\"} 1\n";
+            jetstream_messages_consumed_total{consumer=\"b\",outcome=\"retry\"} 1\n\
+            outbox_rows_written_total 16\n\
+            postman_delivered_total{receiver=\"inventory\"} 3\n\
+            postman_delivered_total{receiver=\"orders\"} 4\n";
         let counts = MessageCounts::of_metrics(text);
         assert_eq!(
             counts,
             MessageCounts {
+                outbox_rows: 16.0,
                 published: 15.0,
                 delivered: 8.0,
-                redelivered: 0.0
+                redelivered: 0.0,
+                handed_over: 7.0,
             }
         );
         let later = MessageCounts {
+            outbox_rows: 26.0,
             published: 25.0,
             delivered: 20.0,
             redelivered: 2.0,
+            handed_over: 17.0,
         };
         assert_eq!(
             later.since(&counts),
             MessageCounts {
+                outbox_rows: 10.0,
                 published: 10.0,
                 delivered: 12.0,
-                redelivered: 2.0
+                redelivered: 2.0,
+                handed_over: 10.0,
             }
         );
     }

@@ -224,9 +224,10 @@ pub struct LoadReport {
     pub samples: Vec<Sample>,
     pub soak: Option<SoakSummary>,
     pub recovery: Option<RecoveryReport>,
-    /// JetStream messages one finished order cost the process at `base_url` (only that one):
-    /// published by its outbox relay, delivered to its durable consumers (any outcome), and how
-    /// many deliveries were repeats. What the sagas need from the broker shows here.
+    /// Messages one finished order cost the process at `base_url` (only that one): outbox rows
+    /// written, published by its outbox relay, delivered to its durable consumers (any outcome),
+    /// how many deliveries were repeats, and how many commands and answers went from actor to
+    /// actor without the broker. What the sagas need from the broker shows here.
     pub messages_per_order: Option<MessageCounts>,
     /// The invariants this run checked.
     pub invariants_checked: Vec<String>,
@@ -306,8 +307,8 @@ impl fmt::Display for LoadReport {
         if let Some(m) = &self.messages_per_order {
             writeln!(
                 f,
-                "JetStream per finished order (this process): {:.2} published, {:.2} delivered, {:.2} redelivered",
-                m.published, m.delivered, m.redelivered
+                "per finished order (this process): {:.2} outbox rows written; JetStream {:.2} published, {:.2} delivered, {:.2} redelivered; {:.2} handed from actor to actor",
+                m.outbox_rows, m.published, m.delivered, m.redelivered, m.handed_over
             )?;
         }
         for target in &self.targets {

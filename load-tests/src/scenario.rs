@@ -27,6 +27,10 @@ pub enum Scenario {
     /// Orders left waiting for their payment, then a server restart: time to ready and to
     /// timers re-armed, and no order lost.
     Recovery,
+    /// 3,000 in flight against a payment provider that takes 300 ms to answer (bench.sh starts
+    /// the fake so): throughput should be bounded by CPU, not by orders waiting; with `--pid`,
+    /// the server's RSS is sampled.
+    SlowStripe,
 }
 
 impl Scenario {
@@ -38,6 +42,7 @@ impl Scenario {
             Scenario::FlashSale => "flash-sale",
             Scenario::Soak => "soak",
             Scenario::Recovery => "recovery",
+            Scenario::SlowStripe => "slow-stripe",
         }
     }
 
@@ -78,6 +83,10 @@ impl Scenario {
             Scenario::Soak => Defaults {
                 orders: Some(1_000_000),
                 duration: None,
+                ..plenty
+            },
+            Scenario::SlowStripe => Defaults {
+                concurrency: 3000,
                 ..plenty
             },
             Scenario::Recovery => Defaults {

@@ -128,6 +128,7 @@ async fn payments(settings: &Settings, address: SocketAddr) -> Result<Payments, 
         webhook_url: Some(format!("http://{webhook_host}/payments/webhook")),
         webhook_secret: secret.clone(),
         processing_delay: Duration::from_millis(settings.stripe_fake_delay_ms),
+        api_delay: Duration::from_millis(settings.stripe_fake_api_delay_ms),
         ..FakeConfig::default()
     };
     let fake = StripeFake::start(settings.stripe_fake_addr, config)

@@ -27,6 +27,9 @@ pub struct FakeConfig {
     pub webhook_secret: String,
     /// Unit of delay for scripted late webhooks (e.g. "processing, then succeeded").
     pub processing_delay: Duration,
+    /// How long creating a PaymentIntent takes before the fake answers: a slow provider, for
+    /// load tests (zero by default).
+    pub api_delay: Duration,
     pub webhook_max_attempts: u32,
     pub webhook_initial_backoff: Duration,
 }
@@ -37,6 +40,7 @@ impl Default for FakeConfig {
             webhook_url: None,
             webhook_secret: "whsec_ordersaga_dev_fake".into(),
             processing_delay: Duration::from_millis(300),
+            api_delay: Duration::ZERO,
             webhook_max_attempts: 10,
             webhook_initial_backoff: Duration::from_millis(100),
         }

@@ -137,6 +137,10 @@ async fn create_intent(State(state): State<Shared>, headers: HeaderMap, body: St
     if let Err(r) = authorised(&headers) {
         return r;
     }
+    let delay = state.config().api_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let form = match form(&body) {
         Ok(f) => f,
         Err(r) => return r,

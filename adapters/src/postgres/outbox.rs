@@ -34,7 +34,9 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
+    /// The row of one envelope, counted as written (every caller inserts it in its transaction).
     pub(super) fn of(envelope: &Envelope) -> Self {
+        metrics::counter!(actors::metrics::OUTBOX_WRITTEN).increment(1);
         Self {
             message_id: envelope.message_id,
             subject: Cow::Borrowed(envelope.subject()),
