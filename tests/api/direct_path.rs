@@ -13,14 +13,18 @@ use actors::domain::{
     CorrelationId, Currency, CustomerId, Money, OrderId, OrderLine, PaymentMethod, PricedLine,
     Quantity, Sku,
 };
+use actors::payments::idempotency_key;
 use actors::ports::{
-    ChargeOutcome, OrderSnapshotStore, PaymentRecords, ReservationLedger, ReservationOutcome,
-    ReservationRequest,
+    ChargeOutcome, ChargeRequest, OrderSnapshotStore, PaymentGateway, PaymentRecords,
+    ReservationLedger, ReservationOutcome, ReservationRequest,
 };
 use actors::saga::{self, Decision, NewOrder, OrderState, SagaEvent};
 use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgPaymentRecords, PgReservationLedger};
+use adapters::stripe::{StripeClient, StripeConfig};
 
-use crate::helpers::{TestApp, eventually, order_body, spawn_app};
+use crate::helpers::{
+    ChildProcess, TestApp, eventually, free_port, order_body, spawn_app, spawn_app_with,
+};
 
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
@@ -231,6 +235,125 @@ async fn with_every_role_in_one_process_orders_complete_while_nats_is_down_and_e
         Duration::from_secs(30),
         "the outbox to drain once NATS is back",
         || async { (pending().await == 0).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_charge_made_but_not_recorded_is_asked_again_under_its_key_and_made_once() {
+    // The provider outlives the crash: the fake runs as its own process.
+    let fake_port = free_port();
+    let _fake = ChildProcess::ordersaga(
+        &["stripe-fake"],
+        &[("STRIPE_FAKE_ADDR", format!("127.0.0.1:{fake_port}"))],
+    );
+    let fake = format!("http://127.0.0.1:{fake_port}");
+    eventually(
+        Duration::from_secs(20),
+        "the Stripe fake to answer",
+        || async {
+            reqwest::get(format!("{fake}/_fake/ledger"))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    let mut app = spawn_app_with(|s| {
+        s.stripe_secret_key = Some(ok("sk_test_direct_path".parse()));
+        s.stripe_api_base = fake.clone();
+        s.stripe_webhook_secret = vec![ok("whsec_direct_path".parse())];
+    })
+    .await;
+    app.put_product("SKU-A", 10, 500).await;
+    let state = saga_after(&app, new_order("SKU-A"), &[SagaEvent::StockReserved]).await;
+    reserve(&app, &state, Utc::now() + chrono::Duration::minutes(15)).await;
+    // The payment role charged, and died before recording the answer.
+    let client = ok(StripeClient::new(StripeConfig::new(
+        fake.clone(),
+        "sk_test_direct_path",
+    )));
+    let charged = client
+        .charge(&ChargeRequest {
+            order_id: state.order_id,
+            correlation_id: state.correlation_id.clone(),
+            amount: state.amount,
+            payment_method: state.payment_method.clone(),
+            attempt: 1,
+            idempotency_key: idempotency_key(state.order_id, 1),
+        })
+        .await;
+    let ChargeOutcome::Succeeded { reference } = ok(charged) else {
+        panic!("the fake declined a visa card");
+    };
+
+    app.restart().await;
+
+    let order = app.wait_terminal(&state.order_id.to_string()).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+    assert_eq!(order["payment"]["reference"], reference.as_str(), "{order}");
+    let ledger: Value = ok(ok(reqwest::get(format!("{fake}/_fake/ledger")).await)
+        .json()
+        .await);
+    let charges = ledger["charges"].as_array().map(|c| {
+        c.iter()
+            .filter(|c| c["payment_intent"] == reference.as_str())
+            .count()
+    });
+    assert_eq!(charges, Some(1), "charged once: {ledger}");
+    assert_eq!(
+        ledger["intents"].as_array().map(Vec::len),
+        Some(1),
+        "the provider replayed the first intent: {ledger}"
+    );
+}
+
+#[tokio::test]
+async fn too_many_commands_in_flight_refuse_placements_with_503_until_they_drain() {
+    let app = spawn_app_with(|s| {
+        s.max_commands_in_flight = 1;
+        // Charges take two seconds: commands pile up behind the payment provider.
+        s.stripe_fake_api_delay_ms = 2_000;
+        s.order_rate_limit_per_sec = 0;
+    })
+    .await;
+    app.put_product("SKU-A", 100, 500).await;
+    // Each accepted order holds a command in flight for two seconds; placing goes on (fast,
+    // and bounded) until the postman counts more than one.
+    let mut accepted = Vec::new();
+    let response = loop {
+        let response = app
+            .post_order(&order_body(&[("SKU-A", 1)], "pm_card_visa"))
+            .await;
+        if response.status() != 202 {
+            break response;
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        accepted.push(body["order_id"].as_str().unwrap_or_default().to_owned());
+        assert!(accepted.len() < 50, "never refused: {accepted:?}");
+    };
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(
+        accepted.len() >= 2,
+        "refused only above the bound: {accepted:?}"
+    );
+
+    for id in &accepted {
+        assert_eq!(app.wait_terminal(id).await["status"], "COMPLETED");
+    }
+    // The stock commits that follow completion drain a moment later.
+    eventually(
+        Duration::from_secs(10),
+        "placements to be accepted again once the commands drained",
+        || async {
+            let again = app
+                .post_order(&order_body(&[("SKU-A", 1)], "pm_card_visa"))
+                .await;
+            (again.status() == 202).then_some(())
+        },
     )
     .await;
 }
