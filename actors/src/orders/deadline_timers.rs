@@ -39,6 +39,9 @@ pub(crate) struct DeadlineTimers {
     resends: BinaryHeap<Reverse<ResendEntry>>,
     /// The deadline each order is waiting for; a heap entry for any other deadline is stale.
     armed: HashMap<OrderId, DateTime<Utc>>,
+    /// Orders whose step's command was answered although the step goes on (a payment in
+    /// processing waits for the provider's webhook): no re-send until they arm a new deadline.
+    answered: HashMap<OrderId, DateTime<Utc>>,
 }
 
 impl DeadlineTimers {
@@ -48,13 +51,22 @@ impl DeadlineTimers {
         let new = self.armed.insert(order, deadline) != Some(deadline);
         if new {
             self.heap.push(Reverse((deadline, order, deadline)));
+            self.answered.remove(&order);
         }
         new
+    }
+
+    /// The order's pending command was answered: its re-sends stop until the next deadline.
+    pub(crate) fn answered(&mut self, order: OrderId) {
+        if let Some(deadline) = self.armed.get(&order) {
+            self.answered.insert(order, *deadline);
+        }
     }
 
     /// The order waits for no deadline any more (finished, or paused).
     pub(crate) fn disarm(&mut self, order: OrderId) {
         self.armed.remove(&order);
+        self.answered.remove(&order);
     }
 
     /// A fired timer whose handling failed: fire it again at `at`, unless the order has armed
@@ -76,6 +88,7 @@ impl DeadlineTimers {
             self.heap.pop();
             if self.armed.get(&order) == Some(&deadline) {
                 self.armed.remove(&order);
+                self.answered.remove(&order);
                 due.push((order, deadline));
             }
         }
@@ -91,7 +104,7 @@ impl DeadlineTimers {
         at: DateTime<Utc>,
         nth: u32,
     ) {
-        if at < deadline && self.armed.get(&order) == Some(&deadline) {
+        if at < deadline && self.resend_wanted(order, deadline) {
             self.resends.push(Reverse((at, order, deadline, nth)));
         }
     }
@@ -112,11 +125,16 @@ impl DeadlineTimers {
                 break;
             }
             self.resends.pop();
-            if self.armed.get(&order) == Some(&deadline) {
+            if self.resend_wanted(order, deadline) {
                 due.push((order, deadline, nth));
             }
         }
         due
+    }
+
+    /// The order still waits on the step ending at `deadline`, and its command is unanswered.
+    fn resend_wanted(&self, order: OrderId, deadline: DateTime<Utc>) -> bool {
+        self.armed.get(&order) == Some(&deadline) && self.answered.get(&order) != Some(&deadline)
     }
 
     /// Re-sends scheduled, stale ones included (tests).
@@ -148,8 +166,10 @@ impl DeadlineTimers {
                 .retain(|Reverse((_, order, deadline))| armed.get(order) == Some(deadline));
         }
         if self.resends.len() > armed.len() * 2 + STALE_SLACK {
-            self.resends
-                .retain(|Reverse((_, order, deadline, _))| armed.get(order) == Some(deadline));
+            let answered = &self.answered;
+            self.resends.retain(|Reverse((_, order, deadline, _))| {
+                armed.get(order) == Some(deadline) && answered.get(order) != Some(deadline)
+            });
         }
     }
 
@@ -237,6 +257,25 @@ mod tests {
         timers.arm_resend(order(1), at(30), at(5), 2);
         timers.disarm(order(1));
         assert!(timers.take_due_resends(at(10), 10).is_empty());
+    }
+
+    #[test]
+    fn an_answered_step_stops_resending_until_the_next_deadline() {
+        let mut timers = DeadlineTimers::default();
+        timers.arm(order(1), at(30));
+        timers.arm_resend(order(1), at(30), at(2), 1);
+        timers.answered(order(1));
+        assert!(timers.take_due_resends(at(2), 10).is_empty());
+        timers.arm_resend(order(1), at(30), at(4), 2);
+        assert!(timers.take_due_resends(at(4), 10).is_empty());
+        // The next step re-sends again.
+        timers.arm(order(1), at(60));
+        timers.arm_resend(order(1), at(60), at(32), 1);
+        assert_eq!(
+            timers.take_due_resends(at(32), 10),
+            vec![(order(1), at(60), 1)]
+        );
+        assert_eq!(timers.take_due(at(30)), vec![]);
     }
 
     #[test]

@@ -190,6 +190,13 @@ impl OrderSagaState {
         }
     }
 
+    /// Tells the supervisor that the pending command was answered while the step goes on.
+    fn answered(&self) {
+        if let Some(supervisor) = &self.supervisor {
+            let _ = supervisor.send_message(SupervisorMessage::Answered(self.order_id));
+        }
+    }
+
     /// Tells the supervisor which deadline this order waits for now, if any: a finished order's
     /// old timers must not wake it up again.
     fn arm(&self, state: &OrderState) {
@@ -242,6 +249,11 @@ impl OrderSagaState {
         };
         metrics::counter!(m::STEP_RESENDS, "step" => step).increment(1);
         debug!(order_id = %self.order_id, correlation_id = %current.correlation_id, step, "re-sending the pending command");
+        if current.status == OrderStatus::PaymentProcessing {
+            // Asked once (at recovery: the answer of a webhook may have died with the process);
+            // the provider's webhook brings the outcome, and the deadline bounds the wait.
+            self.answered();
+        }
         let envelope = Envelope::new(
             current.order_id,
             current.correlation_id.clone(),
@@ -269,6 +281,7 @@ impl OrderSagaState {
             let now = self.deps.clock.now();
             let current_deadline = current.deadline;
             let current_version = current.version;
+            let previous_status = current.status;
             let transition = match saga::decide(current, event, now) {
                 Decision::Ignore(why) if fresh => {
                     debug!(order_id = %self.order_id, correlation_id = %current.correlation_id, event = event.name(), why, "event ignored");
@@ -302,6 +315,11 @@ impl OrderSagaState {
                     self.publish_status(&transition.next);
                     if transition.next.deadline != current_deadline {
                         self.arm(&transition.next);
+                    } else if transition.next.status == OrderStatus::PaymentProcessing
+                        && previous_status != OrderStatus::PaymentProcessing
+                    {
+                        // The charge was accepted: its outcome comes by webhook, not by asking.
+                        self.answered();
                     }
                     self.deps.postman.dispatch(&outbox, true);
                     self.snapshot = Some(transition.next);

@@ -37,6 +37,9 @@ pub enum SupervisorMessage {
     Recover(Vec<(OrderId, DateTime<Utc>)>),
     /// The order waits for no deadline any more (it finished, or an operator paused it).
     Disarm(OrderId),
+    /// The order's pending command was answered but its step goes on (a payment in processing
+    /// waits for the provider's webhook): stop re-sending until its next deadline.
+    Answered(OrderId),
     /// A timer whose handling failed (the store was down): fire it again a little later.
     RetryTimer(OrderId, DateTime<Utc>),
     /// Number of armed timers (inspection, tests).
@@ -133,6 +136,7 @@ impl Actor for OrderSupervisor {
                 }
             }
             SupervisorMessage::Disarm(order) => state.deadlines.disarm(order),
+            SupervisorMessage::Answered(order) => state.deadlines.answered(order),
             SupervisorMessage::RetryTimer(order, deadline) => {
                 let retry_at = state.deps.clock.now() + chrono::Duration::seconds(1);
                 state.deadlines.retry(order, deadline, retry_at);
