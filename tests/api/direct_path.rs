@@ -18,7 +18,7 @@ use actors::ports::{
     ChargeOutcome, ChargeRequest, OrderSnapshotStore, PaymentGateway, PaymentRecords,
     ReservationLedger, ReservationOutcome, ReservationRequest,
 };
-use actors::saga::{self, Decision, NewOrder, OrderState, SagaEvent};
+use actors::saga::{self, Decision, NewOrder, OrderState, SagaEvent, StepTimeouts};
 use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgPaymentRecords, PgReservationLedger};
 use adapters::stripe::{StripeClient, StripeConfig};
 
@@ -48,10 +48,15 @@ fn new_order(sku: &str) -> NewOrder {
 }
 
 /// The order's saga after `events`, each committed as the saga actor would, but with no
-/// messages: nothing but the saga's own state says what it waits for.
+/// messages: nothing but the saga's own state says what it waits for. Its steps may take ten
+/// minutes, so no deadline finishes the order while a test waits for recovery to.
 async fn saga_after(app: &TestApp, order: NewOrder, events: &[SagaEvent]) -> OrderState {
     let store = PgOrderSnapshotStore::new(app.pool.clone(), pg::OutboxSignal::new(), 1);
-    let mut state = saga::start(order, Utc::now()).next;
+    let patient = StepTimeouts {
+        inventory_ms: 600_000,
+        payment_ms: 600_000,
+    };
+    let mut state = saga::start_with_timeouts(order, patient, Utc::now()).next;
     assert!(ok(store.create(&state, &[]).await));
     for event in events {
         let Decision::Apply(step) = saga::decide(&state, event, Utc::now()) else {
@@ -168,6 +173,43 @@ async fn a_charge_recorded_before_the_saga_heard_of_it_completes_the_order_witho
     );
     let product = app.settled_product("SKU-A").await;
     assert_eq!(product["on_hand"], 8, "{product}");
+}
+
+#[tokio::test]
+async fn a_release_made_before_the_compensating_saga_heard_of_it_is_confirmed_again() {
+    let mut app = spawn_app().await;
+    app.put_product("SKU-A", 10, 500).await;
+    let declined = SagaEvent::PaymentFailed {
+        reference: Some("pi_declined".into()),
+        code: "card_declined".into(),
+        message: "Your card was declined.".into(),
+    };
+    let state = saga_after(
+        &app,
+        new_order("SKU-A"),
+        &[SagaEvent::StockReserved, declined],
+    )
+    .await;
+    assert!(state.compensation.is_some(), "the saga waits for its stock");
+    reserve(&app, &state, Utc::now() + chrono::Duration::minutes(15)).await;
+    let ledger = PgReservationLedger::new(app.pool.clone(), pg::OutboxSignal::new());
+    let released = ok(ledger.release(state.order_id, &|_| Vec::new()).await);
+    assert_eq!(released.rows_changed, 1);
+
+    app.restart().await;
+
+    let order = app.wait_terminal(&state.order_id.to_string()).await;
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    assert_eq!(
+        reservation_rows(&app, state.order_id).await,
+        vec![("RELEASED".to_owned(), 1)]
+    );
+    let product = app.product("SKU-A").await;
+    assert_eq!(
+        (product["on_hand"].clone(), product["reserved"].clone()),
+        (Value::from(10), Value::from(0)),
+        "released once: {product}"
+    );
 }
 
 #[tokio::test]

@@ -111,16 +111,6 @@ impl OrderSupervisorHandle {
         self.call(SupervisorMessage::ArmedTimers).await
     }
 
-    /// Arms timers in bulk (crash recovery at start-up).
-    pub fn arm(
-        &self,
-        timers: Vec<(OrderId, chrono::DateTime<chrono::Utc>)>,
-    ) -> Result<(), SagaError> {
-        self.supervisor
-            .send_message(SupervisorMessage::Arm(timers))
-            .map_err(|e| SagaError::ActorUnavailable(e.to_string()))
-    }
-
     /// Crash recovery at start-up: arms the timers of live sagas and re-sends their pending
     /// commands (see `SupervisorMessage::Recover`).
     pub fn recover(
