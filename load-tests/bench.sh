@@ -7,6 +7,7 @@
 #   load-tests/bench.sh <scenario> [load-tests flags...]
 #   load-tests/bench.sh latency --duration 20s
 #   STRIPE_FAKE=separate load-tests/bench.sh latency     # the Stripe fake as its own process
+#   SPLIT_ROLES=1 load-tests/bench.sh latency            # the three roles as three processes
 #
 # Settings (environment): PG_URL (default postgres://postgres@127.0.0.1:5432, the server, no
 # database), NATS_PORT (14222), HTTP_PORT (18080), FAKE_PORT (12111), STRIPE_FAKE (in-process or
@@ -92,15 +93,31 @@ extra=()
 if [ "$scenario" = recovery ]; then extra=(PAYMENT_STEP_TIMEOUT_MS=3600000); fi
 if [ "$scenario" = slow-stripe ]; then extra=(STRIPE_FAKE_API_DELAY_MS=300); fi
 # The server's command line, quoted for a shell: recovery starts it again with the same one.
-serve=$(printf '%q ' env DATABASE_URL="$pg_url/$database?sslmode=disable" \
-    NATS_URL="nats://127.0.0.1:$nats_port" HTTP_ADDR="127.0.0.1:$http_port" \
+settings=$(printf '%q ' DATABASE_URL="$pg_url/$database?sslmode=disable" \
+    NATS_URL="nats://127.0.0.1:$nats_port" \
     ADMIN_TOKEN="${ADMIN_TOKEN:-bench}" RUST_LOG="${RUST_LOG:-warn}" \
-    ORDER_RATE_LIMIT_PER_SEC=1000000 ORDER_RATE_LIMIT_BURST=1000000 "${stripe[@]}" "${extra[@]}" \
-    "$bin/ordersaga" serve)
+    ORDER_RATE_LIMIT_PER_SEC=1000000 ORDER_RATE_LIMIT_BURST=1000000 "${stripe[@]}" "${extra[@]}")
+serve="env $settings HTTP_ADDR=127.0.0.1:$http_port $(printf '%q' "$bin/ordersaga") serve"
+role_pids=()
+if [ -n "${SPLIT_ROLES:-}" ]; then
+    # The order role answers the load on HTTP_PORT; inventory and payment listen on the next two
+    # ports (the payment role's in-process fake sends its webhooks there). Commands and answers
+    # between them go through JetStream.
+    serve="env $settings ROLES=order HTTP_ADDR=127.0.0.1:$http_port $(printf '%q' "$bin/ordersaga") serve"
+    for role in inventory payment; do
+        port=$((http_port + ${#role_pids[@]} + 1))
+        bash -c "exec env $settings ROLES=$role HTTP_ADDR=127.0.0.1:$port $(printf '%q' "$bin/ordersaga") serve" >"$work/$role.log" 2>&1 &
+        role_pids+=("$!")
+        pids+=("$!")
+        wait_for "ordersaga ($role) on port $port" "$!" 600 curl -sf "http://127.0.0.1:$port/health/ready"
+    done
+fi
 bash -c "exec $serve" >"$work/server.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")
 wait_for "ordersaga on port $http_port" "$server_pid" 600 curl -sf "http://127.0.0.1:$http_port/health/ready"
+role0=()
+for pid in "${role_pids[@]}"; do role0+=("$(ticks "$pid")"); done
 
 server0=$(ticks "$server_pid")
 nats0=$(ticks "$nats_pid")
@@ -122,6 +139,8 @@ status=0
     --admin-token "${ADMIN_TOKEN:-bench}" --out "$result" "${restart[@]}" "$@" || status=$?
 
 server1=$(ticks "$server_pid")
+role1=()
+for pid in "${role_pids[@]}"; do role1+=("$(ticks "$pid")"); done
 nats1=$(ticks "$nats_pid")
 pg1=$(pg_ticks)
 fake1=0
@@ -137,7 +156,13 @@ if [ "$finished" -gt 0 ]; then
         awk -v t="$2" -v n="$finished" -v hz="$hz" -v name="$1" \
             'BEGIN { printf "  %-12s %6d ticks  %.3f ms per order\n", name, t, t * 1000 / hz / n }'
     }
-    per_order ordersaga $((server1 - server0))
+    if [ ${#role_pids[@]} -gt 0 ]; then
+        per_order "order" $((server1 - server0))
+        per_order "inventory" $((role1[0] - role0[0]))
+        per_order "payment" $((role1[1] - role0[1]))
+    else
+        per_order ordersaga $((server1 - server0))
+    fi
     if [ -n "$fake_pid" ]; then per_order stripe-fake $((fake1 - fake0)); fi
     per_order postgresql $((pg1 - pg0))
     per_order nats-server $((nats1 - nats0))
