@@ -14,7 +14,6 @@ mod payment_role;
 mod wiring;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -23,11 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use actors::inventory::InventoryShards;
-use actors::orders::{OrderSupervisorHandle, StatusWatchers};
-use actors::ports::SystemClock;
-use actors::postman::Postman;
+use actors::orders::OrderSupervisorHandle;
 use adapters::nats as bus;
-use adapters::postgres::{self as pg, Catalog, IdempotencyKeys, OutboxSignal};
+use adapters::postgres::{self as pg, Catalog, IdempotencyKeys};
 use stripe_fake::StripeFake;
 
 use crate::configuration::{Role, Settings};
@@ -89,6 +86,65 @@ pub struct Application {
     stripe_fake: Option<StripeFake>,
 }
 
+/// Reservations should outlive the saga's own step timeouts, or orders get cancelled by expiry.
+fn warn_if_reservations_expire_first(settings: &Settings) {
+    let timeouts = settings.step_timeouts();
+    let worst_case =
+        Duration::from_millis(timeouts.inventory_ms.saturating_add(timeouts.payment_ms));
+    if settings.reservation_ttl() <= worst_case {
+        warn!(
+            reservation_ttl_secs = settings.reservation_ttl_secs,
+            step_timeouts_ms = worst_case.as_millis() as u64,
+            "reservations can expire before the saga's own timeouts; orders may be cancelled by expiry"
+        );
+    }
+}
+
+/// Binds the HTTP port now (serving starts last), so a taken port fails the start early.
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartupError> {
+    let listen_error = |source| StartupError::Listen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(listen_error)?;
+    let address = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, address))
+}
+
+/// Serves the HTTP API on `listener` behind the edge's limits, and keeps the readiness gauges
+/// current between `/health/ready` calls (alerts use them).
+fn serve_http(wiring: &mut Wiring<'_>, state: AppState, listener: tokio::net::TcpListener) {
+    let (probed, token) = (state.clone(), wiring.shutdown.clone());
+    wiring.spawn("readiness probe", async move {
+        loop {
+            http::health::probe(&probed).await;
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+        Ok(())
+    });
+    let limits = &wiring.settings.http_limits;
+    let router = http::router(
+        state,
+        http::RequestLimits::new(
+            limits.http_max_requests_in_flight as usize,
+            limits.request_timeout(),
+            limits.body_timeout(),
+        ),
+    );
+    let connection_limits = http::server::ConnectionLimits {
+        header_timeout: limits.header_timeout(),
+        idle_timeout: limits.idle_timeout(),
+        max_connections: http::server::connection_bound(limits.http_max_connections as usize),
+    };
+    let token = wiring.shutdown.clone();
+    wiring.spawn("http server", async move {
+        http::server::serve(listener, router, connection_limits, token).await;
+        Ok(())
+    });
+}
+
 /// The tasks every process runs whatever its roles: the store sampler, the outbox relay (every
 /// role writes to the outbox), and the forwarder through which other processes' finished orders
 /// wake this process's long polls.
@@ -123,51 +179,20 @@ impl Application {
         // Install the metrics recorder before anything records (the facade drops what is
         // recorded while no recorder is installed).
         let _ = crate::metrics::handle();
-        let timeouts = settings.step_timeouts();
-        let worst_case =
-            Duration::from_millis(timeouts.inventory_ms.saturating_add(timeouts.payment_ms));
-        if settings.reservation_ttl() <= worst_case {
-            warn!(
-                reservation_ttl_secs = settings.reservation_ttl_secs,
-                step_timeouts_ms = worst_case.as_millis() as u64,
-                "reservations can expire before the saga's own timeouts; orders may be cancelled by expiry"
-            );
-        }
+        warn_if_reservations_expire_first(&settings);
         let pool =
             pg::connect_and_migrate(&settings.database_url, settings.database_max_connections)
                 .await?;
         let (nats, js) = bus::connect(&settings.nats_url).await?;
         bus::ensure_streams(&js).await?;
-
-        let listener = tokio::net::TcpListener::bind(settings.http_addr)
-            .await
-            .map_err(|source| StartupError::Listen {
-                addr: settings.http_addr,
-                source,
-            })?;
-        let address = listener
-            .local_addr()
-            .map_err(|source| StartupError::Listen {
-                addr: settings.http_addr,
-                source,
-            })?;
+        let (listener, address) = bind(settings.http_addr).await?;
         let catalog = Catalog::new(pool.clone());
         if settings.seed_demo_catalog && catalog.seed_demo_if_empty().await? {
             info!("seeded the demo catalog");
         }
-        let mut wiring = Wiring {
-            settings: &settings,
-            pool: pool.clone(),
-            js: js.clone(),
-            signal: OutboxSignal::new(),
-            clock: Arc::new(SystemClock),
-            status_watchers: StatusWatchers::default(),
-            postman: Postman::new(settings.max_commands_in_flight as usize),
-            shutdown: CancellationToken::new(),
-            tasks: JoinSet::new(),
-        };
-        start_shared_tasks(&mut wiring, &nats);
 
+        let mut wiring = Wiring::new(&settings, pool.clone(), js);
+        start_shared_tasks(&mut wiring, &nats);
         let orders = match settings.runs(Role::Order) {
             true => Some(order_role::start(&mut wiring).await?),
             false => None,
@@ -185,65 +210,30 @@ impl Application {
             orders.recover().await?;
         }
         let orders = orders.map(|o| o.handle);
-        let (payment_http, stripe_fake) = match payments {
+        let (payments, stripe_fake) = match payments {
             Some(p) => (Some(p.http), p.stripe_fake),
             None => (None, None),
         };
-        let Wiring {
-            status_watchers,
-            postman,
-            shutdown,
-            mut tasks,
-            ..
-        } = wiring;
-
-        let state = AppState::new(AppParts {
+        let parts = AppParts {
             pool: pool.clone(),
             catalog,
             idempotency: IdempotencyKeys::new(pool.clone()),
             orders: orders.clone(),
-            status_watchers,
+            status_watchers: wiring.status_watchers.clone(),
             nats,
-            postman,
-            payments: payment_http,
+            postman: wiring.postman.clone(),
+            payments,
             shards: shards.clone(),
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
             order_rate_limit: http::rate_limit::OrderRateLimit::new(
                 settings.order_rate_limit_per_sec,
                 settings.order_rate_limit_burst,
             ),
-        });
-        // Keeps the readiness gauges current between `/health/ready` calls (alerts use them).
-        let (probed, token) = (state.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            loop {
-                http::health::probe(&probed).await;
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
-                }
-            }
-            ("readiness probe", Ok(()))
-        });
-        let limits = &settings.http_limits;
-        let router = http::router(
-            state,
-            http::RequestLimits::new(
-                limits.http_max_requests_in_flight as usize,
-                limits.request_timeout(),
-                limits.body_timeout(),
-            ),
-        );
-        let connection_limits = http::server::ConnectionLimits {
-            header_timeout: limits.header_timeout(),
-            idle_timeout: limits.idle_timeout(),
-            max_connections: http::server::connection_bound(limits.http_max_connections as usize),
         };
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            http::server::serve(listener, router, connection_limits, token).await;
-            ("http server", Ok(()))
-        });
+        serve_http(&mut wiring, AppState::new(parts), listener);
+        let Wiring {
+            shutdown, tasks, ..
+        } = wiring;
 
         info!(%address, roles = ?settings.roles, "ordersaga started");
         Ok(Self {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use actors::events::Envelope;
 use actors::orders::StatusWatchers;
-use actors::ports::SharedClock;
+use actors::ports::{SharedClock, SystemClock};
 use actors::postman::Postman;
 use actors::saga::SagaEvent;
 use adapters::nats::{
@@ -39,7 +39,22 @@ pub(crate) struct Wiring<'a> {
     pub tasks: Tasks,
 }
 
-impl Wiring<'_> {
+impl<'a> Wiring<'a> {
+    /// Nothing started yet: the roles add their actors and tasks.
+    pub fn new(settings: &'a Settings, pool: PgPool, js: async_nats::jetstream::Context) -> Self {
+        Self {
+            settings,
+            pool,
+            js,
+            signal: OutboxSignal::new(),
+            clock: Arc::new(SystemClock),
+            status_watchers: StatusWatchers::default(),
+            postman: Postman::new(settings.max_commands_in_flight as usize),
+            shutdown: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
     /// Runs `task` until the application stops; `name` says which task ended, if one does.
     pub fn spawn(
         &mut self,
