@@ -162,7 +162,7 @@ impl Postman {
     /// Hands each command among `envelopes` whose receiver runs here to it, and its answer back
     /// to the order. `first` says the commands were just committed (not a re-send): a receiver
     /// may then skip looking for an earlier answer. Returns without waiting for any answer.
-    pub fn dispatch(&self, envelopes: &[Envelope], first: bool) {
+    pub fn dispatch<'a>(&self, envelopes: impl IntoIterator<Item = &'a Envelope>, first: bool) {
         for envelope in envelopes {
             match Receiver::of(&envelope.body) {
                 Some(Receiver::Inventory) => {
@@ -186,6 +186,19 @@ impl Postman {
                 }
                 None => {}
             }
+        }
+    }
+
+    /// Whether a saga's message goes to the outbox (and on to JetStream). Every domain event
+    /// does; so does every command whose receiver runs in another process. A charge request or a
+    /// release request for a role that runs here is a command nobody else consumes: the postman
+    /// carries it, the saga's snapshot makes it durable (re-sends), and the role's own records
+    /// (`payments`, `stock_reservations`) keep what it did.
+    pub fn publishes(&self, body: &EventBody) -> bool {
+        match body {
+            EventBody::PaymentRequested(_) => !self.delivers_locally(Receiver::Payments),
+            EventBody::InventoryReleaseRequested(_) => !self.delivers_locally(Receiver::Inventory),
+            _ => true,
         }
     }
 

@@ -271,6 +271,24 @@ async fn with_every_role_in_one_process_orders_complete_while_nats_is_down_and_e
         pending().await >= 5,
         "the domain events wait in the outbox for NATS"
     );
+    let subjects: std::collections::BTreeSet<String> =
+        ok(sqlx::query_scalar("SELECT DISTINCT subject FROM outbox")
+            .fetch_all(&pool)
+            .await)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "inventory.reserved.v1",
+            "order.confirmed.v1",
+            "order.created.v1",
+            "payment.succeeded.v1"
+        ]
+        .map(String::from)
+        .into(),
+        "the facts are published; the charge command, carried in the process, is not"
+    );
 
     app.start_nats();
     eventually(

@@ -235,6 +235,14 @@ impl OrderSagaState {
         Ok(next)
     }
 
+    /// Splits a transition's messages into those committed to the outbox and the commands that
+    /// only the postman carries (their receiver runs here and nothing else consumes them).
+    fn split(&self, messages: Vec<Envelope>) -> (Vec<Envelope>, Vec<Envelope>) {
+        messages
+            .into_iter()
+            .partition(|e| self.deps.postman.publishes(&e.body))
+    }
+
     /// Sends the pending step's command again, if the order still waits on that step.
     async fn resend(&mut self, deadline: DateTime<Utc>) -> Result<(), SagaError> {
         self.ensure_loaded(None).await?;
@@ -260,7 +268,7 @@ impl OrderSagaState {
             self.deps.clock.now(),
             body,
         );
-        self.deps.postman.dispatch(&[envelope], false);
+        self.deps.postman.dispatch([&envelope], false);
         Ok(())
     }
 
@@ -294,7 +302,7 @@ impl OrderSagaState {
                 }
                 Decision::Apply(transition) => transition,
             };
-            let outbox = envelopes(&transition.next, &transition.effects);
+            let (outbox, direct) = self.split(envelopes(&transition.next, &transition.effects));
             match self
                 .deps
                 .store
@@ -321,7 +329,9 @@ impl OrderSagaState {
                         // The charge was accepted: its outcome comes by webhook, not by asking.
                         self.answered();
                     }
-                    self.deps.postman.dispatch(&outbox, true);
+                    self.deps
+                        .postman
+                        .dispatch(outbox.iter().chain(&direct), true);
                     self.snapshot = Some(transition.next);
                     return Ok(Delivery::Applied(status));
                 }
