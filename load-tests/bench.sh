@@ -91,6 +91,11 @@ fi
 
 extra=()
 if [ "$scenario" = recovery ]; then extra=(PAYMENT_STEP_TIMEOUT_MS=3600000); fi
+# `recovery --spread`: charges take RECOVERY_CHARGE_DELAY_MS (2 s), so the restart catches the
+# sagas with their charges in flight; nothing refuses placements meanwhile.
+case " $* " in *" --spread "*) if [ "$scenario" = recovery ]; then
+    extra+=("STRIPE_FAKE_API_DELAY_MS=${RECOVERY_CHARGE_DELAY_MS:-2000}" MAX_COMMANDS_IN_FLIGHT=10000000)
+fi ;; esac
 if [ "$scenario" = slow-stripe ]; then extra=(STRIPE_FAKE_API_DELAY_MS=300); fi
 # The server's command line, quoted for a shell: recovery starts it again with the same one.
 settings=$(printf '%q ' DATABASE_URL="$pg_url/$database?sslmode=disable" \

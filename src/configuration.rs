@@ -156,6 +156,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_COMMANDS_IN_FLIGHT", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_commands_in_flight: u32,
 
+    /// Charges the payment role of this process makes at once (each holds a connection to the
+    /// provider while it answers); the others wait their turn.
+    #[arg(long, env = "PAYMENT_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub payment_concurrency: u32,
+
     /// How often expired stock reservations are looked for, in milliseconds.
     #[arg(long, env = "RESERVATION_SWEEP_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub reservation_sweep_interval_ms: u64,

@@ -22,11 +22,16 @@
 //! Backpressure: the commands in flight are counted per receiver (`postman_in_flight`), and
 //! `saturated()` tells the HTTP edge to refuse new placements while they exceed the bound, so a
 //! receiver that falls behind (a slow payment provider) holds orders at the door instead of in
-//! memory.
+//! memory. Charges are also handed to the payment role only so many at once: each one holds a
+//! connection to the provider (two sockets when the fake runs in the process) for as long as the
+//! provider takes, and a slow provider would otherwise take every file descriptor the process
+//! has; the others wait their turn, counted as in flight.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::Semaphore;
 
 use tracing::{Instrument, debug, warn};
 
@@ -89,18 +94,24 @@ struct Inner {
     payments_in_flight: AtomicUsize,
     /// Commands in flight (all receivers) above which `saturated()` says so.
     bound: usize,
+    /// Charges being handled by the payment role at once.
+    charge_slots: Arc<Semaphore>,
 }
 
 impl Default for Postman {
     /// A postman that knows no local receiver: every command takes the broker.
     fn default() -> Self {
-        Self::new(usize::MAX)
+        Self::new(usize::MAX, Self::DEFAULT_CHARGE_SLOTS)
     }
 }
 
 impl Postman {
-    /// `bound`: commands in flight above which new work should be refused (`saturated`).
-    pub fn new(bound: usize) -> Self {
+    /// Charges handled at once when nothing else is said.
+    pub const DEFAULT_CHARGE_SLOTS: usize = 512;
+
+    /// `bound`: commands in flight above which new work should be refused (`saturated`);
+    /// `charge_slots`: charges handed to the payment role at once (at least one).
+    pub fn new(bound: usize, charge_slots: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 orders: OnceLock::new(),
@@ -110,6 +121,9 @@ impl Postman {
                 inventory_in_flight: AtomicUsize::new(0),
                 payments_in_flight: AtomicUsize::new(0),
                 bound,
+                charge_slots: Arc::new(Semaphore::new(
+                    charge_slots.clamp(1, Semaphore::MAX_PERMITS),
+                )),
             }),
         }
     }
@@ -235,8 +249,15 @@ impl Postman {
         let span =
             tracing::debug_span!("command", order_id = %key.0, %correlation_id, subject = key.1);
         let work = work.instrument(span);
+        let slots = (receiver == Receiver::Payments).then(|| self.inner.charge_slots.clone());
         tokio::spawn(async move {
+            // The semaphore is never closed: a permit always comes, in turn.
+            let slot = match slots {
+                Some(slots) => slots.acquire_owned().await.ok(),
+                None => None,
+            };
             let answer = work.await;
+            drop(slot);
             lock(&postman.inner.in_flight).remove(&key);
             postman.counter(receiver).fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!(IN_FLIGHT, "receiver" => receiver.label()).decrement(1.0);

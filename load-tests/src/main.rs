@@ -71,6 +71,10 @@ struct Args {
     /// Recovery: the admin bearer token, to read armed timers from `GET /actors`.
     #[arg(long, env = "ORDERSAGA_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Recovery: orders that can finish, caught on their way by the restart (run the server
+    /// against a slow payment provider), waited for until all are terminal.
+    #[arg(long)]
+    spread: bool,
     /// Recovery: longest wait for each phase, in seconds.
     #[arg(long, default_value_t = 300)]
     recovery_timeout_secs: u64,
@@ -155,6 +159,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         admin_token: args.admin_token,
         timeout: Duration::from_secs(args.recovery_timeout_secs),
         command_log: Some(json_path.with_extension("commands.log")),
+        spread: args.spread,
     };
 
     let report = run_scenario(&config).await?;

@@ -33,6 +33,11 @@ pub struct RecoveryOptions {
     pub timeout: Duration,
     /// Where the restart or start command's output goes (discarded when `None`).
     pub command_log: Option<PathBuf>,
+    /// Orders that can finish (cards that pay or decline) instead of orders parked waiting for
+    /// a webhook: against a slow payment provider they are caught at the restart on their way
+    /// (charges in flight, answers not recorded), and the run waits until every one is terminal
+    /// again, placing new orders meanwhile to see whether recovery starves them.
+    pub spread: bool,
 }
 
 impl Default for RecoveryOptions {
@@ -43,6 +48,7 @@ impl Default for RecoveryOptions {
             admin_token: None,
             timeout: Duration::from_secs(300),
             command_log: None,
+            spread: false,
         }
     }
 }
@@ -79,7 +85,9 @@ pub async fn run(config: &ScenarioConfig) -> anyhow::Result<LoadReport> {
 
     let (load, mut options) = config.resolve();
     let concurrency = load.concurrency;
-    options.payment_method = Some("pm_fake_no_webhook".into());
+    if !r.spread {
+        options.payment_method = Some("pm_fake_no_webhook".into());
+    }
     options.wait_for_terminal = false;
     // `--pid` is the process to kill here, not one to sample.
     options.sampling = None;
@@ -102,8 +110,19 @@ pub async fn run(config: &ScenarioConfig) -> anyhow::Result<LoadReport> {
         ..Default::default()
     };
 
-    // Before the restart: every saga waiting for its payment (its timer armed).
-    let before = wait_for_payment_processing(&api, &ids, concurrency, r.timeout).await;
+    // Before the restart: every saga waiting for its payment (its timer armed), or with
+    // `spread` past its reservation, most with their charge in flight.
+    let accepted: &[&str] = if r.spread {
+        &[
+            "STOCK_RESERVED",
+            "PAYMENT_PROCESSING",
+            "COMPLETED",
+            "CANCELLED",
+        ]
+    } else {
+        &["PAYMENT_PROCESSING", "COMPLETED", "CANCELLED"]
+    };
+    let before = wait_for_statuses(&api, &ids, concurrency, r.timeout, accepted).await;
     rec.status_before_restart = before.by_status;
     if before.unreadable > 0 || before.lost > 0 {
         rec.notes.push(format!(
@@ -116,7 +135,7 @@ pub async fn run(config: &ScenarioConfig) -> anyhow::Result<LoadReport> {
         .get("PAYMENT_PROCESSING")
         .copied()
         .unwrap_or(0);
-    if waiting < ids.len() as u64 {
+    if !r.spread && waiting < ids.len() as u64 {
         report.warnings.push(format!(
             "only {waiting} of {} orders were waiting for their payment at the restart ({:?}); a short PAYMENT_STEP_TIMEOUT_MS may have cancelled them",
             ids.len(),
@@ -240,12 +259,16 @@ pub async fn run(config: &ScenarioConfig) -> anyhow::Result<LoadReport> {
     }
 
     // Recovered and progressing: the supervisor holds a timer for every order in flight.
+    let finished_before: u64 = ["COMPLETED", "CANCELLED"]
+        .iter()
+        .filter_map(|s| rec.status_before_restart.get(*s))
+        .sum();
     match &r.admin_token {
         None => rec
             .notes
             .push("timers re-armed: not measured (pass --admin-token to read GET /actors)".into()),
         Some(token) => {
-            let target = ids.len() as u64;
+            let target = (ids.len() as u64).saturating_sub(finished_before);
             loop {
                 if let Ok(armed) = probe_api.armed_timers(token).await {
                     rec.armed_timers_after_restart = Some(armed);
@@ -286,11 +309,87 @@ pub async fn run(config: &ScenarioConfig) -> anyhow::Result<LoadReport> {
             after.unreadable
         ));
     }
-    rec.notes.push(
-        "the orders were not waited for: they finish when their payment step times out (PAYMENT_STEP_TIMEOUT_MS)".into(),
-    );
+    if r.spread {
+        finish_spread(&api, &ids, concurrency, t0, until, &mut rec, &mut report).await;
+    } else {
+        rec.notes.push(
+            "the orders were not waited for: they finish when their payment step times out (PAYMENT_STEP_TIMEOUT_MS)".into(),
+        );
+    }
     report.recovery = Some(rec);
     Ok(report)
+}
+
+/// Orders placed while the restarted server re-drives the old ones: how long their placement
+/// takes shows whether recovery leaves room for new work.
+const PROBES: usize = 200;
+
+/// `spread`: places `PROBES` new orders at once (time to 202 each), then waits until every
+/// order of the run is terminal, and records both.
+async fn finish_spread(
+    api: &Api,
+    ids: &[Uuid],
+    concurrency: usize,
+    t0: Instant,
+    until: Instant,
+    rec: &mut RecoveryReport,
+    report: &mut LoadReport,
+) {
+    let sku = format!("LT-PROBE-{}", &Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
+    if let Err(e) = api.put_product(&sku, PROBES as i64).await {
+        report
+            .warnings
+            .push(format!("no placements during recovery: {e:#}"));
+    }
+    let sku = &sku;
+    let mut placing: Vec<f64> = futures::stream::iter(0..PROBES)
+        .map(|_| async move {
+            let started = Instant::now();
+            match api.place(sku, 1, "pm_card_visa", None, None).await {
+                crate::api::Placement::Placed(_) | crate::api::Placement::Finished(_) => {
+                    Some(started.elapsed().as_secs_f64() * 1000.0)
+                }
+                _ => None,
+            }
+        })
+        .buffer_unordered(PROBES)
+        .filter_map(|ms| async move { ms })
+        .collect()
+        .await;
+    placing.sort_by(f64::total_cmp);
+    rec.placements_during_recovery = placing.len();
+    rec.placement_p99_during_recovery_ms = placing
+        .get((placing.len() * 99 / 100).min(placing.len().saturating_sub(1)))
+        .copied();
+    if placing.len() < PROBES {
+        report.warnings.push(format!(
+            "{} of {PROBES} placements during recovery were refused or failed",
+            PROBES - placing.len()
+        ));
+    }
+    loop {
+        let now = read_all(api, ids, concurrency).await;
+        let live: u64 = now
+            .by_status
+            .iter()
+            .filter(|(status, _)| !matches!(status.as_str(), "COMPLETED" | "CANCELLED"))
+            .map(|(_, n)| n)
+            .sum();
+        if live == 0 && now.lost == 0 && now.unreadable == 0 {
+            rec.time_to_all_terminal_s = Some(t0.elapsed().as_secs_f64());
+            rec.status_after_restart = now.by_status;
+            return;
+        }
+        if Instant::now() > until {
+            report.violations.push(format!(
+                "{live} orders still live {:?} after the restart; statuses {:?}",
+                until - t0,
+                now.by_status
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `sh -c <cmd>` in its own process group (a Ctrl-C of the tool does not reach it).
@@ -360,12 +459,13 @@ async fn read_all(api: &Api, ids: &[Uuid], concurrency: usize) -> Statuses {
     statuses
 }
 
-/// Reads the orders until every one is PAYMENT_PROCESSING or terminal, or `timeout` passes.
-async fn wait_for_payment_processing(
+/// Reads the orders until every one is in one of the `accepted` statuses, or `timeout` passes.
+async fn wait_for_statuses(
     api: &Api,
     ids: &[Uuid],
     concurrency: usize,
     timeout: Duration,
+    accepted: &[&str],
 ) -> Statuses {
     let until = Instant::now() + timeout;
     let mut pending: Vec<Uuid> = ids.to_vec();
@@ -380,12 +480,7 @@ async fn wait_for_payment_processing(
         let mut statuses = Statuses::default();
         for (id, s) in seen {
             match s {
-                Seen::Status(status)
-                    if matches!(
-                        status.as_str(),
-                        "PAYMENT_PROCESSING" | "COMPLETED" | "CANCELLED"
-                    ) =>
-                {
+                Seen::Status(status) if accepted.contains(&status.as_str()) => {
                     *settled.entry(status).or_default() += 1;
                 }
                 Seen::Status(status) => {

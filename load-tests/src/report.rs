@@ -174,6 +174,11 @@ pub struct RecoveryReport {
     pub status_after_restart: BTreeMap<String, u64>,
     /// Orders that `GET /orders/{id}` answered 404 for after the restart.
     pub lost_orders: usize,
+    /// `spread`: from the restart until every order of the run was terminal.
+    pub time_to_all_terminal_s: Option<f64>,
+    /// `spread`: new orders placed once the server was ready, and the p99 of their time to 202.
+    pub placements_during_recovery: usize,
+    pub placement_p99_during_recovery_ms: Option<f64>,
     pub notes: Vec<String>,
 }
 
@@ -364,6 +369,14 @@ impl fmt::Display for LoadReport {
                 "orders before restart {:?}, after {:?}, lost {}",
                 r.status_before_restart, r.status_after_restart, r.lost_orders
             )?;
+            if let Some(all) = r.time_to_all_terminal_s {
+                writeln!(
+                    f,
+                    "every order terminal {all:.2} s after the restart; {} orders placed meanwhile, p99 to 202 {:.1} ms",
+                    r.placements_during_recovery,
+                    r.placement_p99_during_recovery_ms.unwrap_or_default()
+                )?;
+            }
             for note in &r.notes {
                 writeln!(f, "  note: {note}")?;
             }

@@ -49,7 +49,10 @@ impl<'a> Wiring<'a> {
             signal: OutboxSignal::new(),
             clock: Arc::new(SystemClock),
             status_watchers: StatusWatchers::default(),
-            postman: Postman::new(settings.max_commands_in_flight as usize),
+            postman: Postman::new(
+                settings.max_commands_in_flight as usize,
+                settings.payment_concurrency as usize,
+            ),
             shutdown: CancellationToken::new(),
             tasks: JoinSet::new(),
         }
