@@ -264,6 +264,10 @@ pub async fn run(config: &ScenarioConfig) -> anyhow::Result<LoadReport> {
         .filter_map(|s| rec.status_before_restart.get(*s))
         .sum();
     match &r.admin_token {
+        // Spread orders finish (and disarm) while their timers are counted: not a measure.
+        _ if r.spread => rec.notes.push(
+            "timers re-armed: not measured with --spread (the orders finish meanwhile)".into(),
+        ),
         None => rec
             .notes
             .push("timers re-armed: not measured (pass --admin-token to read GET /actors)".into()),
