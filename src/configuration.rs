@@ -158,7 +158,7 @@ pub struct Settings {
 
     /// Charges the payment role of this process makes at once (each holds a connection to the
     /// provider while it answers); the others wait their turn.
-    #[arg(long, env = "PAYMENT_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(long, env = "PAYMENT_CONCURRENCY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub payment_concurrency: u32,
 
     /// How often expired stock reservations are looked for, in milliseconds.

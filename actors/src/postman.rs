@@ -107,7 +107,7 @@ impl Default for Postman {
 
 impl Postman {
     /// Charges handled at once when nothing else is said.
-    pub const DEFAULT_CHARGE_SLOTS: usize = 512;
+    pub const DEFAULT_CHARGE_SLOTS: usize = 1024;
 
     /// `bound`: commands in flight above which new work should be refused (`saturated`);
     /// `charge_slots`: charges handed to the payment role at once (at least one).
