@@ -244,7 +244,7 @@ impl InventoryShards {
                 Some(_) => ReleaseCause::OrderCancelled("order cancelled".into()),
                 None => ReleaseCause::Expired,
             };
-            let expired = cause == ReleaseCause::Expired;
+            let by_expiry = cause == ReleaseCause::Expired;
             let released = self
                 .call(shard, |reply| ShardMessage::Release {
                     order_id,
@@ -253,7 +253,7 @@ impl InventoryShards {
                     reply,
                 })
                 .await?;
-            if expired && released.rows_changed > 0 {
+            if by_expiry && released.rows_changed > 0 {
                 metrics::counter!(crate::metrics::RESERVATIONS_EXPIRED).increment(1);
                 expired_order(order_id);
             }
