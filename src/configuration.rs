@@ -118,6 +118,9 @@ pub struct Settings {
     #[command(flatten)]
     pub http_limits: HttpLimits,
 
+    #[command(flatten)]
+    pub cluster: ClusterSettings,
+
     /// Roles this process runs, comma separated.
     #[arg(
         long,
@@ -295,6 +298,65 @@ pub struct HttpLimits {
     /// Retry-After. Health and metrics are always answered.
     #[arg(long, env = "HTTP_MAX_REQUESTS_IN_FLIGHT", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_requests_in_flight: u32,
+}
+
+/// How this instance takes part in the cluster (docs/scaling.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterSettings {
+    /// This instance's name in the cluster; by default the host name and the HTTP port. Two live
+    /// processes must not share one (fencing keeps the data right, but they would take each
+    /// other's partitions); a restarted process under the same name takes its partitions back
+    /// at once instead of waiting for their leases to run out.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Partitions that order ids and SKUs hash to. Fixed by the first instance that starts on a
+    /// database; later instances use the stored count and warn if theirs differs.
+    #[arg(long, env = "PARTITIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub partitions: u16,
+
+    /// How long a partition's lease lasts after its owner last renewed it: after a crash, its
+    /// partitions wait this long for another instance.
+    #[arg(long, env = "PARTITION_LEASE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub partition_lease_ms: u64,
+
+    /// How often an instance heartbeats, renews its leases and rebalances; at most a third of
+    /// the lease, so two renewals can fail before a lease runs out.
+    #[arg(long, env = "PARTITION_RENEW_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub partition_renew_ms: u64,
+}
+
+impl ClusterSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.partition_lease_ms)
+    }
+
+    pub fn renew_every(&self) -> Duration {
+        Duration::from_millis(
+            self.partition_renew_ms
+                .min(self.partition_lease_ms / 3)
+                .max(10),
+        )
+    }
+
+    /// `INSTANCE_ID`, or the host's name and the HTTP port.
+    pub fn instance_id(&self, http: SocketAddr) -> Result<actors::cluster::InstanceId, String> {
+        let name = match &self.instance_id {
+            Some(name) => name.clone(),
+            None => format!("{}:{}", host_name(), http.port()),
+        };
+        actors::cluster::InstanceId::parse(&name).map_err(|e| format!("INSTANCE_ID {name:?}: {e}"))
+    }
+}
+
+/// The host's name from the kernel, or `localhost` where there is none to read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| actors::cluster::InstanceId::parse(h).is_ok())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 impl HttpLimits {

@@ -1,6 +1,7 @@
 //! ordersaga's composition root: configuration, telemetry, the HTTP API and the wiring that
 //! connects actors to adapters (`startup`). The only crate that sees every other one.
 
+pub mod cluster;
 pub mod configuration;
 pub mod http;
 pub mod metrics;

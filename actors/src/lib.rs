@@ -5,6 +5,7 @@
 //! compiler thereby enforces the ports-and-adapters shape: every decision about an order can be
 //! tested in microseconds, and the adapters crate is the only place that knows about servers.
 
+pub mod cluster;
 pub mod domain;
 pub mod events;
 pub mod inventory;

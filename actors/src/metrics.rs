@@ -25,6 +25,10 @@ pub const JETSTREAM_CONSUMED: &str = "jetstream_messages_consumed_total";
 pub const JETSTREAM_REDELIVERIES: &str = "jetstream_redeliveries_total";
 pub const WEBHOOK_EVENTS: &str = "stripe_webhook_events_total";
 pub const RESERVATION_BATCH: &str = "inventory_reservation_batch_size";
+pub const CLUSTER_PARTITIONS_OWNED: &str = "cluster_partitions_owned";
+pub const CLUSTER_PARTITION_CHANGES: &str = "cluster_partition_changes_total";
+pub const CLUSTER_LEASE_RENEW: &str = "cluster_lease_renew_seconds";
+pub const CLUSTER_FENCED_WRITES: &str = "cluster_fenced_writes_total";
 
 /// Mailbox labels (`actor_mailbox_depth{actor=...}`): a fixed set, never an id.
 pub const ORDER_SUPERVISOR: &str = "order_supervisor";
@@ -138,5 +142,22 @@ pub fn describe() {
     describe_counter!(
         crate::payments::FAILURE_STREAK_ALERTS,
         "Payment failure streaks that raised an alert"
+    );
+    describe_gauge!(
+        CLUSTER_PARTITIONS_OWNED,
+        "Partitions this instance holds the lease of"
+    );
+    describe_counter!(
+        CLUSTER_PARTITION_CHANGES,
+        "Partitions that changed hands here, by change (acquired, released in a hand-off, lost to a takeover or a lapsed lease)"
+    );
+    describe_histogram!(
+        CLUSTER_LEASE_RENEW,
+        Unit::Seconds,
+        "Time to heartbeat and renew this instance's partition leases"
+    );
+    describe_counter!(
+        CLUSTER_FENCED_WRITES,
+        "Writes PostgreSQL refused because this instance no longer held the partition's epoch, by store"
     );
 }

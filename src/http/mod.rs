@@ -5,6 +5,7 @@
 //! Swagger UI at `/docs`.
 
 mod admin;
+mod cluster;
 mod edge;
 mod error;
 pub(crate) mod health;
@@ -70,8 +71,17 @@ pub struct AppParts {
     pub shards: Option<actors::inventory::InventoryShards>,
     /// The operators' bearer token; `None` closes the admin API.
     pub admin_token: Option<String>,
+    /// This instance's partitions, and the cluster's leases.
+    pub cluster: ClusterParts,
     /// `None` when order placement is not rate limited.
     pub order_rate_limit: Option<std::sync::Arc<rate_limit::OrderRateLimit>>,
+}
+
+/// What the HTTP layer knows of the cluster.
+#[derive(Clone)]
+pub struct ClusterParts {
+    pub leases: adapters::postgres::PgPartitionLeases,
+    pub ownership: actors::cluster::Ownership,
 }
 
 /// What the payment role exposes over HTTP: the webhook endpoint and a readiness probe.
@@ -90,6 +100,7 @@ pub const MAX_WEBHOOK_BYTES: usize = 512 * 1024;
 pub fn router(state: AppState, limits: RequestLimits) -> Router {
     let admin = Router::new()
         .route("/actors", get(admin::overview))
+        .route("/cluster", get(cluster::cluster_overview))
         .route("/actors/stuck", get(admin::stuck))
         .route("/actors/orders/{id}", get(admin::order))
         .route("/actors/inventory/{sku}", get(admin::inventory))

@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, health, inventory, orders, saga_metrics, webhooks};
+use super::{admin, cluster, health, inventory, orders, saga_metrics, webhooks};
 
 /// Where the document and the UI are served.
 pub const SPEC_PATH: &str = "/openapi.json";
@@ -54,6 +54,7 @@ pub const ADMIN_SCHEME: &str = "ADMIN_TOKEN";
         admin::cancel,
         admin::pause,
         admin::resume,
+        cluster::cluster_overview,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail)),
     modifiers(&AdminSecurity),

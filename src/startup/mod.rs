@@ -21,12 +21,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use actors::cluster::{Ownership, PartitionCount};
 use actors::inventory::InventoryShards;
 use actors::orders::OrderSupervisorHandle;
 use adapters::nats as bus;
-use adapters::postgres::{self as pg, Catalog, IdempotencyKeys};
+use adapters::postgres::{self as pg, Catalog, IdempotencyKeys, PgPartitionLeases};
 use stripe_fake::StripeFake;
 
+use crate::cluster::LeaseKeeper;
 use crate::configuration::{Role, Settings};
 use crate::http::{self, AppParts, AppState};
 use wiring::Wiring;
@@ -49,6 +51,8 @@ pub enum StartupError {
     Catalog(#[from] pg::CatalogError),
     #[error("Stripe is misconfigured: {0}")]
     Stripe(String),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
 }
 
 impl StartupError {
@@ -174,6 +178,50 @@ fn start_shared_tasks(wiring: &mut Wiring<'_>, nats: &async_nats::Client) {
     });
 }
 
+/// Takes this instance's share of the partitions before any role starts (a lone instance takes
+/// them all in this first round), then keeps the leases in a task that drains them on shutdown.
+async fn join_cluster(
+    wiring: &mut Wiring<'_>,
+    address: SocketAddr,
+) -> Result<http::ClusterParts, StartupError> {
+    let settings = &wiring.settings.cluster;
+    let failed = |e: sqlx::Error| StartupError::Cluster(e.to_string());
+    let proposed = PartitionCount::new(i64::from(settings.partitions))
+        .map_err(|e| StartupError::Cluster(e.to_string()))?;
+    let count = PgPartitionLeases::partition_count(&wiring.pool, proposed)
+        .await
+        .map_err(failed)?;
+    if count != proposed {
+        warn!(
+            stored = count.get(),
+            configured = proposed.get(),
+            "PARTITIONS differs from the count this database was created with; using the stored one"
+        );
+    }
+    let instance = settings
+        .instance_id(address)
+        .map_err(StartupError::Cluster)?;
+    let leases = PgPartitionLeases::new(wiring.pool.clone(), instance, settings.lease());
+    let ownership = Ownership::new(count);
+    let mut keeper = LeaseKeeper::new(
+        leases.clone(),
+        ownership.clone(),
+        address.to_string(),
+        settings.lease(),
+        settings.renew_every(),
+    );
+    keeper.round(false).await.map_err(failed)?;
+    info!(
+        instance = %keeper.instance(),
+        partitions = count.get(),
+        owned = ownership.owned().len(),
+        "joined the cluster"
+    );
+    let token = wiring.shutdown.clone();
+    wiring.spawn("lease keeper", keeper.run(token));
+    Ok(http::ClusterParts { leases, ownership })
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // Install the metrics recorder before anything records (the facade drops what is
@@ -192,6 +240,7 @@ impl Application {
         }
 
         let mut wiring = Wiring::new(&settings, pool.clone(), js);
+        let cluster = join_cluster(&mut wiring, address).await?;
         start_shared_tasks(&mut wiring, &nats);
         let orders = match settings.runs(Role::Order) {
             true => Some(order_role::start(&mut wiring).await?),
@@ -225,6 +274,7 @@ impl Application {
             payments,
             shards: shards.clone(),
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
+            cluster,
             order_rate_limit: http::rate_limit::OrderRateLimit::new(
                 settings.order_rate_limit_per_sec,
                 settings.order_rate_limit_burst,

@@ -202,6 +202,29 @@ impl Drop for TestDb {
     }
 }
 
+/// Another instance of the application on a `TestApp`'s database and NATS server.
+pub struct Peer {
+    pub base: String,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Peer {
+    /// Stops it as SIGTERM does: it drains, hands its partitions off and leaves.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+
+    /// Stops it without draining, as SIGKILL would: its tasks (HTTP, lease keeper, relay, ...)
+    /// are dropped at once and nothing is released. Its actors, which are not tasks, linger idle
+    /// in the test's runtime until the test ends.
+    pub async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
@@ -294,6 +317,20 @@ impl TestApp {
         self.shutdown = shutdown;
         self.stripe = stripe;
         self.task = Some(task);
+    }
+
+    /// Starts another instance of the application on the same database and NATS server (a new
+    /// port, so a new instance id), with `configure` applied over this app's settings.
+    pub async fn spawn_peer(&self, configure: impl FnOnce(&mut Settings)) -> Peer {
+        let mut settings = self.settings.clone();
+        settings.http_addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        configure(&mut settings);
+        let (base, _, shutdown, _, task) = start(settings).await;
+        Peer {
+            base,
+            shutdown,
+            task,
+        }
     }
 
     pub async fn put_product(&self, sku: &str, on_hand: i64, unit_price_cents: i64) -> Value {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod bad_input;
 mod charge_records;
+mod cluster;
 mod direct_path;
 mod edge;
 mod faults;

@@ -26,6 +26,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/health"),
     ("get", "/health/ready"),
     ("get", "/actors"),
+    ("get", "/cluster"),
     ("get", "/actors/stuck"),
     ("get", "/actors/orders/{id}"),
     ("get", "/actors/inventory/{sku}"),
@@ -227,7 +228,7 @@ async fn every_route_of_the_router_is_documented_and_served() {
                 );
             }
         }
-        let admin = path.starts_with("/actors");
+        let admin = path.starts_with("/actors") || path == "/cluster";
         if admin {
             assert_eq!(
                 operation["security"],
@@ -529,6 +530,7 @@ async fn documented_schemas_and_examples_match_what_the_routes_answer() {
     }
     for (template, path) in [
         ("/actors", "/actors".to_owned()),
+        ("/cluster", "/cluster".to_owned()),
         ("/actors/stuck", "/actors/stuck".to_owned()),
         ("/actors/orders/{id}", format!("/actors/orders/{order_id}")),
         (

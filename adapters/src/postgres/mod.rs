@@ -11,6 +11,7 @@ mod group_commit;
 mod idempotency;
 mod ledger;
 pub mod outbox;
+pub mod partition_leases;
 mod payments;
 mod price_reads;
 mod reservations;
@@ -26,6 +27,7 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 pub use catalog::{Catalog, CatalogError, Product, ProductUpsert};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
 pub use ledger::PgReservationLedger;
+pub use partition_leases::PgPartitionLeases;
 pub use payments::{PgPaymentRecords, RecordedCharges};
 pub use snapshots::PgOrderSnapshotStore;
 
