@@ -10,23 +10,28 @@ CREATE TABLE cluster_config (
 );
 
 -- Instances announce themselves and heartbeat here; the live ones (heartbeat within the lease
--- time, not draining) share the partitions. Times are PostgreSQL's, one clock for everyone.
+-- time, not draining) share the partitions of each key space they serve: 'orders' for instances
+-- that run the order role, 'skus' for those that run the inventory role. Times are PostgreSQL's,
+-- one clock for everyone.
 CREATE TABLE cluster_instances (
     instance_id  text PRIMARY KEY CHECK (char_length(instance_id) BETWEEN 1 AND 128),
     http_address text NOT NULL,
+    key_spaces   text[] NOT NULL CHECK (key_spaces <@ ARRAY['orders', 'skus']),
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     draining     boolean NOT NULL DEFAULT false
 );
 
--- One row per partition. epoch rises on every acquisition and never falls: every write an owner
--- makes for the partition is conditioned on the epoch it acquired, so a stale owner (paused,
--- partitioned away, its lease taken over) is refused whatever the clocks say. lease_until only
--- decides when a silent owner's partition may be taken over.
+-- One row per partition of each key space. epoch rises on every acquisition and never falls, so
+-- a write conditioned on the epoch its owner acquired is refused once the partition changed hands
+-- (a stale owner: paused, cut off, its lease taken over), whatever the clocks say. lease_until
+-- only decides when a silent owner's partition may be taken over.
 CREATE TABLE partition_leases (
-    partition   integer PRIMARY KEY CHECK (partition BETWEEN 0 AND 4095),
+    key_space   text NOT NULL CHECK (key_space IN ('orders', 'skus')),
+    partition   integer NOT NULL CHECK (partition BETWEEN 0 AND 4095),
     owner       text,
     epoch       bigint NOT NULL DEFAULT 0 CHECK (epoch >= 0),
     lease_until timestamptz NOT NULL DEFAULT 'epoch',
-    acquired_at timestamptz
+    acquired_at timestamptz,
+    PRIMARY KEY (key_space, partition)
 );

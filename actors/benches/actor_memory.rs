@@ -164,6 +164,7 @@ async fn run(n: usize) {
         },
         postman: actors::postman::Postman::default(),
         resend: actors::orders::ResendPolicy::default(),
+        ownership: None,
     };
     let (supervisor, _join) = ractor::Actor::spawn(None, OrderSupervisor, deps)
         .await

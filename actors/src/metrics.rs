@@ -158,6 +158,6 @@ pub fn describe() {
     );
     describe_counter!(
         CLUSTER_FENCED_WRITES,
-        "Writes PostgreSQL refused because this instance no longer held the partition's epoch, by store"
+        "Writes refused because this instance no longer held the partition at the epoch it acquired, by store"
     );
 }

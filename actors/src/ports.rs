@@ -24,6 +24,18 @@ pub enum StoreError {
     /// The store could not be reached or failed; the operation may be retried later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The write was fenced off: this instance no longer owns the key's partition (another took
+    /// it over). Nothing was written; the new owner carries on from the stored state.
+    #[error("not the owner: {0}")]
+    NotOwner(String),
+}
+
+/// Carries an answer (a `SagaEvent`) to the instance that owns its order when that is not this
+/// one: the order partition's owner listens for its partitions' mail. At most once: a lost
+/// letter is made up for by the saga itself (its re-sends and its deadline), like any lost
+/// answer.
+pub trait OrderMail: Send + Sync + 'static {
+    fn post(&self, order_id: OrderId, event: crate::saga::SagaEvent);
 }
 
 /// Where order snapshots live. A snapshot is the whole `OrderState`, written with its version.

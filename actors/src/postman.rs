@@ -35,11 +35,13 @@ use tokio::sync::Semaphore;
 
 use tracing::{Instrument, debug, warn};
 
+use crate::cluster::Ownership;
 use crate::domain::OrderId;
 use crate::events::{Envelope, EventBody};
 use crate::inventory::InventoryShards;
 use crate::orders::OrderSupervisorHandle;
 use crate::payments::PaymentService;
+use crate::ports::OrderMail;
 use crate::saga::SagaEvent;
 
 /// Metric: commands handed to a receiver in this process and not answered yet.
@@ -86,6 +88,9 @@ pub struct Postman {
 
 struct Inner {
     orders: OnceLock<OrderSupervisorHandle>,
+    /// With several instances: the order partitions owned here, and the mail to the owners of
+    /// the others.
+    order_owners: OnceLock<(Ownership, Arc<dyn OrderMail>)>,
     inventory: OnceLock<InventoryShards>,
     payments: OnceLock<PaymentService>,
     /// (order, subject) of the commands being handled now.
@@ -115,6 +120,7 @@ impl Postman {
         Self {
             inner: Arc::new(Inner {
                 orders: OnceLock::new(),
+                order_owners: OnceLock::new(),
                 inventory: OnceLock::new(),
                 payments: OnceLock::new(),
                 in_flight: Mutex::new(HashSet::new()),
@@ -131,6 +137,12 @@ impl Postman {
     /// The order role runs here: answers go straight to the order's actor.
     pub fn serve_orders(&self, orders: OrderSupervisorHandle) {
         let _ = self.inner.orders.set(orders);
+    }
+
+    /// Answers for orders whose partition this instance does not own go to their owner through
+    /// `mail`, whether or not the order role runs here.
+    pub fn reach_order_owners(&self, ownership: Ownership, mail: Arc<dyn OrderMail>) {
+        let _ = self.inner.order_owners.set((ownership, mail));
     }
 
     /// The inventory role runs here: its commands are handed to the shards.
@@ -219,6 +231,13 @@ impl Postman {
     /// Gives an answer to the order's actor, if the order role runs here (else the answer's
     /// outbox row reaches it through the broker). Returns whether it was handed over.
     pub fn answer_order(&self, order_id: OrderId, event: SagaEvent) -> bool {
+        if let Some((ownership, mail)) = self.inner.order_owners.get()
+            && !ownership.owns_order(order_id)
+        {
+            metrics::counter!(DELIVERED, "receiver" => "order_owner").increment(1);
+            mail.post(order_id, event);
+            return true;
+        }
         let Some(orders) = self.inner.orders.get() else {
             return false;
         };

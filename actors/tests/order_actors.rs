@@ -451,6 +451,7 @@ async fn the_supervisor_fires_a_deadline_retries_it_through_an_outage_and_the_sa
         },
         postman: actors::postman::Postman::default(),
         resend: actors::orders::ResendPolicy::default(),
+        ownership: None,
     };
     let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
         .await

@@ -15,27 +15,41 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use actors::cluster::{Epoch, InstanceId, Ownership, PartitionCount, PartitionId, plan};
+use actors::cluster::{Epoch, InstanceId, KeySpace, Ownership, PartitionId, plan};
 use actors::metrics as names;
 use adapters::postgres::PgPartitionLeases;
 
-/// What changed in this instance's ownership, for the roles to act on.
+/// What changed in this instance's ownership of a key space, for its role to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnershipChange {
     /// Acquired (at these epochs): recover what they hold.
-    Gained(Vec<(PartitionId, Epoch)>),
+    Gained(KeySpace, Vec<(PartitionId, Epoch)>),
     /// No longer ours (handed off, taken over, or the lease lapsed): stop their work.
-    Dropped(Vec<PartitionId>),
+    Dropped(KeySpace, Vec<PartitionId>),
 }
 
-pub type ChangeListener = Arc<dyn Fn(OwnershipChange) + Send + Sync>;
+/// Hears a change and acts on it before the keeper goes on: a partition's work stops before its
+/// lease is released, and a gained partition is recovered before the next round. An error on a
+/// gain gives the partitions back, to be acquired (and recovered) again on a later round.
+pub type ChangeListener =
+    Arc<dyn Fn(OwnershipChange) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error("partition leases: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("cannot recover gained partitions: {0}")]
+    Recovery(String),
+}
 
 pub struct LeaseKeeper {
     leases: PgPartitionLeases,
-    ownership: Ownership,
+    /// One view per key space this instance serves.
+    spaces: Vec<Ownership>,
     http_address: String,
     lease: Duration,
     renew_every: Duration,
@@ -47,24 +61,20 @@ pub struct LeaseKeeper {
 impl LeaseKeeper {
     pub fn new(
         leases: PgPartitionLeases,
-        ownership: Ownership,
+        spaces: Vec<Ownership>,
         http_address: String,
         lease: Duration,
         renew_every: Duration,
     ) -> Self {
         Self {
             leases,
-            ownership,
+            spaces,
             http_address,
             lease,
             renew_every,
             listeners: Vec::new(),
             valid_until: None,
         }
-    }
-
-    pub fn ownership(&self) -> &Ownership {
-        &self.ownership
     }
 
     pub fn instance(&self) -> &InstanceId {
@@ -76,79 +86,113 @@ impl LeaseKeeper {
         self.listeners.push(listener);
     }
 
-    fn count(&self) -> PartitionCount {
-        self.ownership.count()
-    }
-
-    fn tell(&self, change: OwnershipChange) {
+    async fn tell(&self, change: OwnershipChange) -> Result<(), String> {
         for listener in &self.listeners {
-            listener(change.clone());
+            listener(change.clone()).await?;
         }
+        Ok(())
     }
 
-    fn drop_locally(&self, partitions: Vec<PartitionId>, why: &'static str) {
+    async fn drop_locally(
+        &self,
+        ownership: &Ownership,
+        partitions: Vec<PartitionId>,
+        why: &'static str,
+    ) {
         if partitions.is_empty() {
             return;
         }
         for p in &partitions {
-            self.ownership.revoke(*p);
+            ownership.revoke(*p);
         }
-        metrics::counter!(names::CLUSTER_PARTITION_CHANGES, "change" => why)
+        let space = ownership.space();
+        metrics::counter!(names::CLUSTER_PARTITION_CHANGES, "space" => space.as_str(), "change" => why)
             .increment(partitions.len() as u64);
-        self.tell(OwnershipChange::Dropped(partitions));
+        if let Err(e) = self.tell(OwnershipChange::Dropped(space, partitions)).await {
+            warn!(error = %e, "stopping the work of dropped partitions failed");
+        }
     }
 
-    /// One round: heartbeat, renew, rebalance. `draining` gives everything away.
-    pub async fn round(&mut self, draining: bool) -> Result<(), sqlx::Error> {
+    /// One round: heartbeat, then renew and rebalance each key space. `draining` gives
+    /// everything away.
+    pub async fn round(&mut self, draining: bool) -> Result<(), KeeperError> {
         let started = Instant::now();
-        self.leases.heartbeat(&self.http_address, draining).await?;
-        let held = self.ownership.owned();
-        let renewed = self.leases.renew(self.count(), &held).await?;
+        let spaces: Vec<KeySpace> = self.spaces.iter().map(Ownership::space).collect();
+        self.leases
+            .heartbeat(&self.http_address, &spaces, draining)
+            .await?;
+        for ownership in self.spaces.clone() {
+            self.rebalance(&ownership, draining).await?;
+        }
         metrics::histogram!(names::CLUSTER_LEASE_RENEW).record(started.elapsed().as_secs_f64());
         self.valid_until = Some(started + self.lease);
+        Ok(())
+    }
+
+    async fn rebalance(&self, ownership: &Ownership, draining: bool) -> Result<(), KeeperError> {
+        let (space, count) = (ownership.space(), ownership.count());
+        let held = ownership.owned();
+        let renewed = self.leases.renew(space, count, &held).await?;
         let lost: Vec<PartitionId> = held
             .iter()
             .filter(|(p, _)| !renewed.iter().any(|(r, _)| r == p))
             .map(|(p, _)| *p)
             .collect();
         if !lost.is_empty() {
-            warn!(partitions = ?lost, "partitions were taken over by another instance");
+            warn!(space = space.as_str(), partitions = ?lost, "partitions were taken over by another instance");
         }
-        self.drop_locally(lost, "lost");
+        self.drop_locally(ownership, lost, "lost").await;
 
         let live = match draining {
             true => Vec::new(),
-            false => self.leases.live_instances().await?,
+            false => self.leases.live_instances(space).await?,
         };
-        let planned = plan(self.count(), &live);
-        let me = self.leases.instance().clone();
-        let mine = |p: PartitionId| planned[p.index()].as_ref() == Some(&me);
+        let planned = plan(count, &live);
+        let me = self.leases.instance();
+        let mine = |p: PartitionId| planned[p.index()].as_ref() == Some(me);
         let (keep, hand_off): (Vec<_>, Vec<_>) = renewed.into_iter().partition(|(p, _)| mine(*p));
         if !hand_off.is_empty() {
             // Stop the work first, then let the lease go: whatever is still being written under
             // the old epoch lands before the next owner can acquire and recover.
-            self.drop_locally(hand_off.iter().map(|(p, _)| *p).collect(), "released");
-            self.leases.release(&hand_off).await?;
-            info!(partitions = hand_off.len(), "handed partitions off");
+            let leaving = hand_off.iter().map(|(p, _)| *p).collect();
+            self.drop_locally(ownership, leaving, "released").await;
+            self.leases.release(space, &hand_off).await?;
+            info!(
+                space = space.as_str(),
+                partitions = hand_off.len(),
+                "handed partitions off"
+            );
         }
-        let wanted: Vec<PartitionId> = self
-            .count()
+        let wanted: Vec<PartitionId> = count
             .all()
             .filter(|p| mine(*p) && !keep.iter().any(|(k, _)| k == p))
             .collect();
         if !wanted.is_empty() {
-            let gained = self.leases.acquire(self.count(), &wanted).await?;
+            let gained = self.leases.acquire(space, count, &wanted).await?;
             if !gained.is_empty() {
                 for (p, e) in &gained {
-                    self.ownership.grant(*p, *e);
+                    ownership.grant(*p, *e);
                 }
-                metrics::counter!(names::CLUSTER_PARTITION_CHANGES, "change" => "acquired")
+                metrics::counter!(names::CLUSTER_PARTITION_CHANGES, "space" => space.as_str(), "change" => "acquired")
                     .increment(gained.len() as u64);
-                info!(partitions = gained.len(), "acquired partitions");
-                self.tell(OwnershipChange::Gained(gained));
+                info!(
+                    space = space.as_str(),
+                    partitions = gained.len(),
+                    "acquired partitions"
+                );
+                if let Err(e) = self
+                    .tell(OwnershipChange::Gained(space, gained.clone()))
+                    .await
+                {
+                    let back = gained.iter().map(|(p, _)| *p).collect();
+                    self.drop_locally(ownership, back, "released").await;
+                    self.leases.release(space, &gained).await?;
+                    return Err(KeeperError::Recovery(e));
+                }
             }
         }
-        metrics::gauge!(names::CLUSTER_PARTITIONS_OWNED).set(self.ownership.owned().len() as f64);
+        metrics::gauge!(names::CLUSTER_PARTITIONS_OWNED, "space" => space.as_str())
+            .set(ownership.owned().len() as f64);
         Ok(())
     }
 
@@ -166,8 +210,10 @@ impl LeaseKeeper {
                     .is_some_and(|until| Instant::now() >= until)
                 {
                     warn!("partition leases ran out without a renewal; dropping every partition");
-                    let all = self.ownership.owned().into_iter().map(|(p, _)| p).collect();
-                    self.drop_locally(all, "lost");
+                    for ownership in &self.spaces {
+                        let all = ownership.owned().into_iter().map(|(p, _)| p).collect();
+                        self.drop_locally(ownership, all, "lost").await;
+                    }
                     self.valid_until = None;
                 }
             }

@@ -5,4 +5,4 @@
 
 mod lease_keeper;
 
-pub use lease_keeper::{LeaseKeeper, OwnershipChange};
+pub use lease_keeper::{ChangeListener, KeeperError, LeaseKeeper, OwnershipChange};

@@ -109,6 +109,10 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %e, "store error answered with 503");
                 ApiError::unavailable("the database is unavailable; retry shortly")
             }
+            StoreError::NotOwner(_) => ApiError::unavailable(
+                "this instance no longer owns the order (its partition moved); retry",
+            )
+            .coded("not_owner"),
         }
     }
 }

@@ -81,7 +81,11 @@ pub struct AppParts {
 #[derive(Clone)]
 pub struct ClusterParts {
     pub leases: adapters::postgres::PgPartitionLeases,
-    pub ownership: actors::cluster::Ownership,
+    pub count: actors::cluster::PartitionCount,
+    /// The order partitions this instance owns; `None` when it does not run the order role.
+    pub orders: Option<actors::cluster::Ownership>,
+    /// The SKU partitions this instance owns; `None` when it does not run the inventory role.
+    pub skus: Option<actors::cluster::Ownership>,
 }
 
 /// What the payment role exposes over HTTP: the webhook endpoint and a readiness probe.

@@ -102,7 +102,7 @@ pub struct PlacedOrder {
         (status = 422, description = "Parsed but not acceptable: `validation_failed` (bad customer id, currency, payment method, quantity outside 1..1000, 0 or over 100 lines, a repeated SKU, a currency the SKU is not sold in), `unknown_sku`, `idempotency_key_reused`.", body = ErrorBody),
         (status = 429, description = "`rate_limited`: this client places orders too fast; nothing was stored.", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait."))),
-        (status = 503, description = "`unavailable`: the database or the order service is unavailable, or this process does not run the order role; `overloaded`: too many orders are in progress (stock or payments are behind); nothing was stored.", body = ErrorBody,
+        (status = 503, description = "`unavailable`: the database or the order service is unavailable, or this process does not run the order role; `overloaded`: too many orders are in progress (stock or payments are behind); `not_owner`: this instance owns no order partition at the moment (joining or leaving the cluster); nothing was stored.", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait."))),
     )
 )]
@@ -165,7 +165,13 @@ pub async fn place_order(
         });
     }
 
-    let mut order_id = OrderId::new();
+    // An id of a partition owned here: the saga runs where the order arrived.
+    let Some(mut order_id) = state.cluster.orders.as_ref().and_then(|o| o.new_order_id()) else {
+        return Err(ApiError::unavailable(
+            "this instance owns no order partition yet (it is joining or leaving the cluster); retry, here or at another instance",
+        )
+        .coded("not_owner"));
+    };
     let mut replayed = false;
     if let Some(key) = &idempotency_key {
         let hash = request_hash(&body);

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use actors::cluster::Ownership;
 use actors::inventory::InventoryShards;
-use actors::ports::ReservationLedger;
+use actors::ports::{ExpiredReservation, ReservationLedger};
 use actors::saga::SagaEvent;
 use adapters::nats as bus;
 use adapters::postgres as pg;
@@ -16,7 +17,10 @@ use super::StartupError;
 use super::wiring::{Wiring, answering};
 use crate::configuration::Role;
 
-pub(crate) async fn start(wiring: &mut Wiring<'_>) -> Result<InventoryShards, StartupError> {
+pub(crate) async fn start(
+    wiring: &mut Wiring<'_>,
+    ownership: Ownership,
+) -> Result<InventoryShards, StartupError> {
     let settings = wiring.settings;
     let ledger: Arc<dyn ReservationLedger> = Arc::new(pg::PgReservationLedger::new(
         wiring.pool.clone(),
@@ -47,7 +51,15 @@ pub(crate) async fn start(wiring: &mut Wiring<'_>) -> Result<InventoryShards, St
             let tell_saga = |order_id| {
                 postman.answer_order(order_id, SagaEvent::StockReleased);
             };
-            match sweeper.sweep(ledger.as_ref(), 500, tell_saga).await {
+            // A reservation whose SKU no longer parses is swept by every instance: releasing
+            // it is idempotent, and leaving it would hold its units for ever.
+            let owns = |expired: &ExpiredReservation| {
+                expired
+                    .routing_sku
+                    .as_ref()
+                    .is_none_or(|sku| ownership.owns_sku(sku))
+            };
+            match sweeper.sweep(ledger.as_ref(), 500, owns, tell_saga).await {
                 Ok(0) => {}
                 Ok(n) => info!(orders = n, "expired reservations settled"),
                 Err(e) => warn!(error = %e, "reservation sweep failed; will retry"),

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use actors::cluster::{Ownership, PartitionCount};
+use actors::cluster::{KeySpace, Ownership, PartitionCount};
 use actors::inventory::InventoryShards;
 use actors::orders::OrderSupervisorHandle;
 use adapters::nats as bus;
@@ -178,19 +178,25 @@ fn start_shared_tasks(wiring: &mut Wiring<'_>, nats: &async_nats::Client) {
     });
 }
 
-/// Takes this instance's share of the partitions before any role starts (a lone instance takes
-/// them all in this first round), then keeps the leases in a task that drains them on shutdown.
-async fn join_cluster(
-    wiring: &mut Wiring<'_>,
+/// This instance's membership before it joins: the ownership view of each key space it
+/// serves (the roles consult them as they start) and the keeper that will fill them.
+struct Membership {
+    keeper: LeaseKeeper,
+    parts: http::ClusterParts,
+}
+
+/// Reads (or, on a new database, fixes) the partition count and prepares the keeper; nothing
+/// is owned until `join_cluster`.
+async fn prepare_cluster(
+    wiring: &Wiring<'_>,
     address: SocketAddr,
-) -> Result<http::ClusterParts, StartupError> {
+) -> Result<Membership, StartupError> {
     let settings = &wiring.settings.cluster;
-    let failed = |e: sqlx::Error| StartupError::Cluster(e.to_string());
     let proposed = PartitionCount::new(i64::from(settings.partitions))
         .map_err(|e| StartupError::Cluster(e.to_string()))?;
     let count = PgPartitionLeases::partition_count(&wiring.pool, proposed)
         .await
-        .map_err(failed)?;
+        .map_err(|e| StartupError::Cluster(e.to_string()))?;
     if count != proposed {
         warn!(
             stored = count.get(),
@@ -202,24 +208,51 @@ async fn join_cluster(
         .instance_id(address)
         .map_err(StartupError::Cluster)?;
     let leases = PgPartitionLeases::new(wiring.pool.clone(), instance, settings.lease());
-    let ownership = Ownership::new(count);
-    let mut keeper = LeaseKeeper::new(
-        leases.clone(),
-        ownership.clone(),
+    let serves = |role| {
+        wiring
+            .settings
+            .runs(role)
+            .then(|| Ownership::new(role_space(role), count))
+    };
+    let parts = http::ClusterParts {
+        leases: leases.clone(),
+        count,
+        orders: serves(Role::Order),
+        skus: serves(Role::Inventory),
+    };
+    let spaces = parts.orders.iter().chain(&parts.skus).cloned().collect();
+    let keeper = LeaseKeeper::new(
+        leases,
+        spaces,
         address.to_string(),
         settings.lease(),
         settings.renew_every(),
     );
-    keeper.round(false).await.map_err(failed)?;
-    info!(
-        instance = %keeper.instance(),
-        partitions = count.get(),
-        owned = ownership.owned().len(),
-        "joined the cluster"
-    );
+    Ok(Membership { keeper, parts })
+}
+
+fn role_space(role: Role) -> KeySpace {
+    match role {
+        Role::Inventory => KeySpace::Skus,
+        _ => KeySpace::Orders,
+    }
+}
+
+/// Takes this instance's share of the partitions once its roles listen (a lone instance takes
+/// them all in this first round, and recovers their sagas before serving), then keeps the
+/// leases in a task that hands them all off on shutdown.
+async fn join_cluster(
+    wiring: &mut Wiring<'_>,
+    mut keeper: LeaseKeeper,
+) -> Result<(), StartupError> {
+    keeper
+        .round(false)
+        .await
+        .map_err(|e| StartupError::Cluster(e.to_string()))?;
+    info!(instance = %keeper.instance(), "joined the cluster");
     let token = wiring.shutdown.clone();
     wiring.spawn("lease keeper", keeper.run(token));
-    Ok(http::ClusterParts { leases, ownership })
+    Ok(())
 }
 
 impl Application {
@@ -239,25 +272,27 @@ impl Application {
             info!("seeded the demo catalog");
         }
 
-        let mut wiring = Wiring::new(&settings, pool.clone(), js);
-        let cluster = join_cluster(&mut wiring, address).await?;
+        let mut wiring = Wiring::new(&settings, pool.clone(), nats.clone(), js);
+        let Membership { mut keeper, parts } = prepare_cluster(&wiring, address).await?;
         start_shared_tasks(&mut wiring, &nats);
-        let orders = match settings.runs(Role::Order) {
-            true => Some(order_role::start(&mut wiring).await?),
-            false => None,
+        let orders = match &parts.orders {
+            Some(ownership) => Some(order_role::start(&mut wiring, ownership.clone()).await?),
+            None => None,
         };
-        let shards = match settings.runs(Role::Inventory) {
-            true => Some(inventory_role::start(&mut wiring).await?),
-            false => None,
+        let shards = match &parts.skus {
+            Some(ownership) => Some(inventory_role::start(&mut wiring, ownership.clone()).await?),
+            None => None,
         };
         let payments = match settings.runs(Role::Payment) {
             true => Some(payment_role::start(&mut wiring, address).await?),
             false => None,
         };
-        // Only now does the postman know every receiver here, so recovery re-sends through it.
+        // Only now does the postman know every receiver here, so the recovery of the partitions
+        // this instance gains re-sends through it.
         if let Some(orders) = &orders {
-            orders.recover().await?;
+            keeper.on_change(orders.ownership_listener());
         }
+        join_cluster(&mut wiring, keeper).await?;
         let orders = orders.map(|o| o.handle);
         let (payments, stripe_fake) = match payments {
             Some(p) => (Some(p.http), p.stripe_fake),
@@ -274,7 +309,7 @@ impl Application {
             payments,
             shards: shards.clone(),
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
-            cluster,
+            cluster: parts,
             order_rate_limit: http::rate_limit::OrderRateLimit::new(
                 settings.order_rate_limit_per_sec,
                 settings.order_rate_limit_burst,
@@ -357,6 +392,20 @@ impl Application {
                 Err(anyhow::anyhow!(f))
             }
             None => Ok(()),
+        }
+    }
+}
+
+/// An application dropped without `run_until_stopped` finishing (its task aborted, as a test's
+/// crash does) takes its actors with it: they are not tasks of its set, and a crashed process
+/// leaves nothing running.
+impl Drop for Application {
+    fn drop(&mut self) {
+        if let Some(orders) = &self.orders {
+            orders.actor().stop(None);
+        }
+        if let Some(shards) = &self.shards {
+            shards.stop();
         }
     }
 }

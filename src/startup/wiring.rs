@@ -30,6 +30,7 @@ pub(crate) type Tasks = JoinSet<(&'static str, Result<(), String>)>;
 pub(crate) struct Wiring<'a> {
     pub settings: &'a Settings,
     pub pool: PgPool,
+    pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub signal: OutboxSignal,
     pub clock: SharedClock,
@@ -41,10 +42,16 @@ pub(crate) struct Wiring<'a> {
 
 impl<'a> Wiring<'a> {
     /// Nothing started yet: the roles add their actors and tasks.
-    pub fn new(settings: &'a Settings, pool: PgPool, js: async_nats::jetstream::Context) -> Self {
+    pub fn new(
+        settings: &'a Settings,
+        pool: PgPool,
+        nats: async_nats::Client,
+        js: async_nats::jetstream::Context,
+    ) -> Self {
         Self {
             settings,
             pool,
+            nats,
             js,
             signal: OutboxSignal::new(),
             clock: Arc::new(SystemClock),

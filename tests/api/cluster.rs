@@ -5,10 +5,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use actors::cluster::{InstanceId, PartitionCount};
-use adapters::postgres::{self as pg, PgPartitionLeases};
+use chrono::Utc;
 
-use crate::helpers::{TestApp, TestDb, eventually, spawn_app_with};
+use actors::cluster::{InstanceId, KeySpace, Ownership, PartitionCount};
+use actors::domain::{
+    CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, PricedLine, Quantity, Sku,
+};
+use actors::ports::{OrderSnapshotStore, StoreError};
+use actors::saga::{self, Decision, NewOrder, SagaEvent};
+use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgPartitionLeases};
+
+use crate::helpers::{
+    ChildProcess, TestApp, TestDb, eventually, free_port, order_body, spawn_app_with,
+};
 
 const TOKEN: &str = "cluster-admin-token";
 
@@ -44,8 +53,19 @@ async fn cluster_at(app: &TestApp, base: &str) -> Value {
     ok(response.json().await)
 }
 
-/// Live partitions held by each instance, by instance id, and the count of hand-offs.
-fn holdings(cluster: &Value) -> (Vec<(String, u64)>, usize) {
+/// One key space's part of a `GET /cluster` answer (`orders` or `skus`).
+fn space<'a>(cluster: &'a Value, name: &str) -> &'a Value {
+    cluster["key_spaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["key_space"] == name)
+        .unwrap_or_else(|| panic!("no key space {name} in {cluster}"))
+}
+
+/// Live partitions of `name` held by each instance, by instance id, and that key space's
+/// hand-offs in progress.
+fn holdings_of(cluster: &Value, name: &str) -> (Vec<(String, u64)>, usize) {
     let held = cluster["instances"]
         .as_array()
         .into_iter()
@@ -54,12 +74,18 @@ fn holdings(cluster: &Value) -> (Vec<(String, u64)>, usize) {
         .map(|i| {
             (
                 i["instance_id"].as_str().unwrap_or_default().to_owned(),
-                i["partitions"].as_u64().unwrap_or(0),
+                i["partitions"][name].as_u64().unwrap_or(0),
             )
         })
         .collect();
-    let handoffs = cluster["handoffs"].as_array().map_or(0, Vec::len);
+    let handoffs = space(cluster, name)["handoffs"]
+        .as_array()
+        .map_or(0, Vec::len);
     (held, handoffs)
+}
+
+fn holdings(cluster: &Value) -> (Vec<(String, u64)>, usize) {
+    holdings_of(cluster, "orders")
 }
 
 #[tokio::test]
@@ -67,19 +93,21 @@ async fn a_lone_instance_owns_every_partition_from_its_start() {
     let app = quick_cluster_app().await;
     let cluster = cluster_of(&app).await;
     assert_eq!(cluster["partition_count"], 64);
-    assert_eq!(cluster["owned_here"], 64);
-    let (held, handoffs) = holdings(&cluster);
-    assert_eq!(held.len(), 1, "{cluster}");
-    assert_eq!(held[0].1, 64);
-    assert_eq!(handoffs, 0);
-    assert!(
-        cluster["partitions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .all(|p| p["epoch"].as_i64() >= Some(1) && p["owner"] == held[0].0.as_str()),
-        "{cluster}"
-    );
+    for name in ["orders", "skus"] {
+        assert_eq!(cluster["owned_here"][name], 64);
+        let (held, handoffs) = holdings_of(&cluster, name);
+        assert_eq!(held.len(), 1, "{cluster}");
+        assert_eq!(held[0].1, 64);
+        assert_eq!(handoffs, 0);
+        assert!(
+            space(&cluster, name)["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|p| p["epoch"].as_i64() >= Some(1) && p["owner"] == held[0].0.as_str()),
+            "{cluster}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -100,7 +128,7 @@ async fn a_joining_instance_takes_half_and_gives_it_back_when_it_drains() {
     // second time, at a higher epoch.
     let cluster = cluster_of(&app).await;
     let me = cluster["instance"].as_str().unwrap_or_default().to_owned();
-    let moved: Vec<&Value> = cluster["partitions"]
+    let moved: Vec<&Value> = space(&cluster, "orders")["partitions"]
         .as_array()
         .into_iter()
         .flatten()
@@ -111,11 +139,11 @@ async fn a_joining_instance_takes_half_and_gives_it_back_when_it_drains() {
         moved.iter().all(|p| p["epoch"].as_i64() >= Some(2)),
         "{cluster}"
     );
-    assert_eq!(cluster["owned_here"], 32);
+    assert_eq!(cluster["owned_here"]["orders"], 32);
     // The peer tells the same story from the same rows, and holds the other half itself.
     let seen_by_peer = cluster_at(&app, &peer.base).await;
-    assert_eq!(seen_by_peer["partitions"], cluster["partitions"]);
-    assert_eq!(seen_by_peer["owned_here"], 32);
+    assert_eq!(seen_by_peer["key_spaces"], cluster["key_spaces"]);
+    assert_eq!(seen_by_peer["owned_here"]["orders"], 32);
     assert_ne!(seen_by_peer["instance"], cluster["instance"]);
 
     peer.stop().await;
@@ -125,8 +153,9 @@ async fn a_joining_instance_takes_half_and_gives_it_back_when_it_drains() {
         || async {
             let cluster = cluster_of(&app).await;
             let (held, handoffs) = holdings(&cluster);
-            let all =
-                held == vec![(me.clone(), 64)] && handoffs == 0 && cluster["owned_here"] == 64;
+            let all = held == vec![(me.clone(), 64)]
+                && handoffs == 0
+                && cluster["owned_here"]["orders"] == 64;
             all.then_some(())
         },
     )
@@ -151,16 +180,20 @@ async fn a_dead_instance_s_partitions_are_taken_over_once_its_leases_run_out() {
     peer.crash().await;
     let after = eventually(Duration::from_secs(20), "all 64 taken over", || async {
         let cluster = cluster_of(&app).await;
-        (cluster["owned_here"] == 64).then_some(cluster)
+        let all = cluster["owned_here"]["orders"] == 64 && cluster["owned_here"]["skus"] == 64;
+        all.then_some(cluster)
     })
     .await;
     // Every partition of the dead instance changed hands at a higher epoch; ours kept theirs.
-    for (was, now) in before["partitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .zip(after["partitions"].as_array().into_iter().flatten())
-    {
+    let partitions = |cluster: &Value| {
+        cluster["key_spaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["partitions"].as_array().cloned().unwrap_or_default())
+            .collect::<Vec<Value>>()
+    };
+    for (was, now) in partitions(&before).iter().zip(&partitions(&after)) {
         assert_eq!(now["owner"], me.as_str());
         if was["owner"] == me.as_str() {
             assert_eq!(now["epoch"], was["epoch"], "{was} -> {now}");
@@ -172,6 +205,8 @@ async fn a_dead_instance_s_partitions_are_taken_over_once_its_leases_run_out() {
         }
     }
 }
+
+const S: KeySpace = KeySpace::Orders;
 
 #[tokio::test]
 async fn a_lease_is_taken_only_when_free_run_out_or_our_own_and_a_stale_holder_is_refused() {
@@ -186,34 +221,223 @@ async fn a_lease_is_taken_only_when_free_run_out_or_our_own_and_a_stale_holder_i
     let b = PgPartitionLeases::new(pool.clone(), ok(InstanceId::parse("b")), lease);
     let p0 = ok(count.partition(0).ok_or("partition 0"));
 
-    let taken = ok(a.acquire(count, &[p0]).await);
+    let taken = ok(a.acquire(S, count, &[p0]).await);
     assert_eq!(taken.len(), 1);
+    // The same partition number in the other key space is a lease of its own.
+    assert_eq!(ok(b.acquire(KeySpace::Skus, count, &[p0]).await).len(), 1);
     let (_, first_epoch) = taken[0];
-    assert!(ok(b.acquire(count, &[p0]).await).is_empty(), "a live lease");
-    assert_eq!(ok(a.renew(count, &taken).await), taken);
+    assert!(
+        ok(b.acquire(S, count, &[p0]).await).is_empty(),
+        "a live lease"
+    );
+    assert_eq!(ok(a.renew(S, count, &taken).await), taken);
 
     // Once a's lease runs out, b takes it at a higher epoch; a's renewal then finds nothing and
     // its release changes nothing.
     let by_b = eventually(Duration::from_secs(10), "the lease to run out", || async {
-        let got = ok(b.acquire(count, &[p0]).await);
+        let got = ok(b.acquire(S, count, &[p0]).await);
         (!got.is_empty()).then_some(got)
     })
     .await;
     assert!(by_b[0].1 > first_epoch);
-    assert!(ok(a.renew(count, &taken).await).is_empty());
-    assert_eq!(ok(a.release(&taken).await), 0);
-    assert!(ok(a.acquire(count, &[p0]).await).is_empty());
+    assert!(ok(a.renew(S, count, &taken).await).is_empty());
+    assert_eq!(ok(a.release(S, &taken).await), 0);
+    assert!(ok(a.acquire(S, count, &[p0]).await).is_empty());
 
     // Released, it is free at once; a restarted instance under its old name takes its own back
     // without waiting, at a higher epoch still.
-    assert_eq!(ok(b.release(&by_b).await), 1);
-    let back = ok(a.acquire(count, &[p0]).await);
+    assert_eq!(ok(b.release(S, &by_b).await), 1);
+    let back = ok(a.acquire(S, count, &[p0]).await);
     assert!(back[0].1 > by_b[0].1);
     let a_again = PgPartitionLeases::new(pool.clone(), ok(InstanceId::parse("a")), lease);
-    let reborn = ok(a_again.acquire(count, &[p0]).await);
+    let reborn = ok(a_again.acquire(S, count, &[p0]).await);
     assert!(reborn[0].1 > back[0].1);
     assert!(
-        ok(a.renew(count, &back).await).is_empty(),
+        ok(a.renew(S, count, &back).await).is_empty(),
         "the old life is fenced"
     );
+}
+
+/// The Stripe fake as its own process, shared by every instance as Stripe is, so its ledger
+/// outlives any of them; its webhooks go to `webhook_url` once set.
+async fn shared_stripe_fake() -> (ChildProcess, String) {
+    let port = free_port();
+    let fake = ChildProcess::ordersaga(
+        &["stripe-fake"],
+        &[("STRIPE_FAKE_ADDR", format!("127.0.0.1:{port}"))],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(20),
+        "the Stripe fake to answer",
+        || async {
+            reqwest::get(format!("{base}/_fake/ledger"))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    (fake, base)
+}
+
+/// Places an order at the instance at `base`; returns its id.
+async fn place_at(app: &TestApp, base: &str, payment_method: &str) -> String {
+    let response = app
+        .http
+        .post(format!("{base}/orders"))
+        .json(&order_body(&[("MUG", 1)], payment_method))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /orders: {e}"));
+    assert_eq!(response.status().as_u16(), 202);
+    let body: Value = ok(response.json().await);
+    body["order_id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The instance that holds the order partition `order_id` hashes to.
+fn owner_of(cluster: &Value, order_id: &str) -> String {
+    let count = ok(PartitionCount::new(
+        cluster["partition_count"].as_i64().unwrap_or(0),
+    ));
+    let partition = count.of_order(ok(order_id.parse()));
+    space(cluster, "orders")["partitions"][partition.index()]["owner"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn each_instance_runs_the_orders_it_places_and_a_dead_one_s_are_finished_by_the_other() {
+    let (_fake, stripe) = shared_stripe_fake().await;
+    let app = spawn_app_with(|s| {
+        s.admin_token = TOKEN.parse().ok();
+        s.cluster.partition_lease_ms = 1_000;
+        s.cluster.partition_renew_ms = 100;
+        s.stripe_secret_key = "sk_test_cluster".parse().ok();
+        s.stripe_api_base = stripe.clone();
+        s.stripe_webhook_secret = vec![ok("whsec_ordersaga_dev_fake".parse())];
+        s.payment_step_timeout_ms = 4_000;
+    })
+    .await;
+    // Every webhook reaches the first instance, whoever owns the order.
+    let config = serde_json::json!({"webhook_url": format!("{}/payments/webhook", app.base)});
+    let set = ok(app
+        .http
+        .post(format!("{stripe}/_fake/config"))
+        .json(&config)
+        .send()
+        .await);
+    assert!(set.status().is_success());
+    let peer = app.spawn_peer(|_| {}).await;
+    eventually(
+        Duration::from_secs(20),
+        "two instances with 32 each",
+        || async {
+            let (held, handoffs) = holdings(&cluster_of(&app).await);
+            (held.len() == 2 && held.iter().all(|(_, n)| *n == 32) && handoffs == 0).then_some(())
+        },
+    )
+    .await;
+    app.put_product("MUG", 100, 1250).await;
+
+    // Orders placed at the peer are the peer's; their webhooks arrive at the first instance,
+    // which posts each answer to the peer.
+    let mut paid = Vec::new();
+    for _ in 0..6 {
+        paid.push(place_at(&app, &peer.base, "pm_card_visa").await);
+    }
+    let cluster = cluster_of(&app).await;
+    let peer_id = cluster_at(&app, &peer.base).await["instance"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for id in &paid {
+        assert_eq!(owner_of(&cluster, id), peer_id, "order {id}");
+        assert_eq!(
+            app.wait_terminal(id).await["status"],
+            "COMPLETED",
+            "order {id}"
+        );
+    }
+
+    // Orders of the peer wait for a payment answer that never comes; the peer dies. Once its
+    // leases run out, the first instance owns their partitions, recovers them, and their payment
+    // deadlines fire there: cancelled, stock released.
+    let mut waiting = Vec::new();
+    for _ in 0..6 {
+        waiting.push(place_at(&app, &peer.base, "pm_fake_no_webhook").await);
+    }
+    for id in &waiting {
+        app.wait_status(id, "PAYMENT_PROCESSING").await;
+    }
+    peer.crash().await;
+    for id in &waiting {
+        let order = app.wait_terminal(id).await;
+        assert_eq!(order["status"], "CANCELLED", "{order}");
+    }
+    let product = app.settled_product("MUG").await;
+    assert_eq!(product["on_hand"], 94, "{product}");
+    assert_eq!(product["reserved"], 0, "{product}");
+}
+
+fn new_order() -> NewOrder {
+    let eur = ok(Currency::parse("EUR"));
+    NewOrder {
+        order_id: OrderId::new(),
+        correlation_id: CorrelationId::new(),
+        customer_id: ok(CustomerId::parse("c")),
+        lines: vec![PricedLine {
+            sku: ok(Sku::parse("A")),
+            quantity: ok(Quantity::try_from(1)),
+            unit_price: ok(Money::new(100, eur)),
+        }],
+        amount: ok(Money::new(100, eur)),
+        payment_method: ok(PaymentMethod::parse("pm_card_visa")),
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_write_of_an_owner_whose_partition_was_taken_over_is_refused() {
+    let db = TestDb::create().await;
+    let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
+    let count = ok(PgPartitionLeases::partition_count(&pool, ok(PartitionCount::new(64))).await);
+    let lease = Duration::from_millis(400);
+    let a = PgPartitionLeases::new(pool.clone(), ok(InstanceId::parse("a")), lease);
+    let b = PgPartitionLeases::new(pool.clone(), ok(InstanceId::parse("b")), lease);
+    let start = saga::start(new_order(), Utc::now());
+    let partition = count.of_order(start.next.order_id);
+    let held = ok(a.acquire(S, count, &[partition]).await);
+    let ownership = Ownership::new(S, count);
+    ownership.grant(held[0].0, held[0].1);
+    let store = PgOrderSnapshotStore::fenced(pool.clone(), pg::OutboxSignal::new(), 1, ownership);
+    assert!(ok(store.create(&start.next, &[]).await), "the owner writes");
+
+    // b takes the partition over once a's lease runs out; a still believes it owns it.
+    eventually(
+        Duration::from_secs(10),
+        "b to take the partition over",
+        || async { (!ok(b.acquire(S, count, &[partition]).await).is_empty()).then_some(()) },
+    )
+    .await;
+    let Decision::Apply(step) = saga::decide(&start.next, &SagaEvent::StockReserved, Utc::now())
+    else {
+        panic!("a reservation applies to a new order");
+    };
+    let refused = store.commit(start.next.version, &step.next, &[]).await;
+    assert!(
+        matches!(refused, Err(StoreError::NotOwner(_))),
+        "{refused:?}"
+    );
+    let stored = ok(store.load(start.next.order_id).await).map(|s| s.version);
+    assert_eq!(stored, Some(start.next.version), "nothing was written");
+
+    // An order of a partition this instance never held is refused before PostgreSQL is asked.
+    let elsewhere = saga::start(new_order(), Utc::now());
+    let refused = store.create(&elsewhere.next, &[]).await;
+    assert!(
+        matches!(refused, Err(StoreError::NotOwner(_))),
+        "{refused:?}"
+    );
+    assert_eq!(ok(store.load(elsewhere.next.order_id).await), None);
 }

@@ -217,8 +217,7 @@ impl Peer {
     }
 
     /// Stops it without draining, as SIGKILL would: its tasks (HTTP, lease keeper, relay, ...)
-    /// are dropped at once and nothing is released. Its actors, which are not tasks, linger idle
-    /// in the test's runtime until the test ends.
+    /// and its actors are dropped at once and nothing is released.
     pub async fn crash(self) {
         self.task.abort();
         let _ = self.task.await;

@@ -13,4 +13,4 @@ pub mod partition;
 
 pub use assignment::{InstanceId, plan};
 pub use ownership::{Epoch, Ownership};
-pub use partition::{PartitionCount, PartitionId, fnv1a32};
+pub use partition::{KeySpace, PartitionCount, PartitionId, fnv1a32};

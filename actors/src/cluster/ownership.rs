@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::domain::{OrderId, Sku};
 
-use super::partition::{PartitionCount, PartitionId};
+use super::partition::{KeySpace, PartitionCount, PartitionId};
 
 /// A lease's generation: raised by PostgreSQL each time a partition changes hands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -39,6 +39,7 @@ impl fmt::Display for Epoch {
 /// Shared, cheap to clone.
 #[derive(Clone)]
 pub struct Ownership {
+    space: KeySpace,
     count: PartitionCount,
     /// 0: not owned.
     epochs: Arc<[AtomicI64]>,
@@ -47,6 +48,7 @@ pub struct Ownership {
 impl fmt::Debug for Ownership {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ownership")
+            .field("space", &self.space)
             .field("partitions", &self.count.get())
             .field("owned", &self.owned().len())
             .finish()
@@ -54,12 +56,17 @@ impl fmt::Debug for Ownership {
 }
 
 impl Ownership {
-    /// Owning nothing yet.
-    pub fn new(count: PartitionCount) -> Self {
+    /// Owning nothing of `space` yet.
+    pub fn new(space: KeySpace, count: PartitionCount) -> Self {
         Self {
+            space,
             count,
             epochs: (0..count.get()).map(|_| AtomicI64::new(0)).collect(),
         }
+    }
+
+    pub fn space(&self) -> KeySpace {
+        self.space
     }
 
     pub fn count(&self) -> PartitionCount {
@@ -72,16 +79,28 @@ impl Ownership {
             .and_then(|e| Epoch::new(e.load(Ordering::Acquire)))
     }
 
-    pub fn order_partition(&self, order_id: OrderId) -> PartitionId {
-        self.count.of_order(order_id)
-    }
-
-    pub fn sku_partition(&self, sku: &Sku) -> PartitionId {
-        self.count.of_sku(sku)
-    }
-
+    /// Whether this process owns `order_id` (an `Orders` view).
     pub fn owns_order(&self, order_id: OrderId) -> bool {
         self.epoch_of(self.count.of_order(order_id)).is_some()
+    }
+
+    /// Whether this process owns `sku` (a `Skus` view).
+    pub fn owns_sku(&self, sku: &Sku) -> bool {
+        self.epoch_of(self.count.of_sku(sku)).is_some()
+    }
+
+    /// A new order id that falls in a partition owned here (an `Orders` view), so the order's
+    /// saga runs where it is placed, with no hop to another instance; `None` when nothing is
+    /// owned. Ids are drawn until one hashes to an owned partition: with a share of `k` of `n`
+    /// partitions that takes `n / k` draws on average, and 4,096 draws miss with a chance
+    /// below one in a million when even one partition of 64 is owned.
+    pub fn new_order_id(&self) -> Option<OrderId> {
+        if self.owned().is_empty() {
+            return None;
+        }
+        (0..4096)
+            .map(|_| OrderId::new())
+            .find(|id| self.owns_order(*id))
     }
 
     /// Every partition held, with its epoch, in partition order.
@@ -112,7 +131,7 @@ mod tests {
     #[test]
     fn a_granted_partition_is_owned_at_its_epoch_until_revoked() {
         let count = PartitionCount::new(8).unwrap();
-        let ownership = Ownership::new(count);
+        let ownership = Ownership::new(KeySpace::Orders, count);
         let order = OrderId::new();
         let partition = count.of_order(order);
         assert!(!ownership.owns_order(order));
@@ -122,6 +141,22 @@ mod tests {
         ownership.revoke(partition);
         assert!(ownership.owned().is_empty());
         assert_eq!(ownership.epoch_of(partition), None);
+    }
+
+    #[test]
+    fn new_order_ids_fall_in_the_partitions_owned() {
+        let count = PartitionCount::new(64).unwrap();
+        let ownership = Ownership::new(KeySpace::Orders, count);
+        assert_eq!(ownership.new_order_id(), None);
+        let (a, b) = (count.partition(3).unwrap(), count.partition(40).unwrap());
+        ownership.grant(a, Epoch::new(1).unwrap());
+        ownership.grant(b, Epoch::new(7).unwrap());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let id = ownership.new_order_id().unwrap();
+            seen.insert(count.of_order(id));
+        }
+        assert_eq!(seen, [a, b].into_iter().collect());
     }
 
     #[test]

@@ -20,6 +20,30 @@ pub fn fnv1a32(bytes: &[u8]) -> u32 {
     hash
 }
 
+/// The kinds of key that are partitioned, each with its own owners: order ids among the
+/// instances that run the order role, SKUs among those that run the inventory role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeySpace {
+    Orders,
+    Skus,
+}
+
+impl KeySpace {
+    pub const ALL: [KeySpace; 2] = [KeySpace::Orders, KeySpace::Skus];
+
+    /// The name stored in PostgreSQL and shown by `GET /cluster`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySpace::Orders => "orders",
+            KeySpace::Skus => "skus",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
 /// One partition, `0..count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PartitionId(u16);

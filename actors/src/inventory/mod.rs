@@ -211,21 +211,25 @@ impl InventoryShards {
         ledger: &dyn ReservationLedger,
         limit: i64,
     ) -> Result<usize, InventoryError> {
-        self.sweep(ledger, limit, |_| {}).await
+        self.sweep(ledger, limit, |_| true, |_| {}).await
     }
 
-    /// `sweep_expired`, telling `expired` each order whose units went back on sale because its
-    /// reservation ran out: the saga must hear of it (the sweeper's `inventory.released.v1`
-    /// carries the news through the broker; the caller hands it over directly when it can).
+    /// `sweep_expired` for the reservations `owns` says are this instance's (their routing
+    /// SKU's partition is owned here; the other instances sweep theirs), telling `expired` each
+    /// order whose units went back on sale because its reservation ran out: the saga must hear
+    /// of it (the sweeper's `inventory.released.v1` carries the news through the broker; the
+    /// caller hands it over directly when it can).
     pub async fn sweep(
         &self,
         ledger: &dyn ReservationLedger,
         limit: i64,
+        owns: impl Fn(&ExpiredReservation) -> bool,
         expired_order: impl Fn(OrderId),
     ) -> Result<usize, InventoryError> {
         let due = ledger.due_for_expiry(self.clock.now(), limit).await?;
-        let count = due.len();
-        for expired in due {
+        let mut count = 0;
+        for expired in due.into_iter().filter(|e| owns(e)) {
+            count += 1;
             let shard = self.shard_for_expiry(&expired);
             let ExpiredReservation {
                 order_id,

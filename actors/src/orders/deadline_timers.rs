@@ -69,6 +69,15 @@ impl DeadlineTimers {
         self.answered.remove(&order);
     }
 
+    /// Disarms every order `gone` says this process no longer runs (its partition moved to
+    /// another instance); returns how many. Their heap and re-send entries go stale.
+    pub(crate) fn disarm_where(&mut self, gone: impl Fn(OrderId) -> bool) -> usize {
+        let before = self.armed.len();
+        self.armed.retain(|order, _| !gone(*order));
+        self.answered.retain(|order, _| !gone(*order));
+        before - self.armed.len()
+    }
+
     /// A fired timer whose handling failed: fire it again at `at`, unless the order has armed
     /// another deadline since.
     pub(crate) fn retry(&mut self, order: OrderId, deadline: DateTime<Utc>, at: DateTime<Utc>) {

@@ -122,6 +122,15 @@ impl OrderSupervisorHandle {
             .map_err(|e| SagaError::ActorUnavailable(e.to_string()))
     }
 
+    /// Gives up the orders `gone` selects: their actors stop and their timers are dropped.
+    pub async fn relinquish(
+        &self,
+        gone: super::supervisor::OrderFilter,
+    ) -> Result<usize, SagaError> {
+        self.call(move |reply| SupervisorMessage::Relinquish(gone, reply))
+            .await
+    }
+
     async fn call<T: Send + 'static>(
         &self,
         build: impl FnOnce(RpcReplyPort<T>) -> SupervisorMessage,

@@ -17,7 +17,7 @@ pub use handle::OrderSupervisorHandle;
 pub use resend::ResendPolicy;
 pub use saga_actor::{LiveOrder, OrderSagaActor, OrderSagaMessage};
 pub use status_watch::{Change, StatusWatch, StatusWatchers};
-pub use supervisor::{OrderSupervisor, SupervisorMessage, SupervisorOverview};
+pub use supervisor::{OrderFilter, OrderSupervisor, SupervisorMessage, SupervisorOverview};
 
 use crate::domain::OrderId;
 use crate::ports::{OrderSnapshotStore, SharedClock, StoreError};
@@ -36,6 +36,9 @@ pub struct SagaDeps {
     pub postman: crate::postman::Postman,
     /// How a pending step's command is re-sent while its answer does not come.
     pub resend: ResendPolicy,
+    /// The order partitions this instance owns; `None`: it runs every order (a process on its
+    /// own, as in the actors' tests).
+    pub ownership: Option<crate::cluster::Ownership>,
 }
 
 /// The answer to a delivered event.

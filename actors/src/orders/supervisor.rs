@@ -48,9 +48,15 @@ pub enum SupervisorMessage {
     InspectOrder(OrderId, RpcReplyPort<Option<LiveOrder>>),
     /// Figures about the supervisor itself.
     Overview(RpcReplyPort<SupervisorOverview>),
+    /// The instance gave up these orders (their partitions moved to another instance): stop
+    /// their actors and drop their timers; answers how many actors were stopped.
+    Relinquish(OrderFilter, RpcReplyPort<usize>),
     /// Periodic: fire due timers.
     Tick,
 }
+
+/// Which orders a `Relinquish` gives up.
+pub type OrderFilter = Arc<dyn Fn(OrderId) -> bool + Send + Sync>;
 
 /// What `GET /actors` shows about the order supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -169,6 +175,10 @@ impl Actor for OrderSupervisor {
                     restarts: state.restarts,
                 });
             }
+            SupervisorMessage::Relinquish(gone, reply) => {
+                let stopped = state.relinquish(gone.as_ref());
+                let _ = reply.send(stopped);
+            }
             SupervisorMessage::Tick => {
                 let now = state.deps.clock.now();
                 for (order_id, deadline) in state.deadlines.take_due(now) {
@@ -237,6 +247,24 @@ impl SupervisorState {
         }
     }
 
+    /// Stops the actors and drops the timers of the orders `gone` selects. An actor stops after
+    /// the message it is handling, whose commit has either landed or not: the next owner
+    /// recovers from whichever snapshot is there.
+    fn relinquish(&mut self, gone: &(dyn Fn(OrderId) -> bool + Send + Sync)) -> usize {
+        let leaving: Vec<OrderId> = self.children.keys().copied().filter(|o| gone(*o)).collect();
+        for order_id in &leaving {
+            if let Some(child) = self.children.get(order_id) {
+                self.owners.remove(&child.actor.get_id());
+                child
+                    .actor
+                    .stop(Some("its partition moved to another instance".into()));
+            }
+            self.remove_child(*order_id);
+        }
+        self.deadlines.disarm_where(gone);
+        leaving.len()
+    }
+
     fn forget(&mut self, actor: ActorId) -> Option<OrderId> {
         let order_id = self.owners.remove(&actor)?;
         if self
@@ -267,6 +295,17 @@ impl SupervisorState {
         msg: OrderSagaMessage,
     ) {
         let mut msg = msg;
+        if !self.children.contains_key(&order_id)
+            && let Some(ownership) = &self.deps.ownership
+            && !ownership.owns_order(order_id)
+        {
+            // Another instance owns it (or nobody does, for a moment): its owner re-drives it
+            // from the snapshot, and a second actor here would only race it.
+            return fail(
+                msg,
+                format!("order {order_id} is owned by another instance"),
+            );
+        }
         // Two rounds: the cached actor may have stopped since we last looked.
         for _ in 0..2 {
             let (child, queued) = match self.children.get(&order_id) {

@@ -28,6 +28,7 @@ pub async fn spawn_orders() -> Orders {
         timeouts: actors::saga::StepTimeouts::default(),
         postman: actors::postman::Postman::default(),
         resend: actors::orders::ResendPolicy::default(),
+        ownership: None,
     };
     let (supervisor, _join) = Actor::spawn(None, OrderSupervisor, deps)
         .await

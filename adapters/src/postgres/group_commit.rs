@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use actors::cluster::{Epoch, Ownership, PartitionId};
 use actors::events::Envelope;
 use actors::ports::StoreError;
 use actors::saga::OrderState;
@@ -53,6 +54,8 @@ struct Request {
     updated_at: DateTime<Utc>,
     deadline: Option<DateTime<Utc>>,
     messages: Vec<Envelope>,
+    /// The order's partition and the epoch this process holds it at; `None`: not fenced.
+    fence: Option<(PartitionId, Epoch)>,
     /// `true` when written, `false` when the expectation did not hold (nothing written).
     reply: oneshot::Sender<Result<bool, StoreError>>,
 }
@@ -61,12 +64,19 @@ struct Request {
 #[derive(Clone)]
 pub struct SnapshotWriter {
     queues: Vec<mpsc::Sender<Request>>,
+    /// The order partitions this process owns, when its writes are fenced.
+    ownership: Option<Ownership>,
 }
 
 impl SnapshotWriter {
     /// Starts `writers` writers (at least one; each a connection at most) on the current Tokio
     /// runtime; they stop when every clone is dropped.
-    pub fn start(pool: PgPool, signal: OutboxSignal, writers: usize) -> Self {
+    pub fn start(
+        pool: PgPool,
+        signal: OutboxSignal,
+        writers: usize,
+        ownership: Option<Ownership>,
+    ) -> Self {
         let queues = (0..writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
@@ -74,7 +84,7 @@ impl SnapshotWriter {
                 tx
             })
             .collect();
-        Self { queues }
+        Self { queues, ownership }
     }
 
     /// Writes `state` (and its messages) if `expect` holds; `Ok(false)` if it does not.
@@ -86,6 +96,16 @@ impl SnapshotWriter {
     ) -> Result<bool, StoreError> {
         let encoded = serde_json::to_string(state)
             .map_err(|e| StoreError::Unavailable(format!("cannot encode snapshot: {e}")))?;
+        let fence = match &self.ownership {
+            None => None,
+            Some(ownership) => {
+                let partition = ownership.count().of_order(state.order_id);
+                match ownership.epoch_of(partition) {
+                    Some(epoch) => Some((partition, epoch)),
+                    None => return Err(not_owner(state.order_id.as_uuid(), partition)),
+                }
+            }
+        };
         let order_id = state.order_id.as_uuid();
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -98,6 +118,7 @@ impl SnapshotWriter {
             updated_at: state.updated_at,
             deadline: state.deadline,
             messages: messages.to_vec(),
+            fence,
             reply,
         };
         let writer = (order_id.as_u128() % self.queues.len() as u128) as usize;
@@ -141,11 +162,18 @@ async fn write_batches(pool: PgPool, signal: OutboxSignal, mut queue: mpsc::Rece
             }
         }
         match write_batch(&pool, &mut batch).await {
-            Ok((written, committed)) => {
+            Ok((written, committed, fenced_in)) => {
                 signal.committed(committed);
                 for request in batch.drain(..) {
-                    let ok = written.contains(&request.order_id);
-                    let _ = request.reply.send(Ok(ok));
+                    let answer = match request.fence {
+                        Some((partition, epoch))
+                            if !fenced_in.contains(&(partition.as_i32(), epoch.get())) =>
+                        {
+                            Err(not_owner(request.order_id, partition))
+                        }
+                        _ => Ok(written.contains(&request.order_id)),
+                    };
+                    let _ = request.reply.send(answer);
                 }
             }
             Err(e) => {
@@ -159,9 +187,24 @@ async fn write_batches(pool: PgPool, signal: OutboxSignal, mut queue: mpsc::Rece
     }
 }
 
+/// A write refused because this process no longer holds the order's partition (counted).
+fn not_owner(order_id: Uuid, partition: PartitionId) -> StoreError {
+    metrics::counter!(actors::metrics::CLUSTER_FENCED_WRITES, "store" => "snapshots").increment(1);
+    StoreError::NotOwner(format!(
+        "order {order_id}: partition {partition} is no longer owned by this instance"
+    ))
+}
+
 /// The whole batch in one statement, so one implicit transaction: its snapshot inserts, its
 /// version-checked updates and the outbox rows of exactly the transitions that applied. Returns
-/// the orders whose write applied and the outbox rows committed with them. The requests' states
+/// the orders whose write applied, the outbox rows committed with them, and the (partition,
+/// epoch) pairs that passed the fence.
+///
+/// The fence reads the lease rows in the same statement: a fenced write applies only where its
+/// partition's row still has the epoch this process acquired, with an owner. A takeover that
+/// committed before the statement began refuses it; one that commits while it runs cannot see
+/// the new owner's recovery miss it either way, since the new owner's writes are checked
+/// against the snapshot's version. The requests' states
 /// are moved out (bound as they are, never copied); only their replies are used afterwards.
 ///
 /// One statement instead of `BEGIN`, three statements and `COMMIT`: on a machine where every
@@ -171,7 +214,7 @@ async fn write_batches(pool: PgPool, signal: OutboxSignal, mut queue: mpsc::Rece
 async fn write_batch(
     pool: &PgPool,
     batch: &mut [Request],
-) -> Result<(HashSet<Uuid>, Vec<OutboxMessage>), sqlx::Error> {
+) -> Result<(HashSet<Uuid>, Vec<OutboxMessage>, HashSet<(i32, i64)>), sqlx::Error> {
     let mut creates: Vec<&mut Request> = Vec::new();
     let mut updates: Vec<(&mut Request, i64)> = Vec::new();
     for request in batch.iter_mut() {
@@ -192,19 +235,32 @@ async fn write_batch(
         }
     }
     let columns = outbox::Columns::of(&messages);
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "WITH created AS (
+    // -1: not fenced (a process that owns every order).
+    let fence = |r: &Request| r.fence.map_or((-1, 0), |(p, e)| (p.as_i32(), e.get()));
+    let (create_partitions, create_epochs): (Vec<i32>, Vec<i64>) =
+        creates.iter().map(|r| fence(r)).unzip();
+    let (update_partitions, update_epochs): (Vec<i32>, Vec<i64>) =
+        updates.iter().map(|(r, _)| fence(r)).unzip();
+    let rows: Vec<(Option<Uuid>, Option<i32>, Option<i64>)> = sqlx::query_as(
+        "WITH fence AS (
+             SELECT l.partition, l.epoch FROM partition_leases l
+             WHERE l.key_space = 'orders' AND l.owner IS NOT NULL
+               AND (l.partition, l.epoch) IN (
+                   SELECT * FROM unnest($21::int[] || $23::int[], $22::bigint[] || $24::bigint[]))),
+         created AS (
              INSERT INTO order_snapshots (order_id, version, status, state, created_at, updated_at, deadline)
              SELECT o, v, st, j::jsonb, c, u, d
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[])
-                  AS x(o, v, st, j, c, u, d)
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $21::int[], $22::bigint[])
+                  AS x(o, v, st, j, c, u, d, fp, fe)
+             WHERE x.fp < 0 OR (x.fp, x.fe) IN (SELECT partition, epoch FROM fence)
              ON CONFLICT (order_id) DO NOTHING RETURNING order_id),
          updated AS (
              UPDATE order_snapshots s
              SET version = u.version, status = u.status, state = u.state::jsonb, updated_at = u.updated_at, deadline = u.deadline
-             FROM unnest($8::uuid[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])
-                  AS u(order_id, expected, version, status, state, updated_at, deadline)
+             FROM unnest($8::uuid[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[], $23::int[], $24::bigint[])
+                  AS u(order_id, expected, version, status, state, updated_at, deadline, fp, fe)
              WHERE s.order_id = u.order_id AND s.version = u.expected
+               AND (u.fp < 0 OR (u.fp, u.fe) IN (SELECT partition, epoch FROM fence))
              RETURNING s.order_id),
          written AS (SELECT order_id FROM created UNION ALL SELECT order_id FROM updated),
          sent AS (
@@ -214,7 +270,8 @@ async fn write_batch(
                   WITH ORDINALITY AS m(owner, message_id, subject, order_id, correlation_id, payload, n)
              WHERE m.owner IN (SELECT order_id FROM written)
              ORDER BY m.n)
-         SELECT order_id FROM written",
+         SELECT order_id, NULL::int, NULL::bigint FROM written
+         UNION ALL SELECT NULL::uuid, partition, epoch FROM fence",
     )
     .bind(creates.iter().map(|r| r.order_id).collect::<Vec<_>>())
     .bind(creates.iter().map(|r| r.version).collect::<Vec<_>>())
@@ -236,14 +293,30 @@ async fn write_batch(
     .bind(columns.order_ids)
     .bind(columns.correlation_ids)
     .bind(columns.payloads)
+    .bind(create_partitions)
+    .bind(create_epochs)
+    .bind(update_partitions)
+    .bind(update_epochs)
     .fetch_all(pool)
     .await?;
-    let written: HashSet<Uuid> = ids.into_iter().collect();
+    let mut written = HashSet::with_capacity(rows.len());
+    let mut fenced_in = HashSet::new();
+    for row in rows {
+        match row {
+            (Some(order_id), _, _) => {
+                written.insert(order_id);
+            }
+            (None, Some(partition), Some(epoch)) => {
+                fenced_in.insert((partition, epoch));
+            }
+            _ => {}
+        }
+    }
     let committed = owners
         .iter()
         .zip(messages)
         .filter(|(owner, _)| written.contains(owner))
         .map(|(_, message)| message)
         .collect();
-    Ok((written, committed))
+    Ok((written, committed, fenced_in))
 }

@@ -12,13 +12,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use actors::cluster::{Epoch, InstanceId, PartitionCount, PartitionId};
+use actors::cluster::{Epoch, InstanceId, KeySpace, PartitionCount, PartitionId};
 
 /// One instance as `cluster_instances` has it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct InstanceRecord {
     pub instance_id: String,
     pub http_address: String,
+    /// The key spaces whose partitions it shares (`orders`, `skus`).
+    pub key_spaces: Vec<String>,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
     pub draining: bool,
@@ -29,6 +31,7 @@ pub struct InstanceRecord {
 /// One partition's lease as `partition_leases` has it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LeaseRecord {
+    pub key_space: String,
     pub partition: i32,
     pub owner: Option<String>,
     pub epoch: i64,
@@ -79,24 +82,32 @@ impl PgPartitionLeases {
         let count = PartitionCount::new(i64::from(stored))
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO partition_leases (partition)
-             SELECT generate_series(0, $1 - 1) ON CONFLICT (partition) DO NOTHING",
+            "INSERT INTO partition_leases (key_space, partition)
+             SELECT space, generate_series(0, $1 - 1) FROM unnest($2::text[]) AS space
+             ON CONFLICT (key_space, partition) DO NOTHING",
         )
         .bind(stored)
+        .bind(KeySpace::ALL.map(KeySpace::as_str).as_slice())
         .execute(pool)
         .await?;
         Ok(count)
     }
 
-    /// Announces this instance, or renews its heartbeat; `draining` asks the others to take its
-    /// partitions.
-    pub async fn heartbeat(&self, http_address: &str, draining: bool) -> Result<(), sqlx::Error> {
+    /// Announces this instance as serving `spaces`, or renews its heartbeat; `draining` asks the
+    /// others to take its partitions.
+    pub async fn heartbeat(
+        &self,
+        http_address: &str,
+        spaces: &[KeySpace],
+        draining: bool,
+    ) -> Result<(), sqlx::Error> {
+        let spaces: Vec<&str> = spaces.iter().map(|s| s.as_str()).collect();
         sqlx::query(
-            "INSERT INTO cluster_instances (instance_id, http_address, draining)
-             VALUES ($1, $2, $3)
+            "INSERT INTO cluster_instances (instance_id, http_address, draining, key_spaces)
+             VALUES ($1, $2, $3, $5)
              ON CONFLICT (instance_id) DO UPDATE
              SET http_address = EXCLUDED.http_address, heartbeat_at = now(),
-                 draining = EXCLUDED.draining,
+                 draining = EXCLUDED.draining, key_spaces = EXCLUDED.key_spaces,
                  started_at = CASE WHEN cluster_instances.heartbeat_at
                                         < now() - $4 * interval '1 millisecond'
                               THEN now() ELSE cluster_instances.started_at END",
@@ -105,18 +116,22 @@ impl PgPartitionLeases {
         .bind(http_address)
         .bind(draining)
         .bind(self.lease_ms)
+        .bind(&spaces)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// The instances that share the partitions: heartbeat within the lease time, not draining.
-    pub async fn live_instances(&self) -> Result<Vec<InstanceId>, sqlx::Error> {
+    /// The instances that share `space`'s partitions: serving it, heartbeat within the lease
+    /// time, not draining.
+    pub async fn live_instances(&self, space: KeySpace) -> Result<Vec<InstanceId>, sqlx::Error> {
         let names: Vec<String> = sqlx::query_scalar(
             "SELECT instance_id FROM cluster_instances
-             WHERE NOT draining AND heartbeat_at > now() - $1 * interval '1 millisecond'",
+             WHERE NOT draining AND heartbeat_at > now() - $1 * interval '1 millisecond'
+               AND $2 = ANY(key_spaces)",
         )
         .bind(self.lease_ms)
+        .bind(space.as_str())
         .fetch_all(&self.pool)
         .await?;
         Ok(names
@@ -129,6 +144,7 @@ impl PgPartitionLeases {
     /// under this instance's own name (a previous life of it), raising each one's epoch.
     pub async fn acquire(
         &self,
+        space: KeySpace,
         count: PartitionCount,
         wanted: &[PartitionId],
     ) -> Result<Vec<(PartitionId, Epoch)>, sqlx::Error> {
@@ -137,12 +153,14 @@ impl PgPartitionLeases {
             "UPDATE partition_leases
              SET owner = $2, epoch = epoch + 1, acquired_at = now(),
                  lease_until = now() + $3 * interval '1 millisecond'
-             WHERE partition = ANY($1) AND (owner IS NULL OR owner = $2 OR lease_until < now())
+             WHERE key_space = $4 AND partition = ANY($1)
+               AND (owner IS NULL OR owner = $2 OR lease_until < now())
              RETURNING partition, epoch",
         )
         .bind(&wanted)
         .bind(self.instance.as_str())
         .bind(self.lease_ms)
+        .bind(space.as_str())
         .fetch_all(&self.pool)
         .await?;
         Ok(held(count, rows))
@@ -152,6 +170,7 @@ impl PgPartitionLeases {
     /// those; a partition missing from the answer was taken over.
     pub async fn renew(
         &self,
+        space: KeySpace,
         count: PartitionCount,
         held_now: &[(PartitionId, Epoch)],
     ) -> Result<Vec<(PartitionId, Epoch)>, sqlx::Error> {
@@ -160,29 +179,37 @@ impl PgPartitionLeases {
             "UPDATE partition_leases AS l
              SET lease_until = now() + $4 * interval '1 millisecond'
              FROM unnest($1::int[], $2::bigint[]) AS h(partition, epoch)
-             WHERE l.partition = h.partition AND l.epoch = h.epoch AND l.owner = $3
+             WHERE l.key_space = $5 AND l.partition = h.partition AND l.epoch = h.epoch
+               AND l.owner = $3
              RETURNING l.partition, l.epoch",
         )
         .bind(&partitions)
         .bind(&epochs)
         .bind(self.instance.as_str())
         .bind(self.lease_ms)
+        .bind(space.as_str())
         .fetch_all(&self.pool)
         .await?;
         Ok(held(count, rows))
     }
 
     /// Gives up `held` (still at their epochs) so another instance can acquire them at once.
-    pub async fn release(&self, held_now: &[(PartitionId, Epoch)]) -> Result<u64, sqlx::Error> {
+    pub async fn release(
+        &self,
+        space: KeySpace,
+        held_now: &[(PartitionId, Epoch)],
+    ) -> Result<u64, sqlx::Error> {
         let (partitions, epochs) = columns(held_now);
         let done = sqlx::query(
             "UPDATE partition_leases AS l SET owner = NULL, lease_until = 'epoch'
              FROM unnest($1::int[], $2::bigint[]) AS h(partition, epoch)
-             WHERE l.partition = h.partition AND l.epoch = h.epoch AND l.owner = $3",
+             WHERE l.key_space = $4 AND l.partition = h.partition AND l.epoch = h.epoch
+               AND l.owner = $3",
         )
         .bind(&partitions)
         .bind(&epochs)
         .bind(self.instance.as_str())
+        .bind(space.as_str())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -200,7 +227,7 @@ impl PgPartitionLeases {
     /// Every instance that heartbeat in the last ten lease times, for `GET /cluster`.
     pub async fn instances(&self) -> Result<Vec<InstanceRecord>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT instance_id, http_address, started_at, heartbeat_at, draining,
+            "SELECT instance_id, http_address, key_spaces, started_at, heartbeat_at, draining,
                     heartbeat_at > now() - $1 * interval '1 millisecond' AS live
              FROM cluster_instances
              WHERE heartbeat_at > now() - 10 * $1 * interval '1 millisecond'
@@ -211,12 +238,12 @@ impl PgPartitionLeases {
         .await
     }
 
-    /// Every partition's lease, in partition order, for `GET /cluster`.
+    /// Every partition's lease, by key space and partition, for `GET /cluster`.
     pub async fn leases(&self) -> Result<Vec<LeaseRecord>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT partition, owner, epoch, lease_until, acquired_at,
+            "SELECT key_space, partition, owner, epoch, lease_until, acquired_at,
                     owner IS NOT NULL AND lease_until > now() AS live
-             FROM partition_leases ORDER BY partition",
+             FROM partition_leases ORDER BY key_space, partition",
         )
         .fetch_all(&self.pool)
         .await

@@ -21,9 +21,24 @@ pub struct PgOrderSnapshotStore {
 }
 
 impl PgOrderSnapshotStore {
-    /// Starts `writers` group-commit writers (at least one) on the current runtime.
+    /// Starts `writers` group-commit writers (at least one) on the current runtime; every write
+    /// is taken as this process's, whatever the order's partition.
     pub fn new(pool: PgPool, signal: OutboxSignal, writers: usize) -> Self {
-        let writer = SnapshotWriter::start(pool.clone(), signal, writers);
+        let writer = SnapshotWriter::start(pool.clone(), signal, writers, None);
+        Self { pool, writer }
+    }
+
+    /// Like `new`, and every write is fenced: it applies only if `ownership` holds the order's
+    /// partition and PostgreSQL's lease row still has the epoch it was acquired at, checked in
+    /// the statement that writes it. A write of a stale owner is refused with
+    /// `StoreError::NotOwner`.
+    pub fn fenced(
+        pool: PgPool,
+        signal: OutboxSignal,
+        writers: usize,
+        ownership: actors::cluster::Ownership,
+    ) -> Self {
+        let writer = SnapshotWriter::start(pool.clone(), signal, writers, Some(ownership));
         Self { pool, writer }
     }
 }
