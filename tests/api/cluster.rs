@@ -8,15 +8,12 @@ use serde_json::Value;
 use chrono::Utc;
 
 use actors::cluster::{InstanceId, KeySpace, Ownership, PartitionCount};
-use actors::domain::{
-    CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, PricedLine, Quantity, Sku,
-};
 use actors::ports::{OrderSnapshotStore, StoreError};
-use actors::saga::{self, Decision, NewOrder, SagaEvent};
+use actors::saga::{self, Decision, SagaEvent};
 use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgPartitionLeases};
 
 use crate::helpers::{
-    ChildProcess, TestApp, TestDb, eventually, free_port, order_body, spawn_app_with,
+    TestApp, TestDb, eventually, new_order, order_body, spawn_app_with, standalone_stripe_fake,
 };
 
 const TOKEN: &str = "cluster-admin-token";
@@ -34,6 +31,20 @@ async fn quick_cluster_app() -> TestApp {
         s.cluster.partition_renew_ms = 100;
     })
     .await
+}
+
+/// Waits until two instances hold 32 order partitions each, with no hand-off in progress.
+async fn wait_for_two_halves(app: &TestApp) {
+    eventually(
+        Duration::from_secs(20),
+        "two instances with 32 each",
+        || async {
+            let (held, handoffs) = holdings(&cluster_of(app).await);
+            let even = held.len() == 2 && held.iter().all(|(_, n)| *n == 32) && handoffs == 0;
+            even.then_some(())
+        },
+    )
+    .await;
 }
 
 async fn cluster_of(app: &TestApp) -> Value {
@@ -114,16 +125,7 @@ async fn a_lone_instance_owns_every_partition_from_its_start() {
 async fn a_joining_instance_takes_half_and_gives_it_back_when_it_drains() {
     let app = quick_cluster_app().await;
     let peer = app.spawn_peer(|_| {}).await;
-    eventually(
-        Duration::from_secs(20),
-        "two instances with 32 each",
-        || async {
-            let (held, handoffs) = holdings(&cluster_of(&app).await);
-            let even = held.len() == 2 && held.iter().all(|(_, n)| *n == 32) && handoffs == 0;
-            even.then_some(())
-        },
-    )
-    .await;
+    wait_for_two_halves(&app).await;
     // The partitions the peer took were handed off by the first instance, so each was acquired a
     // second time, at a higher epoch.
     let cluster = cluster_of(&app).await;
@@ -166,15 +168,7 @@ async fn a_joining_instance_takes_half_and_gives_it_back_when_it_drains() {
 async fn a_dead_instance_s_partitions_are_taken_over_once_its_leases_run_out() {
     let app = quick_cluster_app().await;
     let peer = app.spawn_peer(|_| {}).await;
-    eventually(
-        Duration::from_secs(20),
-        "two instances with 32 each",
-        || async {
-            let (held, handoffs) = holdings(&cluster_of(&app).await);
-            (held.len() == 2 && handoffs == 0).then_some(())
-        },
-    )
-    .await;
+    wait_for_two_halves(&app).await;
     let before = cluster_of(&app).await;
     let me = before["instance"].as_str().unwrap_or_default().to_owned();
     peer.crash().await;
@@ -258,29 +252,6 @@ async fn a_lease_is_taken_only_when_free_run_out_or_our_own_and_a_stale_holder_i
     );
 }
 
-/// The Stripe fake as its own process, shared by every instance as Stripe is, so its ledger
-/// outlives any of them; its webhooks go to `webhook_url` once set.
-async fn shared_stripe_fake() -> (ChildProcess, String) {
-    let port = free_port();
-    let fake = ChildProcess::ordersaga(
-        &["stripe-fake"],
-        &[("STRIPE_FAKE_ADDR", format!("127.0.0.1:{port}"))],
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    eventually(
-        Duration::from_secs(20),
-        "the Stripe fake to answer",
-        || async {
-            reqwest::get(format!("{base}/_fake/ledger"))
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
-    (fake, base)
-}
-
 /// Places an order at the instance at `base`; returns its id.
 async fn place_at(app: &TestApp, base: &str, payment_method: &str) -> String {
     let response = app
@@ -309,7 +280,7 @@ fn owner_of(cluster: &Value, order_id: &str) -> String {
 
 #[tokio::test]
 async fn each_instance_runs_the_orders_it_places_and_a_dead_one_s_are_finished_by_the_other() {
-    let (_fake, stripe) = shared_stripe_fake().await;
+    let (_fake, stripe) = standalone_stripe_fake().await;
     let app = spawn_app_with(|s| {
         s.admin_token = TOKEN.parse().ok();
         s.cluster.partition_lease_ms = 1_000;
@@ -330,15 +301,7 @@ async fn each_instance_runs_the_orders_it_places_and_a_dead_one_s_are_finished_b
         .await);
     assert!(set.status().is_success());
     let peer = app.spawn_peer(|_| {}).await;
-    eventually(
-        Duration::from_secs(20),
-        "two instances with 32 each",
-        || async {
-            let (held, handoffs) = holdings(&cluster_of(&app).await);
-            (held.len() == 2 && held.iter().all(|(_, n)| *n == 32) && handoffs == 0).then_some(())
-        },
-    )
-    .await;
+    wait_for_two_halves(&app).await;
     app.put_product("MUG", 100, 1250).await;
 
     // Orders placed at the peer are the peer's; their webhooks arrive at the first instance,
@@ -379,22 +342,6 @@ async fn each_instance_runs_the_orders_it_places_and_a_dead_one_s_are_finished_b
     let product = app.settled_product("MUG").await;
     assert_eq!(product["on_hand"], 94, "{product}");
     assert_eq!(product["reserved"], 0, "{product}");
-}
-
-fn new_order() -> NewOrder {
-    let eur = ok(Currency::parse("EUR"));
-    NewOrder {
-        order_id: OrderId::new(),
-        correlation_id: CorrelationId::new(),
-        customer_id: ok(CustomerId::parse("c")),
-        lines: vec![PricedLine {
-            sku: ok(Sku::parse("A")),
-            quantity: ok(Quantity::try_from(1)),
-            unit_price: ok(Money::new(100, eur)),
-        }],
-        amount: ok(Money::new(100, eur)),
-        payment_method: ok(PaymentMethod::parse("pm_card_visa")),
-    }
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgPaymentRecords, PgR
 use adapters::stripe::{StripeClient, StripeConfig};
 
 use crate::helpers::{
-    ChildProcess, TestApp, eventually, free_port, order_body, spawn_app, spawn_app_with,
+    TestApp, eventually, order_body, spawn_app, spawn_app_with, standalone_stripe_fake,
 };
 
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
@@ -302,23 +302,7 @@ async fn with_every_role_in_one_process_orders_complete_while_nats_is_down_and_e
 #[tokio::test]
 async fn a_charge_made_but_not_recorded_is_asked_again_under_its_key_and_made_once() {
     // The provider outlives the crash: the fake runs as its own process.
-    let fake_port = free_port();
-    let _fake = ChildProcess::ordersaga(
-        &["stripe-fake"],
-        &[("STRIPE_FAKE_ADDR", format!("127.0.0.1:{fake_port}"))],
-    );
-    let fake = format!("http://127.0.0.1:{fake_port}");
-    eventually(
-        Duration::from_secs(20),
-        "the Stripe fake to answer",
-        || async {
-            reqwest::get(format!("{fake}/_fake/ledger"))
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
+    let (_fake, fake) = standalone_stripe_fake().await;
     let mut app = spawn_app_with(|s| {
         s.stripe_secret_key = Some(ok("sk_test_direct_path".parse()));
         s.stripe_api_base = fake.clone();

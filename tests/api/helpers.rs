@@ -549,3 +549,52 @@ pub async fn wait_healthy(port: u16) {
     )
     .await;
 }
+
+/// An order of one unit of SKU `A` for 1.00 EUR, as the saga takes it.
+pub fn new_order() -> actors::saga::NewOrder {
+    use actors::domain::{
+        CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, PricedLine, Quantity,
+        Sku,
+    };
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+    let eur = ok(Currency::parse("EUR"));
+    let price = ok(Money::new(100, eur));
+    actors::saga::NewOrder {
+        order_id: OrderId::new(),
+        correlation_id: CorrelationId::new(),
+        customer_id: ok(CustomerId::parse("c")),
+        lines: vec![PricedLine {
+            sku: ok(Sku::parse("A")),
+            quantity: ok(Quantity::try_from(1)),
+            unit_price: price,
+        }],
+        amount: price,
+        payment_method: ok(PaymentMethod::parse("pm_card_visa")),
+    }
+}
+
+/// The Stripe fake as its own process (`ordersaga stripe-fake`), as Stripe is to every
+/// instance: its ledger outlives any of them. Its webhooks go nowhere until `/_fake/config`
+/// sets where. Returns the process (killed on drop) and its base URL.
+pub async fn standalone_stripe_fake() -> (ChildProcess, String) {
+    let port = free_port();
+    let fake = ChildProcess::ordersaga(
+        &["stripe-fake"],
+        &[("STRIPE_FAKE_ADDR", format!("127.0.0.1:{port}"))],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(20),
+        "the Stripe fake to answer",
+        || async {
+            reqwest::get(format!("{base}/_fake/ledger"))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    (fake, base)
+}

@@ -8,40 +8,21 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use actors::domain::{
-    CorrelationId, Currency, CustomerId, Money, OrderId, OrderLine, PaymentMethod, PricedLine,
-    Quantity, Sku,
-};
+use actors::domain::{CorrelationId, Currency, Money, OrderId, OrderLine, Quantity, Sku};
 use actors::events::{Envelope, EventBody, OrderCancelled};
 use actors::ports::{
     OrderSnapshotStore, ReservationLedger, ReservationOutcome, ReservationRequest, StoreError,
 };
-use actors::saga::{self, Decision, NewOrder, SagaEvent};
+use actors::saga::{self, Decision, SagaEvent};
 use adapters::nats::{
     self as bus, ConsumerContext, ConsumerSpec, Delivery, HandlerError, MessageHandler,
 };
 use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgReservationLedger};
 
-use crate::helpers::{TestDb, TestNats, eventually};
+use crate::helpers::{TestDb, TestNats, eventually, new_order};
 
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn new_order() -> NewOrder {
-    let eur = ok(Currency::parse("EUR"));
-    NewOrder {
-        order_id: OrderId::new(),
-        correlation_id: CorrelationId::new(),
-        customer_id: ok(CustomerId::parse("c")),
-        lines: vec![PricedLine {
-            sku: ok(Sku::parse("A")),
-            quantity: ok(Quantity::try_from(1)),
-            unit_price: ok(Money::new(100, eur)),
-        }],
-        amount: ok(Money::new(100, eur)),
-        payment_method: ok(PaymentMethod::parse("pm_card_visa")),
-    }
 }
 
 async fn outbox_subjects(pool: &sqlx::PgPool) -> Vec<String> {

@@ -174,22 +174,13 @@ impl PgPartitionLeases {
         count: PartitionCount,
         held_now: &[(PartitionId, Epoch)],
     ) -> Result<Vec<(PartitionId, Epoch)>, sqlx::Error> {
-        let (partitions, epochs) = columns(held_now);
-        let rows: Vec<(i32, i64)> = sqlx::query_as(
-            "UPDATE partition_leases AS l
-             SET lease_until = now() + $4 * interval '1 millisecond'
-             FROM unnest($1::int[], $2::bigint[]) AS h(partition, epoch)
-             WHERE l.key_space = $5 AND l.partition = h.partition AND l.epoch = h.epoch
-               AND l.owner = $3
-             RETURNING l.partition, l.epoch",
-        )
-        .bind(&partitions)
-        .bind(&epochs)
-        .bind(self.instance.as_str())
-        .bind(self.lease_ms)
-        .bind(space.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .update_held(
+                space,
+                held_now,
+                "lease_until = now() + $5 * interval '1 millisecond'",
+            )
+            .await?;
         Ok(held(count, rows))
     }
 
@@ -199,20 +190,36 @@ impl PgPartitionLeases {
         space: KeySpace,
         held_now: &[(PartitionId, Epoch)],
     ) -> Result<u64, sqlx::Error> {
+        let rows = self
+            .update_held(space, held_now, "owner = NULL, lease_until = 'epoch'")
+            .await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Applies `set` to the leases of `held_now` that this instance still holds at their epochs;
+    /// returns those. `$5` in `set` is the lease time in milliseconds.
+    async fn update_held(
+        &self,
+        space: KeySpace,
+        held_now: &[(PartitionId, Epoch)],
+        set: &str,
+    ) -> Result<Vec<(i32, i64)>, sqlx::Error> {
         let (partitions, epochs) = columns(held_now);
-        let done = sqlx::query(
-            "UPDATE partition_leases AS l SET owner = NULL, lease_until = 'epoch'
+        let statement = format!(
+            "UPDATE partition_leases AS l SET {set}
              FROM unnest($1::int[], $2::bigint[]) AS h(partition, epoch)
              WHERE l.key_space = $4 AND l.partition = h.partition AND l.epoch = h.epoch
-               AND l.owner = $3",
-        )
-        .bind(&partitions)
-        .bind(&epochs)
-        .bind(self.instance.as_str())
-        .bind(space.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+               AND l.owner = $3
+             RETURNING l.partition, l.epoch"
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(statement))
+            .bind(&partitions)
+            .bind(&epochs)
+            .bind(self.instance.as_str())
+            .bind(space.as_str())
+            .bind(self.lease_ms)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Leaves the cluster (after releasing everything).
