@@ -8,6 +8,7 @@
 #   load-tests/bench.sh latency --duration 20s
 #   STRIPE_FAKE=separate load-tests/bench.sh latency     # the Stripe fake as its own process
 #   SPLIT_ROLES=1 load-tests/bench.sh latency            # the three roles as three processes
+#   INSTANCES=3 load-tests/bench.sh latency              # three identical instances of a cluster
 #
 # Settings (environment): PG_URL (default postgres://postgres@127.0.0.1:5432, the server, no
 # database), NATS_PORT (14222), HTTP_PORT (18080), FAKE_PORT (12111), STRIPE_FAKE (in-process or
@@ -17,7 +18,10 @@
 # gives the tool the server's pid and the command that starts it again on the same database and
 # NATS, with a payment timeout of an hour so the sagas wait through the restart; for `soak` and
 # `slow-stripe`, the pid whose RSS to sample; `slow-stripe` runs the in-process fake with
-# STRIPE_FAKE_API_DELAY_MS=300.
+# STRIPE_FAKE_API_DELAY_MS=300. With INSTANCES=N (N > 1), N `serve` processes share the
+# database and NATS on HTTP_PORT and the ports after it (INSTANCE_ID bench-1 ... bench-N), with
+# the Stripe fake as its own process sending every webhook to the first; the tool spreads the
+# orders over all of them; the CPU of each is printed.
 # It needs nats-server and curl on PATH, PostgreSQL reachable at PG_URL, and Linux's /proc for
 # the CPU figures; psql, if present, drops the database afterwards. It never touches the
 # machine's own nats-server, and only the database it created.
@@ -77,6 +81,8 @@ nats_pid=$!
 pids+=("$nats_pid")
 wait_for "nats-server on port $nats_port" "$nats_pid" 100 bash -c "echo > /dev/tcp/127.0.0.1/$nats_port"
 
+instances=${INSTANCES:-1}
+if [ "$instances" -gt 1 ]; then STRIPE_FAKE=separate; fi
 stripe=()
 fake_pid=
 if [ "${STRIPE_FAKE:-in-process}" = separate ]; then
@@ -117,10 +123,30 @@ if [ -n "${SPLIT_ROLES:-}" ]; then
         wait_for "ordersaga ($role) on port $port" "$!" 600 curl -sf "http://127.0.0.1:$port/health/ready"
     done
 fi
+urls="http://127.0.0.1:$http_port"
+if [ "$instances" -gt 1 ]; then
+    serve="env $settings INSTANCE_ID=bench-1 HTTP_ADDR=127.0.0.1:$http_port $(printf '%q' "$bin/ordersaga") serve"
+    for i in $(seq 2 "$instances"); do
+        port=$((http_port + i - 1))
+        bash -c "exec env $settings INSTANCE_ID=bench-$i HTTP_ADDR=127.0.0.1:$port $(printf '%q' "$bin/ordersaga") serve" >"$work/instance-$i.log" 2>&1 &
+        role_pids+=("$!")
+        pids+=("$!")
+        urls="$urls,http://127.0.0.1:$port"
+    done
+fi
 bash -c "exec $serve" >"$work/server.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")
 wait_for "ordersaga on port $http_port" "$server_pid" 600 curl -sf "http://127.0.0.1:$http_port/health/ready"
+for i in $(seq 2 "$instances"); do
+    port=$((http_port + i - 1))
+    wait_for "ordersaga (instance $i) on port $port" "${role_pids[$((i - 2))]}" 600 curl -sf "http://127.0.0.1:$port/health/ready"
+done
+if [ "$instances" -gt 1 ]; then
+    # The partitions are spread once neither key space has a hand-off left.
+    wait_for "the partitions to spread" "$server_pid" 300 bash -c \
+        "[ \$(curl -sf -H 'Authorization: Bearer ${ADMIN_TOKEN:-bench}' http://127.0.0.1:$http_port/cluster | grep -o '\"handoffs\":\[\]' | wc -l) = 2 ]"
+fi
 role0=()
 for pid in "${role_pids[@]}"; do role0+=("$(ticks "$pid")"); done
 
@@ -140,7 +166,7 @@ elif [ "$scenario" = soak ] || [ "$scenario" = slow-stripe ]; then
     restart=(--pid "$server_pid") # the server's RSS is sampled through /proc
 fi
 status=0
-"$bin/load-tests" --url "http://127.0.0.1:$http_port" --scenario "$scenario" \
+"$bin/load-tests" --url "$urls" --scenario "$scenario" \
     --admin-token "${ADMIN_TOKEN:-bench}" --out "$result" "${restart[@]}" "$@" || status=$?
 
 server1=$(ticks "$server_pid")
@@ -161,7 +187,15 @@ if [ "$finished" -gt 0 ]; then
         awk -v t="$2" -v n="$finished" -v hz="$hz" -v name="$1" \
             'BEGIN { printf "  %-12s %6d ticks  %.3f ms per order\n", name, t, t * 1000 / hz / n }'
     }
-    if [ ${#role_pids[@]} -gt 0 ]; then
+    if [ "$instances" -gt 1 ]; then
+        per_order "instance-1" $((server1 - server0))
+        for i in $(seq 2 "$instances"); do
+            per_order "instance-$i" $((role1[i - 2] - role0[i - 2]))
+        done
+        all=$((server1 - server0))
+        for i in $(seq 2 "$instances"); do all=$((all + role1[i - 2] - role0[i - 2])); done
+        per_order "instances" "$all"
+    elif [ ${#role_pids[@]} -gt 0 ]; then
         per_order "order" $((server1 - server0))
         per_order "inventory" $((role1[0] - role0[0]))
         per_order "payment" $((role1[1] - role0[1]))

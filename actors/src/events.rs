@@ -187,6 +187,19 @@ pub struct OrderCancelled {
 /// `products` rows that another shard's batches hold. A message without them (published before
 /// they existed) is routed by the order id, which is slower but as correct: the ledger's row
 /// locks, not the routing, are what keep stock exact.
+/// The SKU whose shard (and, with several instances, whose partition's owner) takes an inventory
+/// command: the smallest SKU it concerns, so an order's reservation, commit and release all go
+/// to the same place. `None` for a message that is not an inventory command, or names no SKU.
+pub fn routing_sku(body: &EventBody) -> Option<&Sku> {
+    match body {
+        EventBody::OrderCreated(created) => created.lines.iter().map(|l| &l.sku).min(),
+        EventBody::OrderConfirmed(e) => e.skus.iter().min(),
+        EventBody::OrderCancelled(e) => e.skus.iter().min(),
+        EventBody::InventoryReleaseRequested(e) => e.skus.iter().min(),
+        _ => None,
+    }
+}
+
 pub fn routing_skus(lines: &[PricedLine]) -> Vec<Sku> {
     let mut skus: Vec<Sku> = lines.iter().map(|l| l.sku.clone()).collect();
     skus.sort();

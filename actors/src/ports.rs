@@ -30,12 +30,14 @@ pub enum StoreError {
     NotOwner(String),
 }
 
-/// Carries an answer (a `SagaEvent`) to the instance that owns its order when that is not this
-/// one: the order partition's owner listens for its partitions' mail. At most once: a lost
+/// Carries work to the instance that owns its key when that is not this one: an answer (a
+/// `SagaEvent`) to the owner of its order's partition, an inventory command to the owner of its
+/// routing SKU's partition. Each owner listens for its partitions' mail. At most once: a lost
 /// letter is made up for by the saga itself (its re-sends and its deadline), like any lost
-/// answer.
-pub trait OrderMail: Send + Sync + 'static {
-    fn post(&self, order_id: OrderId, event: crate::saga::SagaEvent);
+/// message.
+pub trait ClusterMail: Send + Sync + 'static {
+    fn to_order_owner(&self, order_id: OrderId, event: crate::saga::SagaEvent);
+    fn to_sku_owner(&self, sku: &Sku, command: &Envelope);
 }
 
 /// Where order snapshots live. A snapshot is the whole `OrderState`, written with its version.

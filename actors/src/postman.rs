@@ -37,11 +37,11 @@ use tracing::{Instrument, debug, warn};
 
 use crate::cluster::Ownership;
 use crate::domain::OrderId;
-use crate::events::{Envelope, EventBody};
+use crate::events::{Envelope, EventBody, routing_sku};
 use crate::inventory::InventoryShards;
 use crate::orders::OrderSupervisorHandle;
 use crate::payments::PaymentService;
-use crate::ports::OrderMail;
+use crate::ports::ClusterMail;
 use crate::saga::SagaEvent;
 
 /// Metric: commands handed to a receiver in this process and not answered yet.
@@ -90,7 +90,10 @@ struct Inner {
     orders: OnceLock<OrderSupervisorHandle>,
     /// With several instances: the order partitions owned here, and the mail to the owners of
     /// the others.
-    order_owners: OnceLock<(Ownership, Arc<dyn OrderMail>)>,
+    order_owners: OnceLock<(Ownership, Arc<dyn ClusterMail>)>,
+    /// With several instances: the SKU partitions owned here, and the mail to the owners of the
+    /// others.
+    sku_owners: OnceLock<(Ownership, Arc<dyn ClusterMail>)>,
     inventory: OnceLock<InventoryShards>,
     payments: OnceLock<PaymentService>,
     /// (order, subject) of the commands being handled now.
@@ -121,6 +124,7 @@ impl Postman {
             inner: Arc::new(Inner {
                 orders: OnceLock::new(),
                 order_owners: OnceLock::new(),
+                sku_owners: OnceLock::new(),
                 inventory: OnceLock::new(),
                 payments: OnceLock::new(),
                 in_flight: Mutex::new(HashSet::new()),
@@ -141,8 +145,14 @@ impl Postman {
 
     /// Answers for orders whose partition this instance does not own go to their owner through
     /// `mail`, whether or not the order role runs here.
-    pub fn reach_order_owners(&self, ownership: Ownership, mail: Arc<dyn OrderMail>) {
+    pub fn reach_order_owners(&self, ownership: Ownership, mail: Arc<dyn ClusterMail>) {
         let _ = self.inner.order_owners.set((ownership, mail));
+    }
+
+    /// Inventory commands whose routing SKU's partition this instance does not own go to their
+    /// owner through `mail`: one shard in the cluster decides each SKU.
+    pub fn reach_sku_owners(&self, ownership: Ownership, mail: Arc<dyn ClusterMail>) {
+        let _ = self.inner.sku_owners.set((ownership, mail));
     }
 
     /// The inventory role runs here: its commands are handed to the shards.
@@ -192,7 +202,13 @@ impl Postman {
         for envelope in envelopes {
             match Receiver::of(&envelope.body) {
                 Some(Receiver::Inventory) => {
-                    if let Some(shards) = self.inner.inventory.get() {
+                    if let Some((ownership, mail)) = self.inner.sku_owners.get()
+                        && let Some(sku) = routing_sku(&envelope.body)
+                        && !ownership.owns_sku(sku)
+                    {
+                        metrics::counter!(DELIVERED, "receiver" => "sku_owner").increment(1);
+                        mail.to_sku_owner(sku, envelope);
+                    } else if let Some(shards) = self.inner.inventory.get() {
                         let (shards, env) = (shards.clone(), envelope.clone());
                         self.hand_over(Receiver::Inventory, envelope, async move {
                             shards.answer(&env).await.map_err(|e| e.to_string())
@@ -235,7 +251,7 @@ impl Postman {
             && !ownership.owns_order(order_id)
         {
             metrics::counter!(DELIVERED, "receiver" => "order_owner").increment(1);
-            mail.post(order_id, event);
+            mail.to_order_owner(order_id, event);
             return true;
         }
         let Some(orders) = self.inner.orders.get() else {

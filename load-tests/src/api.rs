@@ -2,6 +2,8 @@
 //! hot path order costs no `serde_json::Value`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,13 +12,26 @@ use reqwest::header::{HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// One reqwest client (one connection pool) shared by every request of a run.
+/// One reqwest client (one connection pool) shared by every request of a run, and the
+/// instances it spreads them over.
 #[derive(Clone)]
 pub(crate) struct Api {
     client: reqwest::Client,
+    /// The first instance: set-up, checks and metrics go there.
+    base: String,
+    targets: Arc<[Target]>,
+    next: Arc<AtomicUsize>,
+}
+
+/// One instance of the cluster under load.
+struct Target {
     base: String,
     orders_url: reqwest::Url,
 }
+
+/// How long a placement keeps moving from instance to instance while none takes it (an
+/// instance that died: its partitions are taken over within the lease time, 5 s by default).
+const PLACEMENT_RETRY_WINDOW: Duration = Duration::from_secs(30);
 
 #[derive(Serialize)]
 struct PlaceOrder<'a> {
@@ -95,10 +110,23 @@ pub(crate) enum Read {
 }
 
 impl Api {
-    pub fn new(base_url: &str, pool: usize) -> anyhow::Result<Self> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        let orders_url = reqwest::Url::parse(&format!("{base}/orders"))
-            .with_context(|| format!("{base_url} is not a URL"))?;
+    /// `base_urls`: one instance's base URL, or several separated by commas. With several,
+    /// placements and reads go round-robin, each placement carries an `Idempotency-Key`, and one
+    /// that an instance does not answer, or answers 503, moves to the next instance (the key
+    /// makes that safe: a retry finds the order the first attempt made).
+    pub fn new(base_urls: &str, pool: usize) -> anyhow::Result<Self> {
+        let targets = base_urls
+            .split(',')
+            .map(|url| {
+                let base = url.trim().trim_end_matches('/').to_owned();
+                let orders_url = reqwest::Url::parse(&format!("{base}/orders"))
+                    .with_context(|| format!("{url} is not a URL"))?;
+                Ok(Target { base, orders_url })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let Some(base) = targets.first().map(|t| t.base.clone()) else {
+            bail!("no URL given");
+        };
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(pool)
             .tcp_nodelay(true)
@@ -110,12 +138,19 @@ impl Api {
         Ok(Self {
             client,
             base,
-            orders_url,
+            targets: targets.into(),
+            next: Arc::default(),
         })
     }
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The next instance in turn.
+    fn target(&self) -> &Target {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.targets[n % self.targets.len()]
     }
 
     /// Creates (or resets) a product with `on_hand` units at 1.00 EUR.
@@ -161,6 +196,37 @@ impl Api {
         client_key: Option<&HeaderValue>,
         wait: Option<Duration>,
     ) -> Placement {
+        let one = |target, key| {
+            self.place_at(target, key, sku, quantity, payment_method, client_key, wait)
+        };
+        if self.targets.len() == 1 {
+            return one(&self.targets[0], None).await;
+        }
+        let key = HeaderValue::from_str(&Uuid::new_v4().to_string()).ok();
+        let deadline = tokio::time::Instant::now() + PLACEMENT_RETRY_WINDOW;
+        loop {
+            match one(self.target(), key.as_ref()).await {
+                Placement::Failed | Placement::Rejected(503)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn place_at(
+        &self,
+        target: &Target,
+        idempotency_key: Option<&HeaderValue>,
+        sku: &str,
+        quantity: i64,
+        payment_method: &str,
+        client_key: Option<&HeaderValue>,
+        wait: Option<Duration>,
+    ) -> Placement {
         let body = PlaceOrder {
             customer_id: "load-test",
             items: [Item { sku, quantity }],
@@ -168,9 +234,9 @@ impl Api {
             payment_method,
         };
         let url = match wait {
-            None => self.orders_url.clone(),
+            None => target.orders_url.clone(),
             Some(wait) => {
-                let mut url = self.orders_url.clone();
+                let mut url = target.orders_url.clone();
                 url.set_query(Some(&format!(
                     "wait={}ms",
                     wait.as_millis().clamp(1, 30_000)
@@ -181,6 +247,9 @@ impl Api {
         let mut request = self.client.post(url).json(&body);
         if let Some(key) = client_key {
             request = request.header("x-client-key", key.clone());
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key.clone());
         }
         let Ok(response) = request.send().await else {
             return Placement::Failed;
@@ -218,13 +287,30 @@ impl Api {
 
     /// `GET /orders/{id}`, held by the server up to `wait` until the order is terminal.
     pub async fn order(&self, id: Uuid, wait: Option<Duration>) -> anyhow::Result<Read> {
+        // Any instance answers for any order; one that does not answer is skipped.
+        let mut tries = self.targets.len();
+        loop {
+            tries -= 1;
+            match self.order_at(self.target(), id, wait).await {
+                Err(_) if tries > 0 => continue,
+                answer => return answer,
+            }
+        }
+    }
+
+    async fn order_at(
+        &self,
+        target: &Target,
+        id: Uuid,
+        wait: Option<Duration>,
+    ) -> anyhow::Result<Read> {
         let url = match wait {
             Some(wait) => format!(
                 "{}/orders/{id}?wait={}ms",
-                self.base,
+                target.base,
                 wait.as_millis().clamp(1, 30_000)
             ),
-            None => format!("{}/orders/{id}", self.base),
+            None => format!("{}/orders/{id}", target.base),
         };
         let response = self.client.get(url).send().await?;
         match response.status() {

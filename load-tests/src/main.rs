@@ -20,7 +20,9 @@ struct Args {
     /// What to run.
     #[arg(long, value_enum, default_value_t = Scenario::Baseline)]
     scenario: Scenario,
-    /// Base URL of a running ordersaga.
+    /// Base URL of a running ordersaga; several instances of a cluster separated by commas
+    /// (orders are spread round-robin, and a placement an instance does not take moves on to
+    /// the next, under an Idempotency-Key).
     #[arg(long, env = "ORDERSAGA_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Orders to place (with --duration: at most this many).

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use actors::cluster::Ownership;
+use actors::cluster::{KeySpace, Ownership, PartitionId};
+use actors::events::Envelope;
 use actors::inventory::InventoryShards;
 use actors::ports::{ExpiredReservation, ReservationLedger};
 use actors::saga::SagaEvent;
@@ -15,12 +16,46 @@ use adapters::postgres as pg;
 
 use super::StartupError;
 use super::wiring::{Wiring, answering};
+use crate::cluster::{ChangeListener, OwnershipChange};
 use crate::configuration::Role;
+
+/// The running inventory role.
+pub(crate) struct InventoryRole {
+    pub shards: InventoryShards,
+    mailbox: bus::PartitionMailbox,
+}
+
+impl InventoryRole {
+    /// What the inventory role does when its SKU partitions change hands: it listens to the
+    /// commands for the partitions it gains and stops listening for those it loses. A shard
+    /// keeps nothing of a partition between batches (the ledger is in PostgreSQL), so there is
+    /// nothing else to recover or stop.
+    pub(crate) fn ownership_listener(&self) -> ChangeListener {
+        let mailbox = self.mailbox.clone();
+        Arc::new(move |change| {
+            let mailbox = mailbox.clone();
+            Box::pin(async move {
+                match change {
+                    OwnershipChange::Gained(KeySpace::Skus, gained) => {
+                        let partitions: Vec<PartitionId> =
+                            gained.into_iter().map(|(p, _)| p).collect();
+                        mailbox.open(&partitions).await
+                    }
+                    OwnershipChange::Dropped(KeySpace::Skus, lost) => {
+                        mailbox.close(&lost);
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            })
+        })
+    }
+}
 
 pub(crate) async fn start(
     wiring: &mut Wiring<'_>,
     ownership: Ownership,
-) -> Result<InventoryShards, StartupError> {
+) -> Result<InventoryRole, StartupError> {
     let settings = wiring.settings;
     let ledger: Arc<dyn ReservationLedger> = Arc::new(pg::PgReservationLedger::new(
         wiring.pool.clone(),
@@ -35,6 +70,22 @@ pub(crate) async fn start(
     .await
     .map_err(|e| StartupError::Actors(e.to_string()))?;
     wiring.postman.serve_inventory(shards.clone());
+    // Commands for SKUs another instance owns are posted to it; this instance's arrive in its
+    // mailbox and are handed to its shards like its own.
+    let mail = bus::NatsClusterMail::new(wiring.nats.clone(), ownership.count());
+    wiring
+        .postman
+        .reach_sku_owners(ownership.clone(), Arc::new(mail));
+    let postman = wiring.postman.clone();
+    let mailbox = bus::PartitionMailbox::new(
+        wiring.nats.clone(),
+        KeySpace::Skus,
+        Arc::new(move |letter: &[u8]| {
+            if let Ok(command) = Envelope::from_json(letter) {
+                postman.dispatch([&command], false);
+            }
+        }),
+    );
 
     let (sweeper, token, postman) = (
         shards.clone(),
@@ -79,5 +130,5 @@ pub(crate) async fn start(
                 .await?;
         }
     }
-    Ok(shards)
+    Ok(InventoryRole { shards, mailbox })
 }

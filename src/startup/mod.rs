@@ -220,7 +220,9 @@ async fn prepare_cluster(
         orders: serves(Role::Order),
         skus: serves(Role::Inventory),
     };
-    let spaces = parts.orders.iter().chain(&parts.skus).cloned().collect();
+    // SKUs first: the sagas recovered for the order partitions gained re-send their inventory
+    // commands at once, and find the SKU partitions already owned.
+    let spaces = parts.skus.iter().chain(&parts.orders).cloned().collect();
     let keeper = LeaseKeeper::new(
         leases,
         spaces,
@@ -279,7 +281,7 @@ impl Application {
             Some(ownership) => Some(order_role::start(&mut wiring, ownership.clone()).await?),
             None => None,
         };
-        let shards = match &parts.skus {
+        let inventory = match &parts.skus {
             Some(ownership) => Some(inventory_role::start(&mut wiring, ownership.clone()).await?),
             None => None,
         };
@@ -292,6 +294,10 @@ impl Application {
         if let Some(orders) = &orders {
             keeper.on_change(orders.ownership_listener());
         }
+        if let Some(inventory) = &inventory {
+            keeper.on_change(inventory.ownership_listener());
+        }
+        let shards = inventory.map(|i| i.shards);
         join_cluster(&mut wiring, keeper).await?;
         let orders = orders.map(|o| o.handle);
         let (payments, stripe_fake) = match payments {

@@ -29,7 +29,7 @@ pub(crate) struct OrderRole {
     pub handle: OrderSupervisorHandle,
     store: Arc<dyn OrderSnapshotStore>,
     ownership: Ownership,
-    mailbox: bus::OrderMailbox,
+    mailbox: bus::PartitionMailbox,
 }
 
 pub(crate) async fn start(
@@ -59,14 +59,19 @@ pub(crate) async fn start(
     wiring.postman.serve_orders(handle.clone());
     // Answers for another instance's orders are posted to it; this instance's mail arrives in
     // its mailbox, one subscription per partition it owns.
-    let mail = bus::NatsOrderMail::new(wiring.nats.clone(), ownership.count());
+    let mail = bus::NatsClusterMail::new(wiring.nats.clone(), ownership.count());
     wiring
         .postman
         .reach_order_owners(ownership.clone(), Arc::new(mail));
     let delivered = handle.clone();
-    let mailbox = bus::OrderMailbox::new(
+    let mailbox = bus::PartitionMailbox::new(
         wiring.nats.clone(),
-        Arc::new(move |order_id, event| drop(delivered.enqueue(order_id, event))),
+        KeySpace::Orders,
+        Arc::new(move |letter: &[u8]| {
+            if let Some((order_id, event)) = bus::read_answer(letter) {
+                drop(delivered.enqueue(order_id, event));
+            }
+        }),
     );
     let remote = [
         (Role::Inventory, bus::ORDER_SAGA_INVENTORY),

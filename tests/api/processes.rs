@@ -1,9 +1,17 @@
 //! Several real `ordersaga serve` processes against one database and one JetStream: two
-//! all-role processes sharing the work, and the three roles as three separate services.
+//! all-role instances of a cluster sharing the work (and a hot SKU decided by its owner alone),
+//! and the three roles as three separate services.
 
 use std::time::Duration;
 
-use crate::helpers::{ChildProcess, TestDb, TestNats, free_port, wait_healthy};
+use serde_json::{Value, json};
+
+use actors::cluster::PartitionCount;
+use actors::domain::Sku;
+
+use crate::helpers::{ChildProcess, TestDb, TestNats, eventually, free_port, wait_healthy};
+
+const TOKEN: &str = "processes-admin-token";
 
 fn serve(db: &TestDb, nats: &TestNats, port: u16) -> ChildProcess {
     serve_roles(db, nats, port, "order,inventory,payment")
@@ -19,8 +27,54 @@ fn serve_roles(db: &TestDb, nats: &TestNats, port: u16, roles: &str) -> ChildPro
             ("HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("SEED_DEMO_CATALOG", "false".to_owned()),
             ("DATABASE_MAX_CONNECTIONS", "10".to_owned()),
+            ("ADMIN_TOKEN", TOKEN.to_owned()),
+            ("ORDER_RATE_LIMIT_PER_SEC", "100000".to_owned()),
         ],
     )
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let response = client
+        .get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// `GET /cluster` of the instance on `port`, once no key space has a hand-off in progress and
+/// `instances` instances are live.
+async fn settled_cluster(client: &reqwest::Client, port: u16, instances: usize) -> Value {
+    eventually(
+        Duration::from_secs(30),
+        "the partitions to settle",
+        || async {
+            let (_, body) = get(client, &format!("http://127.0.0.1:{port}/cluster")).await;
+            let cluster: Value = serde_json::from_str(&body).ok()?;
+            let live = cluster["instances"]
+                .as_array()?
+                .iter()
+                .filter(|i| i["live"] == true)
+                .count();
+            let settled = cluster["key_spaces"]
+                .as_array()?
+                .iter()
+                .all(|s| s["handoffs"].as_array().is_some_and(Vec::is_empty));
+            (live == instances && settled).then_some(cluster)
+        },
+    )
+    .await
+}
+
+/// The count of reservation batches the inventory shards of the process on `port` decided.
+async fn reservation_batches(client: &reqwest::Client, port: u16) -> u64 {
+    let (_, text) = get(client, &format!("http://127.0.0.1:{port}/metrics")).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("inventory_reservation_batch_size_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 #[tokio::test]
@@ -35,9 +89,9 @@ async fn two_processes_share_the_work_without_breaking_invariants() {
     let _b = serve(&db, &nats, port_b);
     wait_healthy(port_b).await;
 
-    // Both processes take orders at once. Whatever process an order was placed on, its
-    // inventory, payment and saga messages are handled by whichever process the shared durable
-    // consumers hand them to, so both processes advance the same orders and touch the same rows.
+    // Both processes take orders at once. Each runs the sagas of the orders it places (their ids
+    // fall in its own partitions); each SKU's reservations are decided by the instance that owns
+    // the SKU's partition, so both processes touch the same stock rows.
     let run = |port: u16| {
         load_tests::run(load_tests::LoadConfig {
             base_url: format!("http://127.0.0.1:{port}"),
@@ -106,4 +160,79 @@ async fn the_three_roles_run_as_three_processes() {
         report.completed > 0,
         "payments were taken by the payment process"
     );
+}
+
+#[tokio::test]
+async fn a_hot_sku_is_decided_by_its_owner_alone_whichever_instance_takes_the_orders() {
+    ordersaga::install_crypto_provider();
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let _a = serve(&db, &nats, port_a);
+    wait_healthy(port_a).await;
+    let _b = serve(&db, &nats, port_b);
+    wait_healthy(port_b).await;
+    let client = reqwest::Client::new();
+    let cluster = settled_cluster(&client, port_a, 2).await;
+
+    let product = json!({"name": "hot", "unit_price_cents": 100, "currency": "EUR", "on_hand": 10});
+    let put = client
+        .put(format!("http://127.0.0.1:{port_a}/inventory/products/HOT"))
+        .json(&product)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PUT: {e}"));
+    assert!(put.status().is_success());
+    // 30 orders of one unit, half at each instance, each waited for where it was placed.
+    let order = json!({"customer_id": "c", "items": [{"sku": "HOT", "quantity": 1}],
+                       "currency": "EUR", "payment_method": "pm_card_visa"});
+    let place = |port: u16| {
+        let (client, order) = (client.clone(), order.clone());
+        async move {
+            let response = client
+                .post(format!("http://127.0.0.1:{port}/orders?wait=20s"))
+                .json(&order)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("POST /orders: {e}"));
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            body["status"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let placed = (0..30).map(|i| place(if i % 2 == 0 { port_a } else { port_b }));
+    let statuses = futures::future::join_all(placed).await;
+    let completed = statuses.iter().filter(|s| *s == "COMPLETED").count();
+    let cancelled = statuses.iter().filter(|s| *s == "CANCELLED").count();
+    assert_eq!((completed, cancelled), (10, 20), "{statuses:?}");
+    let (_, stock) = get(
+        &client,
+        &format!("http://127.0.0.1:{port_a}/inventory/products/HOT"),
+    )
+    .await;
+    let stock: Value = serde_json::from_str(&stock).unwrap_or(Value::Null);
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(0), Some(0))
+    );
+
+    // Only the instance that owns HOT's partition decided reservations.
+    let count = PartitionCount::new(cluster["partition_count"].as_i64().unwrap_or(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let partition = count.of_sku(&Sku::parse("HOT").unwrap_or_else(|e| panic!("{e}")));
+    let skus = cluster["key_spaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["key_space"] == "skus")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let owner = skus["partitions"][partition.index()]["owner"].clone();
+    let owner_port = match owner.as_str() {
+        Some(id) if id.ends_with(&format!(":{port_a}")) => port_a,
+        Some(id) if id.ends_with(&format!(":{port_b}")) => port_b,
+        _ => panic!("HOT's partition {partition} is owned by {owner}"),
+    };
+    let other_port = if owner_port == port_a { port_b } else { port_a };
+    assert!(reservation_batches(&client, owner_port).await > 0);
+    assert_eq!(reservation_batches(&client, other_port).await, 0);
 }

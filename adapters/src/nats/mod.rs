@@ -6,12 +6,12 @@
 
 mod consumer;
 pub use consumer::ensure_consumer;
+mod cluster_mail;
 mod order_events;
-mod order_mail;
 mod relay;
 mod retry;
+pub use cluster_mail::{NatsClusterMail, PartitionMailbox, mail_subject, read_answer};
 pub use order_events::forward_order_events;
-pub use order_mail::{NatsOrderMail, OrderMailbox, order_mail_subject};
 pub use retry::RetryPolicy;
 
 use std::time::Duration;
