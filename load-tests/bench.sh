@@ -109,6 +109,9 @@ settings=$(printf '%q ' DATABASE_URL="$pg_url/$database?sslmode=disable" \
     ADMIN_TOKEN="${ADMIN_TOKEN:-bench}" RUST_LOG="${RUST_LOG:-warn}" \
     ORDER_RATE_LIMIT_PER_SEC=1000000 ORDER_RATE_LIMIT_BURST=1000000 "${stripe[@]}" "${extra[@]}")
 serve="env $settings HTTP_ADDR=127.0.0.1:$http_port $(printf '%q' "$bin/ordersaga") serve"
+if [ "$instances" -gt 1 ]; then
+    serve="env $settings INSTANCE_ID=bench-1 HTTP_ADDR=127.0.0.1:$http_port $(printf '%q' "$bin/ordersaga") serve"
+fi
 role_pids=()
 if [ -n "${SPLIT_ROLES:-}" ]; then
     # The order role answers the load on HTTP_PORT; inventory and payment listen on the next two
@@ -124,8 +127,12 @@ if [ -n "${SPLIT_ROLES:-}" ]; then
     done
 fi
 urls="http://127.0.0.1:$http_port"
+bash -c "exec $serve" >"$work/server.log" 2>&1 &
+server_pid=$!
+pids+=("$server_pid")
+wait_for "ordersaga on port $http_port" "$server_pid" 600 curl -sf "http://127.0.0.1:$http_port/health/ready"
 if [ "$instances" -gt 1 ]; then
-    serve="env $settings INSTANCE_ID=bench-1 HTTP_ADDR=127.0.0.1:$http_port $(printf '%q' "$bin/ordersaga") serve"
+    # The first instance created the database; the others join it.
     for i in $(seq 2 "$instances"); do
         port=$((http_port + i - 1))
         bash -c "exec env $settings INSTANCE_ID=bench-$i HTTP_ADDR=127.0.0.1:$port $(printf '%q' "$bin/ordersaga") serve" >"$work/instance-$i.log" 2>&1 &
@@ -134,10 +141,6 @@ if [ "$instances" -gt 1 ]; then
         urls="$urls,http://127.0.0.1:$port"
     done
 fi
-bash -c "exec $serve" >"$work/server.log" 2>&1 &
-server_pid=$!
-pids+=("$server_pid")
-wait_for "ordersaga on port $http_port" "$server_pid" 600 curl -sf "http://127.0.0.1:$http_port/health/ready"
 for i in $(seq 2 "$instances"); do
     port=$((http_port + i - 1))
     wait_for "ordersaga (instance $i) on port $port" "${role_pids[$((i - 2))]}" 600 curl -sf "http://127.0.0.1:$port/health/ready"
@@ -150,9 +153,16 @@ fi
 role0=()
 for pid in "${role_pids[@]}"; do role0+=("$(ticks "$pid")"); done
 
+# Transactions committed in this run's database (every statement outside BEGIN is one).
+xacts() {
+    if command -v psql >/dev/null; then
+        psql -qtA "$pg_url/postgres" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = '$database'" 2>/dev/null || echo 0
+    else echo 0; fi
+}
 server0=$(ticks "$server_pid")
 nats0=$(ticks "$nats_pid")
 pg0=$(pg_ticks)
+xact0=$(xacts)
 fake0=0
 [ -n "$fake_pid" ] && fake0=$(ticks "$fake_pid")
 mkdir -p "$root/load-tests/results"
@@ -174,6 +184,7 @@ role1=()
 for pid in "${role_pids[@]}"; do role1+=("$(ticks "$pid")"); done
 nats1=$(ticks "$nats_pid")
 pg1=$(pg_ticks)
+xact1=$(xacts)
 fake1=0
 [ -n "$fake_pid" ] && fake1=$(ticks "$fake_pid")
 field() { grep -o "\"$1\": *[0-9]*" "$result" | head -1 | grep -o '[0-9]*$' || echo 0; }
@@ -205,5 +216,7 @@ if [ "$finished" -gt 0 ]; then
     if [ -n "$fake_pid" ]; then per_order stripe-fake $((fake1 - fake0)); fi
     per_order postgresql $((pg1 - pg0))
     per_order nats-server $((nats1 - nats0))
+    awk -v x="$((xact1 - xact0))" -v n="$finished" \
+        'BEGIN { printf "PostgreSQL transactions: %d, %.2f per order (pg_stat_database, sampled)\n", x, x / n }'
 fi
 exit "$status"

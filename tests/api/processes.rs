@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use actors::cluster::PartitionCount;
 use actors::domain::Sku;
 
-use crate::helpers::{ChildProcess, TestDb, TestNats, eventually, free_port, wait_healthy};
+use crate::helpers::{
+    ChildProcess, TestDb, TestNats, eventually, free_port, standalone_stripe_fake, wait_healthy,
+};
 
 const TOKEN: &str = "processes-admin-token";
 
@@ -18,19 +20,22 @@ fn serve(db: &TestDb, nats: &TestNats, port: u16) -> ChildProcess {
 }
 
 fn serve_roles(db: &TestDb, nats: &TestNats, port: u16, roles: &str) -> ChildProcess {
-    ChildProcess::ordersaga(
-        &["serve"],
-        &[
-            ("ROLES", roles.to_owned()),
-            ("DATABASE_URL", db.url.clone()),
-            ("NATS_URL", nats.url.clone()),
-            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("SEED_DEMO_CATALOG", "false".to_owned()),
-            ("DATABASE_MAX_CONNECTIONS", "10".to_owned()),
-            ("ADMIN_TOKEN", TOKEN.to_owned()),
-            ("ORDER_RATE_LIMIT_PER_SEC", "100000".to_owned()),
-        ],
-    )
+    serve_with(db, nats, port, &[("ROLES", roles.to_owned())])
+}
+
+/// `ordersaga serve` with `extra` settings on top of the tests' own.
+fn serve_with(db: &TestDb, nats: &TestNats, port: u16, extra: &[(&str, String)]) -> ChildProcess {
+    let mut env = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("NATS_URL", nats.url.clone()),
+        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("SEED_DEMO_CATALOG", "false".to_owned()),
+        ("DATABASE_MAX_CONNECTIONS", "10".to_owned()),
+        ("ADMIN_TOKEN", TOKEN.to_owned()),
+        ("ORDER_RATE_LIMIT_PER_SEC", "100000".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    ChildProcess::ordersaga(&["serve"], &env)
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
@@ -235,4 +240,107 @@ async fn a_hot_sku_is_decided_by_its_owner_alone_whichever_instance_takes_the_or
     let other_port = if owner_port == port_a { port_b } else { port_a };
     assert!(reservation_batches(&client, owner_port).await > 0);
     assert_eq!(reservation_batches(&client, other_port).await, 0);
+}
+
+#[tokio::test]
+async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_others() {
+    ordersaga::install_crypto_provider();
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let (_fake, stripe) = standalone_stripe_fake().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let settings = [
+        ("STRIPE_SECRET_KEY", "sk_test_processes".to_owned()),
+        ("STRIPE_API_BASE", stripe.clone()),
+        (
+            "STRIPE_WEBHOOK_SECRET",
+            "whsec_ordersaga_dev_fake".to_owned(),
+        ),
+        ("PARTITION_LEASE_MS", "2000".to_owned()),
+        ("PARTITION_RENEW_MS", "300".to_owned()),
+    ];
+    let mut instances = Vec::new();
+    for port in ports {
+        instances.push(serve_with(&db, &nats, port, &settings));
+        wait_healthy(port).await;
+    }
+    let client = reqwest::Client::new();
+    // Stripe's webhooks reach the first instance, which routes each to the order's owner.
+    let webhooks =
+        json!({"webhook_url": format!("http://127.0.0.1:{}/payments/webhook", ports[0])});
+    let set = client
+        .post(format!("{stripe}/_fake/config"))
+        .json(&webhooks)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(set.status().is_success());
+    settled_cluster(&client, ports[0], 3).await;
+
+    let orders = 300;
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let load = load_tests::run(load_tests::LoadConfig {
+        base_url: urls.join(","),
+        orders,
+        concurrency: 30,
+        skus: 4,
+        stock_per_sku: 100,
+        hot_share: 0.4,
+        decline_share: 0.1,
+        max_quantity: 2,
+        order_timeout: Duration::from_secs(90),
+    });
+    let pool = sqlx::PgPool::connect(&db.url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut third = instances.pop().unwrap_or_else(|| panic!("three instances"));
+    let kill = async {
+        eventually(
+            Duration::from_secs(60),
+            "a third of the orders placed",
+            || async {
+                let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (placed >= orders as i64 / 3).then_some(())
+            },
+        )
+        .await;
+        third.kill();
+    };
+    let (report, ()) = tokio::join!(load, kill);
+    let report = report.unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}");
+    assert!(report.invariants_hold(), "{report}");
+    assert_eq!(report.completed + report.cancelled, orders, "{report}");
+
+    // Nothing left behind, and no order charged twice.
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM order_snapshots WHERE status NOT IN ('COMPLETED', 'CANCELLED')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(live, 0);
+    let ledger: Value = client
+        .get(format!("{stripe}/_fake/ledger"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keys: Vec<&str> = ledger["charges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["idempotency_key"].as_str())
+        .collect();
+    let distinct: std::collections::HashSet<&&str> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "an order was charged twice");
+    assert!(!keys.is_empty());
 }

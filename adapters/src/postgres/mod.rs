@@ -112,8 +112,11 @@ async fn ensure_database(
             .await
         {
             Ok(_) => {}
-            // Someone else created it meanwhile (two processes starting together).
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // Someone else created it meanwhile (two processes starting together): PostgreSQL
+            // says so as duplicate_database, or, when both got past its own check at once, as a
+            // unique violation on pg_database's name index.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
             Err(source) => {
                 return Err(ConnectError::CreateDatabase {
                     database: database.to_owned(),
