@@ -174,6 +174,27 @@ impl RecordedCharges {
 
     /// `true` when the charge is known to be recorded at `status` or beyond, so an update
     /// reporting `status` would change nothing (statuses only move forward).
+    /// Like `covers`, asking PostgreSQL when this process has not seen the charge: another
+    /// instance made it and recorded its answer (with several instances, a webhook reaches any
+    /// of them). One read instead of recording the event and processing it for nothing.
+    pub async fn covers_in_store(
+        &self,
+        pool: &sqlx::PgPool,
+        reference: &str,
+        status: &ProviderStatus,
+    ) -> Result<bool, sqlx::Error> {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT status FROM payments WHERE reference = $1")
+                .bind(reference)
+                .fetch_optional(pool)
+                .await?;
+        let Some(stored) = stored else {
+            return Ok(false);
+        };
+        self.remember(reference, &stored);
+        Ok(rank(&stored) >= rank(column(status)))
+    }
+
     pub fn covers(&self, reference: &str, status: &ProviderStatus) -> bool {
         self.lock()
             .rank

@@ -56,13 +56,18 @@ impl WebhookInbox {
         event: &StripeEvent,
         raw: &serde_json::Value,
     ) -> Result<Recorded, sqlx::Error> {
-        if let Some(update) = payment_update(event)
-            && self
+        if let Some(update) = payment_update(event) {
+            let covered = self
                 .recorded
                 .covers_once_answered(&update.reference, &update.status, update.order_hint)
                 .await
-        {
-            return Ok(Recorded::AlreadyApplied);
+                || self
+                    .recorded
+                    .covers_in_store(&self.pool, &update.reference, &update.status)
+                    .await?;
+            if covered {
+                return Ok(Recorded::AlreadyApplied);
+            }
         }
         let new = stripe_events::record(&self.pool, &event.id, &event.kind, raw).await?;
         if new {
