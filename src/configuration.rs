@@ -105,9 +105,15 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,
 
-    /// NATS server URL (JetStream must be enabled).
+    /// NATS server URL (JetStream must be enabled); the nodes of a cluster separated by commas,
+    /// any of which the client may use.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+
+    /// Copies of each stream the JetStream cluster keeps (1 on a single server; 3 on a 3-node
+    /// cluster, so a node may die without losing a message).
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_stream_replicas: u8,
 
     /// Address the HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]

@@ -267,7 +267,7 @@ impl Application {
             pg::connect_and_migrate(&settings.database_url, settings.database_max_connections)
                 .await?;
         let (nats, js) = bus::connect(&settings.nats_url).await?;
-        bus::ensure_streams(&js).await?;
+        bus::ensure_streams(&js, usize::from(settings.nats_stream_replicas)).await?;
         let (listener, address) = bind(settings.http_addr).await?;
         let catalog = Catalog::new(pool.clone());
         if settings.seed_demo_catalog && catalog.seed_demo_if_empty().await? {

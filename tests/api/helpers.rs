@@ -68,6 +68,8 @@ pub struct TestNats {
     pub port: u16,
     child: Option<Child>,
     store: PathBuf,
+    /// Clustering flags, for a node of a `nats_cluster`.
+    cluster: Vec<String>,
 }
 
 impl TestNats {
@@ -80,9 +82,51 @@ impl TestNats {
             port,
             child: None,
             store,
+            cluster: Vec::new(),
         };
         nats.spawn();
         nats
+    }
+
+    /// A JetStream cluster of `nodes` private servers on loopback ports (each with its own store),
+    /// returned once it can keep a stream in `nodes` copies; and the URL that lists them all.
+    pub async fn cluster(nodes: usize) -> (Vec<TestNats>, String) {
+        let name = format!("ordersaga-test-{}", uuid::Uuid::new_v4().simple());
+        let routes: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let port = free_port();
+            let others: Vec<String> = routes
+                .iter()
+                .filter(|r| *r != route)
+                .map(|r| format!("nats://127.0.0.1:{r}"))
+                .collect();
+            let mut nats = Self {
+                url: format!("nats://127.0.0.1:{port}"),
+                port,
+                child: None,
+                store: std::env::temp_dir().join(format!("{name}-{i}")),
+                cluster: vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    name.clone(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".into(),
+                    others.join(","),
+                ],
+            };
+            nats.spawn();
+            servers.push(nats);
+        }
+        let url = servers
+            .iter()
+            .map(|s| s.url.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        wait_for_replicated_streams(&servers[0].url, nodes).await;
+        (servers, url)
     }
 
     fn binary() -> String {
@@ -105,6 +149,7 @@ impl TestNats {
         let child = Command::new(Self::binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(&self.store)
+            .args(&self.cluster)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -136,6 +181,36 @@ impl TestNats {
         self.stop();
         self.spawn();
     }
+}
+
+/// Waits until the JetStream cluster behind `url` elects its leaders and can create a stream
+/// kept in `replicas` copies (a probe stream, deleted again).
+async fn wait_for_replicated_streams(url: &str, replicas: usize) {
+    let client = eventually(
+        Duration::from_secs(30),
+        "the NATS cluster to answer",
+        || async { async_nats::connect(url).await.ok() },
+    )
+    .await;
+    let js = async_nats::jetstream::new(client);
+    eventually(
+        Duration::from_secs(60),
+        "JetStream to keep replicated streams",
+        || {
+            let js = js.clone();
+            async move {
+                let probe = async_nats::jetstream::stream::Config {
+                    name: "cluster-probe".into(),
+                    subjects: vec!["cluster-probe".into()],
+                    num_replicas: replicas,
+                    ..Default::default()
+                };
+                js.create_stream(probe).await.ok()?;
+                js.delete_stream("cluster-probe").await.ok()
+            }
+        },
+    )
+    .await;
 }
 
 impl Drop for TestNats {
@@ -236,6 +311,8 @@ pub struct TestApp {
     task: Option<tokio::task::JoinHandle<()>>,
     // Held for their Drop: the private servers live exactly as long as the app.
     _nats: TestNats,
+    /// The other nodes, when the app runs against a NATS cluster.
+    _other_nats: Vec<TestNats>,
     _db: TestDb,
 }
 
@@ -244,25 +321,37 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    ordersaga::install_crypto_provider();
     let nats = TestNats::start().await;
+    let url = nats.url.clone();
+    spawn_app_on(vec![nats], &url, configure).await
+}
+
+/// The app against the NATS servers `nats` (one, or the nodes of a cluster), reached at
+/// `nats_url`; they live as long as the app.
+pub async fn spawn_app_on(
+    mut nats: Vec<TestNats>,
+    nats_url: &str,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    ordersaga::install_crypto_provider();
     let db = TestDb::create().await;
-    let mut settings = Settings::for_servers(&db.url, &nats.url);
+    let mut settings = Settings::for_servers(&db.url, nats_url);
     settings.seed_demo_catalog = false;
     settings.database_max_connections = 10;
     configure(&mut settings);
     let (base, pool, shutdown, stripe, task) = start(settings.clone()).await;
-    let nats_url = nats.url.clone();
+    let primary = nats.remove(0);
     TestApp {
         base,
         http: reqwest::Client::new(),
         pool,
         shutdown,
         stripe,
-        nats_url,
+        nats_url: nats_url.to_owned(),
         settings,
         task: Some(task),
-        _nats: nats,
+        _nats: primary,
+        _other_nats: nats,
         _db: db,
     }
 }

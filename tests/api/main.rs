@@ -12,6 +12,7 @@ mod faults;
 mod inspection;
 mod inventory;
 mod load_smoke;
+mod nats_cluster;
 mod openapi;
 mod operations;
 mod ops;

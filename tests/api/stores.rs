@@ -280,7 +280,7 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
     let db = TestDb::create().await;
     let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
     let (_client, js) = ok(bus::connect(&nats.url).await);
-    ok(bus::ensure_streams(&js).await);
+    ok(bus::ensure_streams(&js, 1).await);
 
     let order_id = OrderId::new();
     let message = Envelope::new(
@@ -395,7 +395,7 @@ async fn a_message_that_keeps_failing_is_parked_and_stops_blocking_nothing() {
     let db = TestDb::create().await;
     let pool = ok(pg::connect_and_migrate(&db.url, 4).await);
     let (_client, js) = ok(bus::connect(&nats.url).await);
-    ok(bus::ensure_streams(&js).await);
+    ok(bus::ensure_streams(&js, 1).await);
     let poison = OrderId::new();
     let healthy = OrderId::new();
     let mut tx = ok(pool.begin().await);

@@ -103,11 +103,14 @@ pub const ALL_CONSUMERS: [ConsumerSpec; 7] = [
 /// Connects, failing fast with the address in the message if the server is not there; once
 /// connected, the client reconnects on its own forever.
 pub async fn connect(url: &str) -> Result<(async_nats::Client, jetstream::Context), NatsError> {
+    // A cluster's nodes, comma separated: the client connects to one and moves to another when
+    // it goes.
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
     let client = async_nats::ConnectOptions::new()
         .name("ordersaga")
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|e| NatsError::Unreachable {
             url: url.to_owned(),
@@ -117,9 +120,10 @@ pub async fn connect(url: &str) -> Result<(async_nats::Client, jetstream::Contex
     Ok((client, js))
 }
 
-/// Creates the streams, or updates them to this configuration. Safe to run at every start and
+/// Creates the streams, or updates them to this configuration, each kept in `replicas` copies
+/// (1 on a single server; 3 on a 3-node JetStream cluster). Safe to run at every start and
 /// from several processes at once.
-pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), NatsError> {
+pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<(), NatsError> {
     for (name, subjects) in STREAMS {
         let config = stream::Config {
             name: name.to_owned(),
@@ -128,6 +132,7 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), NatsError> {
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
+            num_replicas: replicas.max(1),
             ..Default::default()
         };
         js.create_or_update_stream(config)

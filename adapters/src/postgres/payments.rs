@@ -176,18 +176,24 @@ impl RecordedCharges {
     /// reporting `status` would change nothing (statuses only move forward).
     /// Like `covers`, asking PostgreSQL when this process has not seen the charge: another
     /// instance made it and recorded its answer (with several instances, a webhook reaches any
-    /// of them). One read instead of recording the event and processing it for nothing.
+    /// of them). One read instead of recording the event and processing it for nothing. An
+    /// event already recorded (`event_id`) is not covered here: it is a redelivery, which the
+    /// event log answers as a duplicate.
     pub async fn covers_in_store(
         &self,
         pool: &sqlx::PgPool,
+        event_id: &str,
         reference: &str,
         status: &ProviderStatus,
     ) -> Result<bool, sqlx::Error> {
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT status FROM payments WHERE reference = $1")
-                .bind(reference)
-                .fetch_optional(pool)
-                .await?;
+        let stored: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM payments WHERE reference = $1
+               AND NOT EXISTS (SELECT 1 FROM stripe_events WHERE event_id = $2)",
+        )
+        .bind(reference)
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await?;
         let Some(stored) = stored else {
             return Ok(false);
         };

@@ -63,7 +63,7 @@ impl WebhookInbox {
                 .await
                 || self
                     .recorded
-                    .covers_in_store(&self.pool, &update.reference, &update.status)
+                    .covers_in_store(&self.pool, &event.id, &update.reference, &update.status)
                     .await?;
             if covered {
                 return Ok(Recorded::AlreadyApplied);
