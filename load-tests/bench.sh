@@ -9,6 +9,7 @@
 #   STRIPE_FAKE=separate load-tests/bench.sh latency     # the Stripe fake as its own process
 #   SPLIT_ROLES=1 load-tests/bench.sh latency            # the three roles as three processes
 #   INSTANCES=3 load-tests/bench.sh latency              # three identical instances of a cluster
+#   INSTANCES=3 KILL_ONE_AT=7 load-tests/bench.sh latency --duration 20s   # ... one SIGKILLed at 7 s
 #
 # Settings (environment): PG_URL (default postgres://postgres@127.0.0.1:5432, the server, no
 # database), NATS_PORT (14222), HTTP_PORT (18080), FAKE_PORT (12111), STRIPE_FAKE (in-process or
@@ -175,9 +176,34 @@ if [ "$scenario" = recovery ]; then
 elif [ "$scenario" = soak ] || [ "$scenario" = slow-stripe ]; then
     restart=(--pid "$server_pid") # the server's RSS is sampled through /proc
 fi
+# KILL_ONE_AT=<seconds> (with INSTANCES > 1): that long into the run, SIGKILL the last instance,
+# then report how long until every partition is owned again by a live instance.
+killer_pid=
+if [ -n "${KILL_ONE_AT:-}" ] && [ "$instances" -gt 1 ]; then
+    victim=${role_pids[$((instances - 2))]}
+    (
+        sleep "$KILL_ONE_AT"
+        kill -9 "$victim"
+        killed=$(date +%s.%N)
+        echo "bench: SIGKILLed instance $instances (pid $victim) at ${KILL_ONE_AT}s" >&2
+        while :; do
+            owners=$(curl -sf -H "Authorization: Bearer ${ADMIN_TOKEN:-bench}" \
+                "http://127.0.0.1:$http_port/cluster" || true)
+            if [ -n "$owners" ] && ! grep -q "\"owner\":\"bench-$instances\"" <<<"$owners" \
+                && [ "$(grep -o '"handoffs":\[\]' <<<"$owners" | wc -l)" = 2 ]; then
+                awk -v a="$killed" -v b="$(date +%s.%N)" \
+                    'BEGIN { printf "bench: every partition owned again %.2f s after the SIGKILL\n", b - a }' >&2
+                break
+            fi
+            sleep 0.1
+        done
+    ) &
+    killer_pid=$!
+fi
 status=0
 "$bin/load-tests" --url "$urls" --scenario "$scenario" \
     --admin-token "${ADMIN_TOKEN:-bench}" --out "$result" "${restart[@]}" "$@" || status=$?
+if [ -n "$killer_pid" ]; then wait "$killer_pid" 2>/dev/null || true; fi
 
 server1=$(ticks "$server_pid")
 role1=()
@@ -200,11 +226,16 @@ if [ "$finished" -gt 0 ]; then
     }
     if [ "$instances" -gt 1 ]; then
         per_order "instance-1" $((server1 - server0))
-        for i in $(seq 2 "$instances"); do
-            per_order "instance-$i" $((role1[i - 2] - role0[i - 2]))
-        done
         all=$((server1 - server0))
-        for i in $(seq 2 "$instances"); do all=$((all + role1[i - 2] - role0[i - 2])); done
+        for i in $(seq 2 "$instances"); do
+            spent=$((role1[i - 2] - role0[i - 2]))
+            if [ "$spent" -lt 0 ]; then
+                echo "  instance-$i   killed during the run (its CPU is not counted)"
+            else
+                per_order "instance-$i" "$spent"
+                all=$((all + spent))
+            fi
+        done
         per_order "instances" "$all"
     elif [ ${#role_pids[@]} -gt 0 ]; then
         per_order "order" $((server1 - server0))

@@ -110,7 +110,8 @@ impl From<StoreError> for ApiError {
                 ApiError::unavailable("the database is unavailable; retry shortly")
             }
             StoreError::NotOwner(_) => ApiError::unavailable(
-                "this instance no longer owns the order (its partition moved); retry",
+                "another instance runs this order (GET /cluster shows which owns its partition); \
+                 ask it, or retry once its partition has moved",
             )
             .coded("not_owner"),
         }

@@ -334,6 +334,18 @@ async fn each_instance_runs_the_orders_it_places_and_a_dead_one_s_are_finished_b
     for id in &waiting {
         app.wait_status(id, "PAYMENT_PROCESSING").await;
     }
+    // An operator's action on the peer's order, asked of the first instance, is refused as
+    // another instance's: no second actor for it here.
+    let retry = ok(app
+        .http
+        .post(format!("{}/actors/orders/{}/retry", app.base, waiting[0]))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"by": "test", "reason": "asked the wrong instance"}))
+        .send()
+        .await);
+    assert_eq!(retry.status().as_u16(), 503);
+    let refused: Value = ok(retry.json().await);
+    assert_eq!(refused["error"]["code"], "not_owner", "{refused}");
     peer.crash().await;
     for id in &waiting {
         let order = app.wait_terminal(id).await;

@@ -668,6 +668,7 @@ pub fn new_order() -> actors::saga::NewOrder {
 /// instance: its ledger outlives any of them. Its webhooks go nowhere until `/_fake/config`
 /// sets where. Returns the process (killed on drop) and its base URL.
 pub async fn standalone_stripe_fake() -> (ChildProcess, String) {
+    ordersaga::install_crypto_provider();
     let port = free_port();
     let fake = ChildProcess::ordersaga(
         &["stripe-fake"],

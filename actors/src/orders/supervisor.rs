@@ -20,6 +20,7 @@ use super::saga_actor::{LiveOrder, OrderSagaActor, OrderSagaMessage};
 use super::{SagaDeps, SagaError};
 use crate::domain::OrderId;
 use crate::metrics as m;
+use crate::ports::StoreError;
 use crate::saga::SagaEvent;
 
 pub struct OrderSupervisor;
@@ -301,10 +302,8 @@ impl SupervisorState {
         {
             // Another instance owns it (or nobody does, for a moment): its owner re-drives it
             // from the snapshot, and a second actor here would only race it.
-            return fail(
-                msg,
-                format!("order {order_id} is owned by another instance"),
-            );
+            let owned_elsewhere = format!("order {order_id} is run by another instance");
+            return refuse(msg, SagaError::Store(StoreError::NotOwner(owned_elsewhere)));
         }
         // Two rounds: the cached actor may have stopped since we last looked.
         for _ in 0..2 {
@@ -364,12 +363,17 @@ impl SupervisorState {
 
 /// Answers the caller of a message that could not be delivered, so nobody waits for a timeout.
 fn fail(msg: OrderSagaMessage, reason: String) {
+    refuse(msg, SagaError::ActorUnavailable(reason));
+}
+
+/// Answers the caller of a message with `error`.
+fn refuse(msg: OrderSagaMessage, error: SagaError) {
     match msg {
         OrderSagaMessage::Start(_, reply) => {
-            let _ = reply.send(Err(SagaError::ActorUnavailable(reason)));
+            let _ = reply.send(Err(error));
         }
         OrderSagaMessage::Handle(_, reply) => {
-            let _ = reply.send(Err(SagaError::ActorUnavailable(reason)));
+            let _ = reply.send(Err(error));
         }
         OrderSagaMessage::Inspect(reply) => {
             let _ = reply.send(None);
