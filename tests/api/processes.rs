@@ -346,3 +346,92 @@ async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_
     assert_eq!(distinct.len(), keys.len(), "an order was charged twice");
     assert!(!keys.is_empty());
 }
+
+#[tokio::test]
+async fn an_instance_joining_and_another_draining_under_load_fail_no_request() {
+    ordersaga::install_crypto_provider();
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let (_fake, stripe) = standalone_stripe_fake().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let settings = [
+        ("STRIPE_SECRET_KEY", "sk_test_processes".to_owned()),
+        ("STRIPE_API_BASE", stripe.clone()),
+        (
+            "STRIPE_WEBHOOK_SECRET",
+            "whsec_ordersaga_dev_fake".to_owned(),
+        ),
+        ("PARTITION_RENEW_MS", "300".to_owned()),
+    ];
+    let first = serve_with(&db, &nats, ports[0], &settings);
+    wait_healthy(ports[0]).await;
+    let mut leaving = serve_with(&db, &nats, ports[1], &settings);
+    wait_healthy(ports[1]).await;
+    let client = reqwest::Client::new();
+    let webhooks =
+        json!({"webhook_url": format!("http://127.0.0.1:{}/payments/webhook", ports[0])});
+    let set = client
+        .post(format!("{stripe}/_fake/config"))
+        .json(&webhooks)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(set.status().is_success());
+    settled_cluster(&client, ports[0], 2).await;
+
+    // The client knows all three addresses from the start; the third answers once it joins.
+    let orders = 300;
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let load = load_tests::run(load_tests::LoadConfig {
+        base_url: urls.join(","),
+        orders,
+        concurrency: 20,
+        skus: 4,
+        stock_per_sku: 100,
+        hot_share: 0.4,
+        decline_share: 0.1,
+        max_quantity: 2,
+        order_timeout: Duration::from_secs(90),
+    });
+    let pool = sqlx::PgPool::connect(&db.url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let placed = |at_least: i64| {
+        let pool = pool.clone();
+        async move {
+            eventually(Duration::from_secs(60), "orders to be placed", || async {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (n >= at_least).then_some(())
+            })
+            .await;
+        }
+    };
+    let changes = async {
+        placed(orders as i64 / 4).await;
+        let joined = serve_with(&db, &nats, ports[2], &settings);
+        settled_cluster(&client, ports[0], 3).await;
+        placed(orders as i64 / 2).await;
+        // SIGTERM: the second instance drains, hands its partitions off and leaves.
+        let terminated = std::process::Command::new("kill")
+            .args(["-TERM", &leaving.0.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        assert!(terminated.success());
+        let _ = leaving.0.wait();
+        joined
+    };
+    let (report, _joined) = tokio::join!(load, changes);
+    let report = report.unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}");
+    assert!(report.invariants_hold(), "{report}");
+    assert_eq!(report.completed + report.cancelled, orders, "{report}");
+    assert_eq!(report.failed_requests, 0, "{report}");
+    assert_eq!(report.placement_failures, 0, "{report}");
+    drop(first);
+}
