@@ -688,3 +688,15 @@ pub async fn standalone_stripe_fake() -> (ChildProcess, String) {
     .await;
     (fake, base)
 }
+
+/// Waits until at least `at_least` orders exist in the database behind `pool` (placed anywhere).
+pub async fn wait_orders_placed(pool: &PgPool, at_least: i64) {
+    eventually(Duration::from_secs(60), "orders to be placed", || async {
+        let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
+            .fetch_one(pool)
+            .await
+            .ok()?;
+        (placed >= at_least).then_some(())
+    })
+    .await;
+}

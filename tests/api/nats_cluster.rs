@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{TestNats, eventually, spawn_app_on};
+use crate::helpers::{TestNats, eventually, spawn_app_on, wait_orders_placed};
 
 #[tokio::test]
 async fn with_streams_on_three_nodes_a_node_dying_mid_load_loses_nothing() {
@@ -22,21 +22,8 @@ async fn with_streams_on_three_nodes_a_node_dying_mid_load_loses_nothing() {
         order_timeout: Duration::from_secs(60),
     });
     let pool = app.pool.clone();
-    let placed = |at_least: i64| {
-        let pool = pool.clone();
-        async move {
-            eventually(Duration::from_secs(60), "orders to be placed", || async {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (n >= at_least).then_some(())
-            })
-            .await;
-        }
-    };
     let kill = async {
-        placed(orders as i64 / 3).await;
+        wait_orders_placed(&pool, orders as i64 / 3).await;
         // The first node of the list dies (SIGKILL); the client and the streams carry on with
         // the other two.
         app.stop_nats();

@@ -11,6 +11,7 @@ use actors::domain::Sku;
 
 use crate::helpers::{
     ChildProcess, TestDb, TestNats, eventually, free_port, standalone_stripe_fake, wait_healthy,
+    wait_orders_placed,
 };
 
 const TOKEN: &str = "processes-admin-token";
@@ -36,6 +37,17 @@ fn serve_with(db: &TestDb, nats: &TestNats, port: u16, extra: &[(&str, String)])
     ];
     env.extend(extra.iter().cloned());
     ChildProcess::ordersaga(&["serve"], &env)
+}
+
+/// Two all-role instances on free ports, started one after the other so migrations and streams
+/// are created once; the processes live as long as the returned handles.
+async fn two_instances(db: &TestDb, nats: &TestNats) -> ([u16; 2], [ChildProcess; 2]) {
+    let ports = [free_port(), free_port()];
+    let first = serve(db, nats, ports[0]);
+    wait_healthy(ports[0]).await;
+    let second = serve(db, nats, ports[1]);
+    wait_healthy(ports[1]).await;
+    (ports, [first, second])
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
@@ -87,12 +99,7 @@ async fn two_processes_share_the_work_without_breaking_invariants() {
     ordersaga::install_crypto_provider();
     let nats = TestNats::start().await;
     let db = TestDb::create().await;
-    let (port_a, port_b) = (free_port(), free_port());
-    // Start one first so migrations and streams are created once, then the second.
-    let _a = serve(&db, &nats, port_a);
-    wait_healthy(port_a).await;
-    let _b = serve(&db, &nats, port_b);
-    wait_healthy(port_b).await;
+    let ([port_a, port_b], _instances) = two_instances(&db, &nats).await;
 
     // Both processes take orders at once. Each runs the sagas of the orders it places (their ids
     // fall in its own partitions); each SKU's reservations are decided by the instance that owns
@@ -172,11 +179,7 @@ async fn a_hot_sku_is_decided_by_its_owner_alone_whichever_instance_takes_the_or
     ordersaga::install_crypto_provider();
     let nats = TestNats::start().await;
     let db = TestDb::create().await;
-    let (port_a, port_b) = (free_port(), free_port());
-    let _a = serve(&db, &nats, port_a);
-    wait_healthy(port_a).await;
-    let _b = serve(&db, &nats, port_b);
-    wait_healthy(port_b).await;
+    let ([port_a, port_b], _instances) = two_instances(&db, &nats).await;
     let client = reqwest::Client::new();
     let cluster = settled_cluster(&client, port_a, 2).await;
 
@@ -244,32 +247,25 @@ async fn a_hot_sku_is_decided_by_its_owner_alone_whichever_instance_takes_the_or
     assert_eq!(reservation_batches(&client, other_port).await, 0);
 }
 
-#[tokio::test]
-async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_others() {
-    ordersaga::install_crypto_provider();
-    let nats = TestNats::start().await;
-    let db = TestDb::create().await;
-    let (_fake, stripe) = standalone_stripe_fake().await;
-    let ports = [free_port(), free_port(), free_port()];
-    let settings = [
+/// Settings for instances that pay through the shared Stripe fake at `stripe` (as instances of
+/// one shop share Stripe), with `extra` on top.
+fn paying_through(stripe: &str, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut settings = vec![
         ("STRIPE_SECRET_KEY", "sk_test_processes".to_owned()),
-        ("STRIPE_API_BASE", stripe.clone()),
+        ("STRIPE_API_BASE", stripe.to_owned()),
         (
             "STRIPE_WEBHOOK_SECRET",
             "whsec_ordersaga_dev_fake".to_owned(),
         ),
-        ("PARTITION_LEASE_MS", "2000".to_owned()),
-        ("PARTITION_RENEW_MS", "300".to_owned()),
     ];
-    let mut instances = Vec::new();
-    for port in ports {
-        instances.push(serve_with(&db, &nats, port, &settings));
-        wait_healthy(port).await;
-    }
-    let client = reqwest::Client::new();
-    // Stripe's webhooks reach the first instance, which routes each to the order's owner.
-    let webhooks =
-        json!({"webhook_url": format!("http://127.0.0.1:{}/payments/webhook", ports[0])});
+    settings.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    settings
+}
+
+/// Points the shared Stripe fake's webhooks at the instance on `port`, which routes each to the
+/// order's owner.
+async fn send_webhooks_to(client: &reqwest::Client, stripe: &str, port: u16) {
+    let webhooks = json!({"webhook_url": format!("http://127.0.0.1:{port}/payments/webhook")});
     let set = client
         .post(format!("{stripe}/_fake/config"))
         .json(&webhooks)
@@ -277,41 +273,59 @@ async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(set.status().is_success());
-    settled_cluster(&client, ports[0], 3).await;
+}
 
-    let orders = 300;
+/// `orders` orders spread over the instances on `ports` (a placement an instance does not take
+/// moves on to the next), `concurrency` at a time.
+fn spread_load(ports: &[u16], orders: usize, concurrency: usize) -> load_tests::LoadConfig {
     let urls: Vec<String> = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
-    let load = load_tests::run(load_tests::LoadConfig {
+    load_tests::LoadConfig {
         base_url: urls.join(","),
         orders,
-        concurrency: 30,
+        concurrency,
         skus: 4,
         stock_per_sku: 100,
         hot_share: 0.4,
         decline_share: 0.1,
         max_quantity: 2,
         order_timeout: Duration::from_secs(90),
-    });
+    }
+}
+
+#[tokio::test]
+async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_others() {
+    ordersaga::install_crypto_provider();
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let (_fake, stripe) = standalone_stripe_fake().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let settings = paying_through(
+        &stripe,
+        &[
+            ("PARTITION_LEASE_MS", "2000"),
+            ("PARTITION_RENEW_MS", "300"),
+        ],
+    );
+    let mut instances = Vec::new();
+    for port in ports {
+        instances.push(serve_with(&db, &nats, port, &settings));
+        wait_healthy(port).await;
+    }
+    let client = reqwest::Client::new();
+    send_webhooks_to(&client, &stripe, ports[0]).await;
+    settled_cluster(&client, ports[0], 3).await;
+
+    let orders = 300;
+    let load = load_tests::run(spread_load(&ports, orders, 30));
     let pool = sqlx::PgPool::connect(&db.url)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let mut third = instances.pop().unwrap_or_else(|| panic!("three instances"));
     let kill = async {
-        eventually(
-            Duration::from_secs(60),
-            "a third of the orders placed",
-            || async {
-                let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (placed >= orders as i64 / 3).then_some(())
-            },
-        )
-        .await;
+        wait_orders_placed(&pool, orders as i64 / 3).await;
         third.kill();
     };
     let (report, ()) = tokio::join!(load, kill);
@@ -354,69 +368,26 @@ async fn an_instance_joining_and_another_draining_under_load_fail_no_request() {
     let db = TestDb::create().await;
     let (_fake, stripe) = standalone_stripe_fake().await;
     let ports = [free_port(), free_port(), free_port()];
-    let settings = [
-        ("STRIPE_SECRET_KEY", "sk_test_processes".to_owned()),
-        ("STRIPE_API_BASE", stripe.clone()),
-        (
-            "STRIPE_WEBHOOK_SECRET",
-            "whsec_ordersaga_dev_fake".to_owned(),
-        ),
-        ("PARTITION_RENEW_MS", "300".to_owned()),
-    ];
+    let settings = paying_through(&stripe, &[("PARTITION_RENEW_MS", "300")]);
     let first = serve_with(&db, &nats, ports[0], &settings);
     wait_healthy(ports[0]).await;
     let mut leaving = serve_with(&db, &nats, ports[1], &settings);
     wait_healthy(ports[1]).await;
     let client = reqwest::Client::new();
-    let webhooks =
-        json!({"webhook_url": format!("http://127.0.0.1:{}/payments/webhook", ports[0])});
-    let set = client
-        .post(format!("{stripe}/_fake/config"))
-        .json(&webhooks)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(set.status().is_success());
+    send_webhooks_to(&client, &stripe, ports[0]).await;
     settled_cluster(&client, ports[0], 2).await;
 
     // The client knows all three addresses from the start; the third answers once it joins.
     let orders = 300;
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    let load = load_tests::run(load_tests::LoadConfig {
-        base_url: urls.join(","),
-        orders,
-        concurrency: 20,
-        skus: 4,
-        stock_per_sku: 100,
-        hot_share: 0.4,
-        decline_share: 0.1,
-        max_quantity: 2,
-        order_timeout: Duration::from_secs(90),
-    });
+    let load = load_tests::run(spread_load(&ports, orders, 20));
     let pool = sqlx::PgPool::connect(&db.url)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let placed = |at_least: i64| {
-        let pool = pool.clone();
-        async move {
-            eventually(Duration::from_secs(60), "orders to be placed", || async {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (n >= at_least).then_some(())
-            })
-            .await;
-        }
-    };
     let changes = async {
-        placed(orders as i64 / 4).await;
+        wait_orders_placed(&pool, orders as i64 / 4).await;
         let joined = serve_with(&db, &nats, ports[2], &settings);
         settled_cluster(&client, ports[0], 3).await;
-        placed(orders as i64 / 2).await;
+        wait_orders_placed(&pool, orders as i64 / 2).await;
         // SIGTERM: the second instance drains, hands its partitions off and leaves.
         let terminated = std::process::Command::new("kill")
             .args(["-TERM", &leaving.0.id().to_string()])

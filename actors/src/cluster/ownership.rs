@@ -95,12 +95,17 @@ impl Ownership {
     /// partitions that takes `n / k` draws on average, and 4,096 draws miss with a chance
     /// below one in a million when even one partition of 64 is owned.
     pub fn new_order_id(&self) -> Option<OrderId> {
-        if self.owned().is_empty() {
+        if !self.owns_any() {
             return None;
         }
         (0..4096)
             .map(|_| OrderId::new())
             .find(|id| self.owns_order(*id))
+    }
+
+    /// Whether any partition is held (no allocation: asked on every placement).
+    pub fn owns_any(&self) -> bool {
+        self.epochs.iter().any(|e| e.load(Ordering::Acquire) > 0)
     }
 
     /// Every partition held, with its epoch, in partition order.
