@@ -160,6 +160,14 @@ xacts() {
         psql -qtA "$pg_url/postgres" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = '$database'" 2>/dev/null || echo 0
     else echo 0; fi
 }
+# Rows written and index/sequential reads per table in this run's database, to see which table
+# the transactions go to.
+table_stats() {
+    if command -v psql >/dev/null; then
+        psql -qtA -F' ' "$pg_url/$database" -c "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del, coalesce(idx_scan, 0) + coalesce(seq_scan, 0) FROM pg_stat_user_tables ORDER BY relname" 2>/dev/null || true
+    fi
+}
+table_stats >"$work/tables0"
 server0=$(ticks "$server_pid")
 nats0=$(ticks "$nats_pid")
 pg0=$(pg_ticks)
@@ -211,6 +219,7 @@ for pid in "${role_pids[@]}"; do role1+=("$(ticks "$pid")"); done
 nats1=$(ticks "$nats_pid")
 pg1=$(pg_ticks)
 xact1=$(xacts)
+table_stats >"$work/tables1"
 fake1=0
 [ -n "$fake_pid" ] && fake1=$(ticks "$fake_pid")
 field() { grep -o "\"$1\": *[0-9]*" "$result" | head -1 | grep -o '[0-9]*$' || echo 0; }
@@ -249,5 +258,11 @@ if [ "$finished" -gt 0 ]; then
     per_order nats-server $((nats1 - nats0))
     awk -v x="$((xact1 - xact0))" -v n="$finished" \
         'BEGIN { printf "PostgreSQL transactions: %d, %.2f per order (pg_stat_database, sampled)\n", x, x / n }'
+    echo "Per order, by table (rows inserted, updated, deleted; scans):"
+    awk -v n="$finished" 'NR == FNR { i[$1] = $2; u[$1] = $3; d[$1] = $4; s[$1] = $5; next }
+        { di = $2 - i[$1]; du = $3 - u[$1]; dd = $4 - d[$1]; ds = $5 - s[$1]
+          if (di + du + dd + ds > 0)
+              printf "  %-22s %6.2f %6.2f %6.2f  %6.2f\n", $1, di / n, du / n, dd / n, ds / n }' \
+        "$work/tables0" "$work/tables1"
 fi
 exit "$status"

@@ -22,6 +22,7 @@ pub const SAGAS_STUCK: &str = "order_sagas_stuck";
 pub const READY: &str = "ordersaga_ready";
 pub const DEPENDENCY_UP: &str = "ordersaga_dependency_up";
 pub const PLACEMENTS_REFUSED_BUSY: &str = "order_placements_refused_busy_total";
+pub const OWNER_REQUESTS: &str = "cluster_owner_requests_total";
 
 /// How many of the lowest-stock SKUs are exported with a `sku` label.
 pub const STOCK_SKUS_EXPORTED: i64 = 50;
@@ -161,6 +162,10 @@ fn describe() {
     describe_counter!(
         PLACEMENTS_REFUSED_BUSY,
         "Orders refused with 503 because too many commands were in flight in this process"
+    );
+    describe_counter!(
+        OWNER_REQUESTS,
+        "HTTP requests sent to the owner of their order's partition, by outcome: answered, unavailable (answered 503, so handled here), unanswered (handled here)"
     );
     describe_counter!(
         "http_requests_total",

@@ -13,6 +13,7 @@ mod inventory;
 mod json;
 mod openapi;
 mod orders;
+pub mod owner_forwarding;
 pub mod rate_limit;
 mod request_metrics;
 mod saga_metrics;
@@ -86,6 +87,8 @@ pub struct ClusterParts {
     pub orders: Option<actors::cluster::Ownership>,
     /// The SKU partitions this instance owns; `None` when it does not run the inventory role.
     pub skus: Option<actors::cluster::Ownership>,
+    /// Asks the owner of an order's partition (`owner_forwarding`).
+    pub owners: adapters::nats::OwnerRequests,
 }
 
 /// What the payment role exposes over HTTP: the webhook endpoint and a readiness probe.
@@ -106,12 +109,20 @@ pub fn router(state: AppState, limits: RequestLimits) -> Router {
         .route("/actors", get(admin::overview))
         .route("/cluster", get(cluster::cluster_overview))
         .route("/actors/stuck", get(admin::stuck))
-        .route("/actors/orders/{id}", get(admin::order))
         .route("/actors/inventory/{sku}", get(admin::inventory))
-        .route("/actors/orders/{id}/retry", post(admin::retry))
-        .route("/actors/orders/{id}/cancel", post(admin::cancel))
-        .route("/actors/orders/{id}/pause", post(admin::pause))
-        .route("/actors/orders/{id}/resume", post(admin::resume))
+        .merge(
+            // One order's live actor is at its owner: these are answered there.
+            Router::new()
+                .route("/actors/orders/{id}", get(admin::order))
+                .route("/actors/orders/{id}/retry", post(admin::retry))
+                .route("/actors/orders/{id}/cancel", post(admin::cancel))
+                .route("/actors/orders/{id}/pause", post(admin::pause))
+                .route("/actors/orders/{id}/resume", post(admin::resume))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    owner_forwarding::order_routes,
+                )),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,

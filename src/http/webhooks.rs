@@ -2,17 +2,24 @@
 //! body (never a re-serialised one); a bad or missing signature is a 400 and changes nothing. A
 //! verified event is recorded durably by id and acknowledged at once; the payment role's worker
 //! does the rest asynchronously. An event reporting a status this process already committed for
-//! the charge is acknowledged without being recorded (`already_applied`: it changes nothing). Duplicates and event types we do not handle get 2xx too, as
-//! Stripe expects (only a 2xx stops its retries).
+//! the charge is acknowledged without being recorded (`already_applied`: it changes nothing).
+//! Duplicates and event types we do not handle get 2xx too, as Stripe expects (only a 2xx stops
+//! its retries).
+//!
+//! In a cluster, a verified event for an order another instance owns is handed to that owner
+//! (`owner_forwarding`), whose answer is the answer: the owner knows in memory what its charges
+//! committed, so most events cost it no write at all. Only when no owner answers is the event
+//! recorded here, so a 2xx always means the event is durable or already applied.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use adapters::stripe::Recorded;
-use adapters::stripe::webhook::{parse_event, type_label};
+use adapters::stripe::webhook::{parse_event, payment_update, type_label};
 
 use super::{ApiError, AppState};
 
@@ -31,9 +38,10 @@ use super::{ApiError, AppState};
 )]
 pub async fn receive(
     State(state): State<AppState>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Some(payments) = &state.payments else {
         return Err(ApiError::unavailable(
             "this process does not run the payment role",
@@ -59,6 +67,23 @@ pub async fn receive(
             format!("not a Stripe event: {e}"),
         )
     })?;
+    let owner = payment_update(&event)
+        .and_then(|update| update.order_hint)
+        .and_then(|(order_id, _)| super::owner_forwarding::elsewhere(&state, &headers, order_id));
+    if let Some(partition) = owner {
+        let answered = super::owner_forwarding::ask_owner(
+            &state,
+            partition,
+            &Method::POST,
+            &uri,
+            &headers,
+            body.clone(),
+        )
+        .await;
+        if let Some(answer) = answered {
+            return Ok(answer);
+        }
+    }
     let raw: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_event", e.to_string()))?;
     let recorded = payments.inbox.record(&event, &raw).await?;
@@ -83,5 +108,6 @@ pub async fn receive(
         "received": true,
         "duplicate": recorded == Recorded::Duplicate,
         "already_applied": recorded == Recorded::AlreadyApplied,
-    })))
+    }))
+    .into_response())
 }

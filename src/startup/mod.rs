@@ -114,9 +114,27 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
     Ok((listener, address))
 }
 
-/// Serves the HTTP API on `listener` behind the edge's limits, and keeps the readiness gauges
-/// current between `/health/ready` calls (alerts use them).
-fn serve_http(wiring: &mut Wiring<'_>, state: AppState, listener: tokio::net::TcpListener) {
+/// The HTTP API behind the edge's limits.
+fn build_router(settings: &Settings, state: AppState) -> axum::Router {
+    let limits = &settings.http_limits;
+    http::router(
+        state,
+        http::RequestLimits::new(
+            limits.http_max_requests_in_flight as usize,
+            limits.request_timeout(),
+            limits.body_timeout(),
+        ),
+    )
+}
+
+/// Serves `router` on `listener`, and keeps the readiness gauges current between
+/// `/health/ready` calls (alerts use them).
+fn serve_http(
+    wiring: &mut Wiring<'_>,
+    state: AppState,
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+) {
     let (probed, token) = (state.clone(), wiring.shutdown.clone());
     wiring.spawn("readiness probe", async move {
         loop {
@@ -129,14 +147,6 @@ fn serve_http(wiring: &mut Wiring<'_>, state: AppState, listener: tokio::net::Tc
         Ok(())
     });
     let limits = &wiring.settings.http_limits;
-    let router = http::router(
-        state,
-        http::RequestLimits::new(
-            limits.http_max_requests_in_flight as usize,
-            limits.request_timeout(),
-            limits.body_timeout(),
-        ),
-    );
     let connection_limits = http::server::ConnectionLimits {
         header_timeout: limits.header_timeout(),
         idle_timeout: limits.idle_timeout(),
@@ -177,6 +187,11 @@ fn start_shared_tasks(wiring: &mut Wiring<'_>, nats: &async_nats::Client) {
         bus::forward_order_events(client, watchers, token).await
     });
 }
+
+/// How long a request forwarded to an order's owner waits for its answer before this instance
+/// answers it itself: long enough for an owner under load, short enough that a webhook or an
+/// operator does not wait out a dead owner's lease.
+const OWNER_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// This instance's membership before it joins: the ownership view of each key space it
 /// serves (the roles consult them as they start) and the keeper that will fill them.
@@ -219,6 +234,7 @@ async fn prepare_cluster(
         count,
         orders: serves(Role::Order),
         skus: serves(Role::Inventory),
+        owners: bus::OwnerRequests::new(wiring.nats.clone(), OWNER_ANSWER_TIMEOUT),
     };
     // SKUs first: the sagas recovered for the order partitions gained re-send their inventory
     // commands at once, and find the SKU partitions already owned.
@@ -298,7 +314,6 @@ impl Application {
             keeper.on_change(inventory.ownership_listener());
         }
         let shards = inventory.map(|i| i.shards);
-        join_cluster(&mut wiring, keeper).await?;
         let orders = orders.map(|o| o.handle);
         let (payments, stripe_fake) = match payments {
             Some(p) => (Some(p.http), p.stripe_fake),
@@ -310,7 +325,7 @@ impl Application {
             idempotency: IdempotencyKeys::new(pool.clone()),
             orders: orders.clone(),
             status_watchers: wiring.status_watchers.clone(),
-            nats,
+            nats: nats.clone(),
             postman: wiring.postman.clone(),
             payments,
             shards: shards.clone(),
@@ -321,7 +336,18 @@ impl Application {
                 settings.order_rate_limit_burst,
             ),
         };
-        serve_http(&mut wiring, AppState::new(parts), listener);
+        let state = AppState::new(parts);
+        let router = build_router(&settings, state.clone());
+        if state.cluster.orders.is_some() {
+            let instance = keeper.instance().to_string();
+            keeper.on_change(crate::cluster::owner_desk(
+                nats.clone(),
+                router.clone(),
+                instance,
+            ));
+        }
+        join_cluster(&mut wiring, keeper).await?;
+        serve_http(&mut wiring, state, router, listener);
         let Wiring {
             shutdown, tasks, ..
         } = wiring;

@@ -181,6 +181,47 @@ async fn the_same_idempotency_key_and_body_return_the_same_order() {
 }
 
 #[tokio::test]
+async fn concurrent_requests_with_one_key_make_one_order_and_other_keys_their_own() {
+    let app = spawn_app().await;
+    app.put_product("MUG", 100, 1250).await;
+    let body = order_body(&[("MUG", 1)], "pm_card_visa");
+    // Claims that arrive together are claimed in one statement: the same key twenty times in
+    // flight, and ten other keys beside it.
+    let place = |key: String| {
+        let request = app
+            .http
+            .post(format!("{}/orders", app.base))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send();
+        async move {
+            let response = request.await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(response.status(), 202);
+            let placed: Value = response.json().await.unwrap_or(Value::Null);
+            placed["order_id"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let keys = (0..20)
+        .map(|_| "same-checkout".to_owned())
+        .chain((0..10).map(|i| format!("checkout-{i}")));
+    let ids = futures::future::join_all(keys.map(place)).await;
+    let same: std::collections::HashSet<&String> = ids[..20].iter().collect();
+    assert_eq!(same.len(), 1, "one order for one key: {same:?}");
+    let others: std::collections::HashSet<&String> = ids[20..].iter().collect();
+    assert_eq!(others.len(), 10, "one order per other key");
+    assert!(!others.contains(&ids[0]));
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap_or(-1);
+    assert_eq!(orders, 11);
+    for id in same.iter().chain(others.iter()) {
+        app.wait_terminal(id).await;
+    }
+    assert_eq!(app.settled_product("MUG").await["on_hand"], 89);
+}
+
+#[tokio::test]
 async fn wait_returns_as_soon_as_the_order_is_terminal_and_a_snapshot_otherwise() {
     let app = spawn_app().await;
     app.put_product("MUG", 10, 1250).await;

@@ -82,24 +82,57 @@ impl ClusterMail for NatsClusterMail {
 /// Takes one letter's bytes (and drops what it cannot read).
 pub type Deliver = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
-/// Where this instance listens for the mail of the partitions it owns in one key space: one
-/// subscription per partition, opened when the partition is gained and closed when it is given
-/// up.
+/// Takes one message as it came (requests need their reply subject and headers).
+pub type Receive = Arc<dyn Fn(async_nats::Message) + Send + Sync>;
+
+/// Where this instance listens to the partitions it owns in one key space: one subscription per
+/// partition, opened when the partition is gained and closed when it is given up. Mail uses it
+/// (`mail_subject`), and so do the HTTP requests forwarded to a partition's owner.
 #[derive(Clone)]
 pub struct PartitionMailbox {
     client: Client,
     space: KeySpace,
-    deliver: Deliver,
-    listening: Arc<Mutex<HashMap<PartitionId, tokio::task::JoinHandle<()>>>>,
+    subject: fn(KeySpace, PartitionId) -> String,
+    receive: Receive,
+    listening: Arc<Listening>,
+}
+
+/// The subscription task of each partition listened to. When the last clone of the mailbox goes
+/// (its process stops, or a test's instance is dropped as if it crashed), they all stop.
+#[derive(Default)]
+struct Listening(Mutex<HashMap<PartitionId, tokio::task::JoinHandle<()>>>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        for task in lock(&self.0).values() {
+            task.abort();
+        }
+    }
 }
 
 impl PartitionMailbox {
-    /// `deliver` takes each letter's bytes (and drops what it cannot read).
+    /// The partitions' mail; `deliver` takes each letter's bytes (and drops what it cannot read).
     pub fn new(client: Client, space: KeySpace, deliver: Deliver) -> Self {
+        Self::listening_to(
+            client,
+            space,
+            mail_subject,
+            Arc::new(move |message| deliver(&message.payload)),
+        )
+    }
+
+    /// The partitions' messages on `subject(space, partition)`, each given to `receive`.
+    pub fn listening_to(
+        client: Client,
+        space: KeySpace,
+        subject: fn(KeySpace, PartitionId) -> String,
+        receive: Receive,
+    ) -> Self {
         Self {
             client,
             space,
-            deliver,
+            subject,
+            receive,
             listening: Arc::default(),
         }
     }
@@ -108,20 +141,20 @@ impl PartitionMailbox {
     /// a recovered saga's re-send is missed).
     pub async fn open(&self, partitions: &[PartitionId]) -> Result<(), String> {
         for partition in partitions {
-            let subject = mail_subject(self.space, *partition);
+            let subject = (self.subject)(self.space, *partition);
             let mut letters = self
                 .client
                 .subscribe(subject.clone())
                 .await
                 .map_err(|e| format!("subscribe {subject}: {e}"))?;
-            let deliver = self.deliver.clone();
+            let receive = self.receive.clone();
             let task = tokio::spawn(async move {
                 while let Some(message) = letters.next().await {
-                    deliver(&message.payload);
+                    receive(message);
                 }
                 debug!(%subject, "mail subscription ended");
             });
-            if let Some(old) = lock(&self.listening).insert(*partition, task) {
+            if let Some(old) = lock(&self.listening.0).insert(*partition, task) {
                 old.abort();
             }
         }
@@ -130,7 +163,7 @@ impl PartitionMailbox {
 
     /// Stops listening to `partitions`' mail (dropping the subscription unsubscribes).
     pub fn close(&self, partitions: &[PartitionId]) {
-        let mut listening = lock(&self.listening);
+        let mut listening = lock(&self.listening.0);
         for partition in partitions {
             if let Some(task) = listening.remove(partition) {
                 task.abort();

@@ -8,10 +8,15 @@ mod consumer;
 pub use consumer::ensure_consumer;
 mod cluster_mail;
 mod order_events;
+mod owner_requests;
 mod relay;
 mod retry;
-pub use cluster_mail::{NatsClusterMail, PartitionMailbox, mail_subject, read_answer};
+pub use cluster_mail::{NatsClusterMail, PartitionMailbox, Receive, mail_subject, read_answer};
 pub use order_events::forward_order_events;
+pub use owner_requests::{
+    ANSWER_HEADERS, FORWARDED_HEADERS, Forwarded, OwnerAnswer, OwnerRequest, OwnerRequests,
+    Unanswered, read_request, reply, request_subject,
+};
 pub use retry::RetryPolicy;
 
 use std::time::Duration;

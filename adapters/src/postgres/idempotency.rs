@@ -1,11 +1,26 @@
 //! `Idempotency-Key` for `POST /orders`: the first request with a key fixes which order the key
 //! means (and a hash of its body); later requests with the key get that order back, or a 422 if
-//! their body differs. The claim is its own transaction: if the process dies before the order is
-//! placed, the retry finds the key, and placing that order id again is itself idempotent.
+//! their body differs. The claim is committed before the order is placed: if the process dies in
+//! between, the retry finds the key, and placing that order id again is itself idempotent.
+//!
+//! Claims are coalesced like the price reads: the placements that arrive while one claim
+//! statement runs are claimed together by the next one, so a client that sends a key with every
+//! order (as one spreading its orders over several instances must) costs a share of a statement
+//! per order, not a transaction of its own. Nothing waits to fill a batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 
 use actors::domain::OrderId;
+use actors::ports::StoreError;
+
+/// Most claims in one statement.
+const MAX_BATCH: usize = 256;
+/// Claims waiting for a statement before callers wait to enqueue (back-pressure).
+const QUEUE: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdempotencyClaim {
@@ -18,42 +33,165 @@ pub enum IdempotencyClaim {
     },
 }
 
+struct Request {
+    key: String,
+    request_hash: String,
+    proposed: OrderId,
+    reply: oneshot::Sender<Result<IdempotencyClaim, StoreError>>,
+}
+
+/// The claims' front door; cheap to clone. Its task starts on the first claim (so it can be
+/// built outside a runtime) and stops when every clone is dropped.
 #[derive(Clone)]
 pub struct IdempotencyKeys {
     pool: PgPool,
+    queue: Arc<std::sync::OnceLock<mpsc::Sender<Request>>>,
 }
 
 impl IdempotencyKeys {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            queue: Arc::default(),
+        }
     }
 
+    /// Claims `key` for `proposed`, or finds what it already means.
     pub async fn claim(
         &self,
         key: &str,
         request_hash: &str,
         proposed: OrderId,
-    ) -> Result<IdempotencyClaim, sqlx::Error> {
-        let inserted: Option<uuid::Uuid> = sqlx::query_scalar(
-            "INSERT INTO idempotency_keys (key, request_hash, order_id) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO NOTHING RETURNING order_id",
-        )
-        .bind(key)
-        .bind(request_hash)
-        .bind(proposed.as_uuid())
-        .fetch_optional(&self.pool)
-        .await?;
-        if inserted.is_some() {
-            return Ok(IdempotencyClaim::New(proposed));
-        }
-        let (order_id, hash): (uuid::Uuid, String) =
-            sqlx::query_as("SELECT order_id, request_hash FROM idempotency_keys WHERE key = $1")
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(IdempotencyClaim::Existing {
-            order_id: OrderId::from_uuid(order_id),
-            same_request: hash == request_hash,
-        })
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(claim_batches(self.pool.clone(), rx));
+            tx
+        });
+        let stopped = || StoreError::Unavailable("the idempotency claimer stopped".into());
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Request {
+                key: key.to_owned(),
+                request_hash: request_hash.to_owned(),
+                proposed,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
+}
+
+/// What the key means after a statement: its order, its request's hash, and whether this
+/// statement inserted it.
+struct KeyRow {
+    order_id: OrderId,
+    request_hash: String,
+    inserted: bool,
+}
+
+async fn claim_batches(pool: PgPool, mut queue: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let found = claim_together(&pool, &batch).await;
+        for request in batch.drain(..) {
+            let answer = match &found {
+                Err(e) => Err(StoreError::Unavailable(e.clone())),
+                Ok(rows) => match rows.get(&request.key) {
+                    Some(row) => Ok(answer_for(&request, row)),
+                    // Inserted by a concurrent statement that committed while this one ran:
+                    // invisible to its read, so it is read again on its own.
+                    None => claim_alone(&pool, &request)
+                        .await
+                        .map_err(|e| StoreError::Unavailable(e.to_string())),
+                },
+            };
+            let _ = request.reply.send(answer);
+        }
+    }
+}
+
+fn answer_for(request: &Request, row: &KeyRow) -> IdempotencyClaim {
+    if row.inserted && row.order_id == request.proposed {
+        IdempotencyClaim::New(row.order_id)
+    } else {
+        // Claimed before, or by another request with the same key in this very batch.
+        IdempotencyClaim::Existing {
+            order_id: row.order_id,
+            same_request: row.request_hash == request.request_hash,
+        }
+    }
+}
+
+/// One statement for the whole batch: inserts the new keys (the first request of a key in the
+/// batch wins, in key order like every writer of this table) and reads the keys that existed.
+async fn claim_together(
+    pool: &PgPool,
+    batch: &[Request],
+) -> Result<HashMap<String, KeyRow>, String> {
+    let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
+    let hashes: Vec<&str> = batch.iter().map(|r| r.request_hash.as_str()).collect();
+    let proposed: Vec<uuid::Uuid> = batch.iter().map(|r| r.proposed.as_uuid()).collect();
+    let rows: Vec<(String, String, uuid::Uuid, bool)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT DISTINCT ON (key) key, request_hash, order_id
+             FROM unnest($1::text[], $2::text[], $3::uuid[]) WITH ORDINALITY
+                  AS i(key, request_hash, order_id, n)
+             ORDER BY key, n
+         ), inserted AS (
+             INSERT INTO idempotency_keys (key, request_hash, order_id)
+             SELECT key, request_hash, order_id FROM input ORDER BY key
+             ON CONFLICT (key) DO NOTHING
+             RETURNING key, request_hash, order_id
+         )
+         SELECT key, request_hash, order_id, true FROM inserted
+         UNION ALL
+         SELECT k.key, k.request_hash, k.order_id, false
+         FROM idempotency_keys k JOIN input i ON i.key = k.key",
+    )
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&proposed)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    // The statement's read sees the table as it was before its own insert, so a key appears
+    // once: inserted, or found.
+    Ok(rows
+        .into_iter()
+        .map(|(key, request_hash, order_id, inserted)| {
+            let row = KeyRow {
+                order_id: OrderId::from_uuid(order_id),
+                request_hash,
+                inserted,
+            };
+            (key, row)
+        })
+        .collect())
+}
+
+/// The claim of one key on its own (the rare key that a concurrent statement inserted).
+async fn claim_alone(pool: &PgPool, request: &Request) -> Result<IdempotencyClaim, sqlx::Error> {
+    let inserted: Option<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (key, request_hash, order_id) VALUES ($1, $2, $3)
+         ON CONFLICT (key) DO NOTHING RETURNING order_id",
+    )
+    .bind(&request.key)
+    .bind(&request.request_hash)
+    .bind(request.proposed.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    if inserted.is_some() {
+        return Ok(IdempotencyClaim::New(request.proposed));
+    }
+    let (order_id, hash): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT order_id, request_hash FROM idempotency_keys WHERE key = $1")
+            .bind(&request.key)
+            .fetch_one(pool)
+            .await?;
+    Ok(IdempotencyClaim::Existing {
+        order_id: OrderId::from_uuid(order_id),
+        same_request: hash == request.request_hash,
+    })
 }
