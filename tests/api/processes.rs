@@ -87,11 +87,84 @@ async fn settled_cluster(client: &reqwest::Client, port: u16, instances: usize) 
 
 /// The count of reservation batches the inventory shards of the process on `port` decided.
 async fn reservation_batches(client: &reqwest::Client, port: u16) -> u64 {
+    metric(client, port, "inventory_reservation_batch_size_count ").await as u64
+}
+
+/// The sum of the samples of the process on `port` whose line starts with `series` (a name,
+/// or a name and some of its labels).
+async fn metric(client: &reqwest::Client, port: u16, series: &str) -> f64 {
     let (_, text) = get(client, &format!("http://127.0.0.1:{port}/metrics")).await;
     text.lines()
-        .find_map(|l| l.strip_prefix("inventory_reservation_batch_size_count "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Sends SIGSTOP or SIGCONT to `process`.
+fn signal(process: &ChildProcess, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &process.0.id().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("kill: {e}"));
+    assert!(sent.success(), "kill -{name}");
+}
+
+/// Connections to the local `port` whose received bytes nobody has read yet (Linux's
+/// `/proc/net/tcp`): requests waiting for a stopped process.
+fn unread_connections(port: u16) -> usize {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let established = fields.get(3) == Some(&"01");
+                    let ours = fields.get(1).is_some_and(|a| a.ends_with(&local));
+                    let unread = fields
+                        .get(4)
+                        .and_then(|q| q.split(':').nth(1))
+                        .is_some_and(|rx| u64::from_str_radix(rx, 16).is_ok_and(|n| n > 0));
+                    established && ours && unread
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// The instance id in `GET /cluster` of the instance on `port`.
+async fn instance_id(client: &reqwest::Client, port: u16) -> String {
+    let (_, body) = get(client, &format!("http://127.0.0.1:{port}/cluster")).await;
+    let cluster: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    cluster["instance"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The Stripe idempotency keys of the fake's charges: one per order and attempt, so a repeated
+/// key would be an order charged twice.
+async fn charge_keys(client: &reqwest::Client, stripe: &str) -> Vec<String> {
+    let ledger: Value = client
+        .get(format!("{stripe}/_fake/ledger"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ledger["charges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["idempotency_key"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Fails unless no key is repeated (and there are some).
+fn assert_charged_once(keys: &[String]) {
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "an order was charged twice");
+    assert!(!keys.is_empty());
 }
 
 #[tokio::test]
@@ -342,23 +415,134 @@ async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(live, 0);
-    let ledger: Value = client
-        .get(format!("{stripe}/_fake/ledger"))
+    assert_charged_once(&charge_keys(&client, &stripe).await);
+    // Every webhook arrived at the first instance; those of the others' orders were answered by
+    // their owners.
+    let forwarded = metric(
+        &client,
+        ports[0],
+        "cluster_owner_requests_total{outcome=\"answered\"}",
+    )
+    .await;
+    assert!(
+        forwarded > 0.0,
+        "no webhook was handed to its order's owner"
+    );
+}
+
+#[tokio::test]
+async fn an_owner_stopped_past_its_lease_is_refused_when_it_wakes_and_nothing_is_lost_or_doubled() {
+    ordersaga::install_crypto_provider();
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let (_fake, stripe) = standalone_stripe_fake().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let settings = paying_through(
+        &stripe,
+        &[
+            ("PARTITION_LEASE_MS", "2000"),
+            ("PARTITION_RENEW_MS", "300"),
+        ],
+    );
+    let mut instances = Vec::new();
+    for port in ports {
+        instances.push(serve_with(&db, &nats, port, &settings));
+        wait_healthy(port).await;
+    }
+    let client = reqwest::Client::new();
+    send_webhooks_to(&client, &stripe, ports[0]).await;
+    settled_cluster(&client, ports[0], 3).await;
+    let stopped_id = instance_id(&client, ports[2]).await;
+    let product = client
+        .put(format!("http://127.0.0.1:{}/inventory/products/WOKEN", ports[0]))
+        .json(&json!({"name": "asked of a sleeper", "unit_price_cents": 100, "currency": "EUR", "on_hand": 10}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(product.status().is_success());
+
+    let orders = 300;
+    let load = load_tests::run(spread_load(&ports, orders, 30));
+    let pool = sqlx::PgPool::connect(&db.url)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let keys: Vec<&str> = ledger["charges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["idempotency_key"].as_str())
-        .collect();
-    let distinct: std::collections::HashSet<&&str> = keys.iter().collect();
-    assert_eq!(distinct.len(), keys.len(), "an order was charged twice");
-    assert!(!keys.is_empty());
+    let stopped = &instances[2];
+    let pause = async {
+        wait_orders_placed(&pool, orders as i64 / 3).await;
+        signal(stopped, "STOP");
+        // Its leases run out and the two others take every partition over.
+        eventually(
+            Duration::from_secs(30),
+            "every partition owned by a running instance",
+            || async {
+                let (_, body) =
+                    get(&client, &format!("http://127.0.0.1:{}/cluster", ports[0])).await;
+                let cluster: Value = serde_json::from_str(&body).ok()?;
+                let taken = cluster["key_spaces"].as_array()?.iter().all(|space| {
+                    space["partitions"].as_array().is_some_and(|partitions| {
+                        partitions
+                            .iter()
+                            .all(|p| p["owner"].as_str().is_some_and(|owner| owner != stopped_id))
+                    })
+                });
+                taken.then_some(())
+            },
+        )
+        .await;
+        // Placements sent to it while it sleeps are the first thing it does when it wakes,
+        // before it can learn that its leases are gone.
+        let asked: Vec<_> = (0..5)
+            .map(|_| {
+                client
+                    .post(format!("http://127.0.0.1:{}/orders", ports[2]))
+                    .json(&json!({"customer_id": "woken", "currency": "EUR",
+                        "payment_method": "pm_card_visa", "items": [{"sku": "WOKEN", "quantity": 1}]}))
+                    .send()
+            })
+            .collect();
+        let answers = tokio::spawn(futures::future::join_all(asked));
+        eventually(
+            Duration::from_secs(10),
+            "the requests to wait in the sleeping instance's sockets",
+            || async { (unread_connections(ports[2]) >= 5).then_some(()) },
+        )
+        .await;
+        signal(stopped, "CONT");
+        let answers = answers.await.unwrap_or_else(|e| panic!("{e}"));
+        let mut refused = 0;
+        for answer in answers {
+            let answer = answer.unwrap_or_else(|e| panic!("a woken instance must answer: {e}"));
+            if answer.status().as_u16() == 503 {
+                let body: Value = answer.json().await.unwrap_or(Value::Null);
+                assert_eq!(body["error"]["code"], "not_owner", "{body}");
+                refused += 1;
+            }
+        }
+        refused
+    };
+    let (report, refused) = tokio::join!(load, pause);
+    let report = report.unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}");
+    assert!(report.invariants_hold(), "{report}");
+    assert_eq!(report.completed + report.cancelled, orders, "{report}");
+
+    // What it tried to write as the owner it no longer was was refused, at the fence in
+    // PostgreSQL or by its own view of its leases.
+    let fenced = metric(&client, ports[2], "cluster_fenced_writes_total").await;
+    println!("refused after waking: {refused} placements, {fenced} snapshot writes");
+    assert!(
+        refused + fenced as usize > 0,
+        "the woken owner's work was not refused"
+    );
+
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM order_snapshots WHERE status NOT IN ('COMPLETED', 'CANCELLED')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(live, 0);
+    assert_charged_once(&charge_keys(&client, &stripe).await);
 }
 
 #[tokio::test]
