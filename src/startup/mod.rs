@@ -279,6 +279,7 @@ impl Application {
         // recorded while no recorder is installed).
         let _ = crate::metrics::handle();
         warn_if_reservations_expire_first(&settings);
+        pg::set_batch_linger(Duration::from_millis(settings.batch_linger_ms));
         let pool =
             pg::connect_and_migrate(&settings.database_url, settings.database_max_connections)
                 .await?;

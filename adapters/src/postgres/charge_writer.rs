@@ -92,10 +92,11 @@ async fn write_batches(
     pool: PgPool,
     signal: OutboxSignal,
     recorded: RecordedCharges,
-    mut queue: mpsc::Receiver<Request>,
+    queue: mpsc::Receiver<Request>,
 ) {
+    let mut queue = super::batching::BatchQueue::new(queue);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while queue.next(&mut batch, MAX_BATCH).await > 0 {
         let requests = std::mem::take(&mut batch);
         let (records, replies): (Vec<ChargeRecord>, Vec<_>) =
             requests.into_iter().map(|r| (r.record, r.reply)).unzip();

@@ -132,19 +132,22 @@ impl SnapshotWriter {
     }
 }
 
-async fn write_batches(pool: PgPool, signal: OutboxSignal, mut queue: mpsc::Receiver<Request>) {
+async fn write_batches(pool: PgPool, signal: OutboxSignal, queue: mpsc::Receiver<Request>) {
+    let mut queue = super::batching::BatchQueue::new(queue);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Requests held back because their order already had one in the batch.
     let mut later: Vec<Request> = Vec::new();
     loop {
         if later.is_empty() {
-            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            if queue.next(&mut batch, MAX_BATCH).await == 0 {
                 return;
             }
         } else {
             batch.append(&mut later);
             while batch.len() < MAX_BATCH {
-                let Ok(request) = queue.try_recv() else { break };
+                let Some(request) = queue.try_recv() else {
+                    break;
+                };
                 batch.push(request);
             }
         }

@@ -91,17 +91,18 @@ struct KeyRow {
     inserted: bool,
 }
 
-async fn claim_batches(pool: PgPool, mut queue: mpsc::Receiver<Request>) {
+async fn claim_batches(pool: PgPool, queue: mpsc::Receiver<Request>) {
+    let mut queue = super::batching::BatchQueue::new(queue);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while queue.next(&mut batch, MAX_BATCH).await > 0 {
         let found = claim_together(&pool, &batch).await;
         for request in batch.drain(..) {
             let answer = match &found {
                 Err(e) => Err(StoreError::Unavailable(e.clone())),
                 Ok(rows) => match rows.get(&request.key) {
                     Some(row) => Ok(answer_for(&request, row)),
-                    // Inserted by a concurrent statement that committed while this one ran:
-                    // invisible to its read, so it is read again on its own.
+                    // Not found although not inserted: a concurrent claim of the key that had
+                    // not committed yet. Claimed again on its own.
                     None => claim_alone(&pool, &request)
                         .await
                         .map_err(|e| StoreError::Unavailable(e.to_string())),
@@ -124,31 +125,27 @@ fn answer_for(request: &Request, row: &KeyRow) -> IdempotencyClaim {
     }
 }
 
-/// One statement for the whole batch: inserts the new keys (the first request of a key in the
-/// batch wins, in key order like every writer of this table) and reads the keys that existed.
+/// Claims the batch's keys: one plain insert for all of them (the first request of a key in
+/// the batch wins), then, only when some key was there already, one read of those. Two simple
+/// statements rather than one that does both: PostgreSQL plans a data-modifying `WITH` afresh
+/// at nearly every execution, which cost more than the statement itself.
 async fn claim_together(
     pool: &PgPool,
     batch: &[Request],
 ) -> Result<HashMap<String, KeyRow>, String> {
-    let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
-    let hashes: Vec<&str> = batch.iter().map(|r| r.request_hash.as_str()).collect();
-    let proposed: Vec<uuid::Uuid> = batch.iter().map(|r| r.proposed.as_uuid()).collect();
-    let rows: Vec<(String, String, uuid::Uuid, bool)> = sqlx::query_as(
-        "WITH input AS (
-             SELECT DISTINCT ON (key) key, request_hash, order_id
-             FROM unnest($1::text[], $2::text[], $3::uuid[]) WITH ORDINALITY
-                  AS i(key, request_hash, order_id, n)
-             ORDER BY key, n
-         ), inserted AS (
-             INSERT INTO idempotency_keys (key, request_hash, order_id)
-             SELECT key, request_hash, order_id FROM input ORDER BY key
-             ON CONFLICT (key) DO NOTHING
-             RETURNING key, request_hash, order_id
-         )
-         SELECT key, request_hash, order_id, true FROM inserted
-         UNION ALL
-         SELECT k.key, k.request_hash, k.order_id, false
-         FROM idempotency_keys k JOIN input i ON i.key = k.key",
+    // In key order, like every writer of this table, so that two batches that share keys (a
+    // client retrying at two instances at once) queue instead of deadlocking. The sort is
+    // stable: the first request of a key in the batch still wins.
+    let mut sorted: Vec<&Request> = batch.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    let keys: Vec<&str> = sorted.iter().map(|r| r.key.as_str()).collect();
+    let hashes: Vec<&str> = sorted.iter().map(|r| r.request_hash.as_str()).collect();
+    let proposed: Vec<uuid::Uuid> = sorted.iter().map(|r| r.proposed.as_uuid()).collect();
+    let inserted: Vec<(String, String, uuid::Uuid)> = sqlx::query_as(
+        "INSERT INTO idempotency_keys (key, request_hash, order_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])
+         ON CONFLICT (key) DO NOTHING
+         RETURNING key, request_hash, order_id",
     )
     .bind(&keys)
     .bind(&hashes)
@@ -156,19 +153,41 @@ async fn claim_together(
     .fetch_all(pool)
     .await
     .map_err(|e| e.to_string())?;
-    // The statement's read sees the table as it was before its own insert, so a key appears
-    // once: inserted, or found.
-    Ok(rows
+    let mut rows: HashMap<String, KeyRow> = inserted
         .into_iter()
-        .map(|(key, request_hash, order_id, inserted)| {
+        .map(|(key, request_hash, order_id)| {
             let row = KeyRow {
                 order_id: OrderId::from_uuid(order_id),
                 request_hash,
-                inserted,
+                inserted: true,
             };
             (key, row)
         })
-        .collect())
+        .collect();
+    let existing: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|key| !rows.contains_key(*key))
+        .collect();
+    if existing.is_empty() {
+        return Ok(rows);
+    }
+    let found: Vec<(String, String, uuid::Uuid)> = sqlx::query_as(
+        "SELECT key, request_hash, order_id FROM idempotency_keys WHERE key = ANY($1)",
+    )
+    .bind(&existing)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    for (key, request_hash, order_id) in found {
+        let row = KeyRow {
+            order_id: OrderId::from_uuid(order_id),
+            request_hash,
+            inserted: false,
+        };
+        rows.insert(key, row);
+    }
+    Ok(rows)
 }
 
 /// The claim of one key on its own (the rare key that a concurrent statement inserted).

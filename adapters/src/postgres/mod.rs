@@ -4,6 +4,7 @@
 //! (`outbox::commit_with`), then hands them to the relay through `OutboxSignal` so publishing starts at once
 //! instead of at the next poll.
 
+mod batching;
 mod catalog;
 mod charge_writer;
 pub mod dead_letters;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+pub use batching::set_batch_linger;
 pub use catalog::{Catalog, CatalogError, Product, ProductUpsert};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
 pub use ledger::PgReservationLedger;

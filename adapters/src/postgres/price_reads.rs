@@ -84,9 +84,10 @@ impl PriceReads {
     }
 }
 
-async fn read_batches(pool: PgPool, mut queue: mpsc::Receiver<Request>) {
+async fn read_batches(pool: PgPool, queue: mpsc::Receiver<Request>) {
+    let mut queue = super::batching::BatchQueue::new(queue);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while queue.next(&mut batch, MAX_BATCH).await > 0 {
         let names: Vec<&str> = batch
             .iter()
             .flat_map(|r| r.skus.iter().map(Sku::as_str))
