@@ -117,6 +117,11 @@ pub fn handle() -> Option<PrometheusHandle> {
                     BATCH_BUCKETS,
                 )
                 .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(actors::metrics::DATABASE_BATCH.into()),
+                    BATCH_BUCKETS,
+                )
+                .ok()?
                 .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(60)))
                 .install_recorder()
                 .ok()?;

@@ -25,6 +25,7 @@ pub const JETSTREAM_CONSUMED: &str = "jetstream_messages_consumed_total";
 pub const JETSTREAM_REDELIVERIES: &str = "jetstream_redeliveries_total";
 pub const WEBHOOK_EVENTS: &str = "stripe_webhook_events_total";
 pub const RESERVATION_BATCH: &str = "inventory_reservation_batch_size";
+pub const DATABASE_BATCH: &str = "database_batch_size";
 pub const CLUSTER_PARTITIONS_OWNED: &str = "cluster_partitions_owned";
 pub const CLUSTER_PARTITION_CHANGES: &str = "cluster_partition_changes_total";
 pub const CLUSTER_LEASE_RENEW: &str = "cluster_lease_renew_seconds";
@@ -138,6 +139,10 @@ pub fn describe() {
     describe_histogram!(
         RESERVATION_BATCH,
         "Reservations decided per inventory transaction (a shard's batch)"
+    );
+    describe_histogram!(
+        DATABASE_BATCH,
+        "Requests per statement of a batching writer or reader, by writer: snapshots, charges, idempotency_claims, price_reads"
     );
     describe_counter!(
         crate::payments::FAILURE_STREAK_ALERTS,

@@ -96,7 +96,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiE
     security(("ADMIN_TOKEN" = [])),
     params(("id" = String, Path, description = "The order id (a UUID).")),
     responses(
-        (status = 200, description = "The saga: live in this process, or its stored snapshot.", body = openapi::SagaInspection),
+        (status = 200, description = "The saga: live at its owner (in a cluster, the instance asked forwards the request to the order's owner), or its stored snapshot.", body = openapi::SagaInspection),
         (status = 400, description = "`invalid_path`: the id is not a UUID.", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no valid admin bearer token, or `ADMIN_TOKEN` is unset (with `WWW-Authenticate: Bearer`).", body = ErrorBody),
         (status = 404, description = "`not_found`: no such order.", body = ErrorBody),
@@ -323,7 +323,7 @@ async fn act(
         (status = 413, description = "`body_too_large`: over 64 KiB.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`.", body = ErrorBody),
         (status = 422, description = "`validation_failed`: `by` or `reason` is not 1 to 200 printable characters.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable; `not_owner`: another instance owns the order and did not answer (in a cluster the owner answers, whichever instance is asked).", body = ErrorBody),
     )
 )]
 pub async fn retry(
@@ -351,7 +351,7 @@ pub async fn retry(
         (status = 413, description = "`body_too_large`: over 64 KiB.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`.", body = ErrorBody),
         (status = 422, description = "`validation_failed`: `by` or `reason` is not 1 to 200 printable characters.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable; `not_owner`: another instance owns the order and did not answer (in a cluster the owner answers, whichever instance is asked).", body = ErrorBody),
     )
 )]
 pub async fn cancel(
@@ -379,7 +379,7 @@ pub async fn cancel(
         (status = 413, description = "`body_too_large`: over 64 KiB.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`.", body = ErrorBody),
         (status = 422, description = "`validation_failed`: `by` or `reason` is not 1 to 200 printable characters.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable; `not_owner`: another instance owns the order and did not answer (in a cluster the owner answers, whichever instance is asked).", body = ErrorBody),
     )
 )]
 pub async fn pause(
@@ -407,7 +407,7 @@ pub async fn pause(
         (status = 413, description = "`body_too_large`: over 64 KiB.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`.", body = ErrorBody),
         (status = 422, description = "`validation_failed`: `by` or `reason` is not 1 to 200 printable characters.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this process does not run the order role, or the database or the order service is unavailable; `not_owner`: another instance owns the order and did not answer (in a cluster the owner answers, whichever instance is asked).", body = ErrorBody),
     )
 )]
 pub async fn resume(

@@ -30,7 +30,7 @@ use super::{ApiError, AppState};
     params(("Stripe-Signature" = String, Header, description = "Stripe's signature over the raw body (`t=...,v1=...`), checked against `STRIPE_WEBHOOK_SECRET` (or the fake's secret).")),
     request_body(content = Object, content_type = "application/json", description = "A Stripe event (`id`, `type`, `data.object`...), read as raw bytes up to 512 KiB; the `Content-Type` is not checked."),
     responses(
-        (status = 200, description = "Recorded (or already recorded: `duplicate`; or not recorded because it reports what is already known of the charge: `already_applied`); event types that are not handled are acknowledged too.", body = super::openapi::WebhookAck),
+        (status = 200, description = "Recorded (or already recorded: `duplicate`; or not recorded because it reports what is already known of the charge: `already_applied`); event types that are not handled are acknowledged too. In a cluster, an event for an order another instance owns is answered by that owner (forwarded over NATS), or recorded here when no owner answers.", body = super::openapi::WebhookAck),
         (status = 400, description = "`invalid_signature` (field `Stripe-Signature`) or `malformed_event`; nothing changed.", body = super::error::ErrorBody),
         (status = 413, description = "The body exceeds 512 KiB (axum's plain-text answer, not the JSON error shape).", body = String, content_type = "text/plain"),
         (status = 503, description = "`unavailable`: this process does not run the payment role, or the database is unavailable.", body = super::error::ErrorBody),

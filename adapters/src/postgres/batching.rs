@@ -29,6 +29,8 @@ fn linger() -> Duration {
 
 /// A writer's queue, taken from a batch at a time.
 pub struct BatchQueue<T> {
+    /// The `writer` label of its batch sizes in `database_batch_size`.
+    name: &'static str,
     queue: mpsc::Receiver<T>,
     /// The size of the last batch taken: a lone request after a lone request means nobody else
     /// is about, and waiting for company would only add latency.
@@ -36,8 +38,12 @@ pub struct BatchQueue<T> {
 }
 
 impl<T> BatchQueue<T> {
-    pub fn new(queue: mpsc::Receiver<T>) -> Self {
-        Self { queue, last: 0 }
+    pub fn new(name: &'static str, queue: mpsc::Receiver<T>) -> Self {
+        Self {
+            name,
+            queue,
+            last: 0,
+        }
     }
 
     /// Waits for at least one item, then fills `batch` up to `max` with what is queued and,
@@ -61,6 +67,8 @@ impl<T> BatchQueue<T> {
             }
         }
         self.last = batch.len();
+        metrics::histogram!(actors::metrics::DATABASE_BATCH, "writer" => self.name)
+            .record(batch.len() as f64);
         batch.len()
     }
 
@@ -78,7 +86,7 @@ mod tests {
     async fn requests_in_company_wait_the_linger_for_more_and_a_lone_one_does_not() {
         set_batch_linger(Duration::from_millis(2));
         let (tx, rx) = mpsc::channel(16);
-        let mut queue = BatchQueue::new(rx);
+        let mut queue = BatchQueue::new("test", rx);
         let mut batch = Vec::new();
         // Alone: it goes at once, and one that comes a millisecond later is the next batch.
         tx.send(0).await.unwrap();

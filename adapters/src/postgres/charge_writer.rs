@@ -94,7 +94,7 @@ async fn write_batches(
     recorded: RecordedCharges,
     queue: mpsc::Receiver<Request>,
 ) {
-    let mut queue = super::batching::BatchQueue::new(queue);
+    let mut queue = super::batching::BatchQueue::new("charges", queue);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.next(&mut batch, MAX_BATCH).await > 0 {
         let requests = std::mem::take(&mut batch);

@@ -133,7 +133,7 @@ impl SnapshotWriter {
 }
 
 async fn write_batches(pool: PgPool, signal: OutboxSignal, queue: mpsc::Receiver<Request>) {
-    let mut queue = super::batching::BatchQueue::new(queue);
+    let mut queue = super::batching::BatchQueue::new("snapshots", queue);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Requests held back because their order already had one in the batch.
     let mut later: Vec<Request> = Vec::new();

@@ -92,7 +92,7 @@ struct KeyRow {
 }
 
 async fn claim_batches(pool: PgPool, queue: mpsc::Receiver<Request>) {
-    let mut queue = super::batching::BatchQueue::new(queue);
+    let mut queue = super::batching::BatchQueue::new("idempotency_claims", queue);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.next(&mut batch, MAX_BATCH).await > 0 {
         let found = claim_together(&pool, &batch).await;

@@ -85,7 +85,7 @@ impl PriceReads {
 }
 
 async fn read_batches(pool: PgPool, queue: mpsc::Receiver<Request>) {
-    let mut queue = super::batching::BatchQueue::new(queue);
+    let mut queue = super::batching::BatchQueue::new("price_reads", queue);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.next(&mut batch, MAX_BATCH).await > 0 {
         let names: Vec<&str> = batch
