@@ -7,6 +7,7 @@ pub const SAGA_STARTED: &str = "order_saga_started_total";
 pub const SAGA_COMPLETED: &str = "order_saga_completed_total";
 pub const SAGA_FAILED: &str = "order_saga_failed_total";
 pub const SAGA_COMPENSATED: &str = "order_saga_compensated_total";
+pub const SNAPSHOT_CONFLICTS: &str = "order_snapshot_conflicts_total";
 pub const SAGA_DURATION: &str = "order_saga_duration_seconds";
 pub const SAGA_TIMEOUTS: &str = "order_saga_step_timeouts_total";
 pub const STEP_DURATION: &str = "order_saga_step_duration_seconds";
@@ -63,6 +64,10 @@ pub fn describe() {
     describe_counter!(
         SAGA_COMPENSATED,
         "Order sagas that started compensation (stock release after a payment failure or timeout)"
+    );
+    describe_counter!(
+        SNAPSHOT_CONFLICTS,
+        "Snapshot writes that found the order moved on (another actor of it wrote first): ~0 when each order has one live actor, some during a takeover"
     );
     describe_histogram!(
         SAGA_DURATION,

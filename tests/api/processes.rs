@@ -173,6 +173,8 @@ async fn two_processes_share_the_work_without_breaking_invariants() {
     let nats = TestNats::start().await;
     let db = TestDb::create().await;
     let ([port_a, port_b], _instances) = two_instances(&db, &nats).await;
+    let client = reqwest::Client::new();
+    settled_cluster(&client, port_a, 2).await;
 
     // Both processes take orders at once. Each runs the sagas of the orders it places (their ids
     // fall in its own partitions); each SKU's reservations are decided by the instance that owns
@@ -200,6 +202,17 @@ async fn two_processes_share_the_work_without_breaking_invariants() {
         ra.completed + ra.cancelled + rb.completed + rb.cancelled,
         200
     );
+    // One live actor per order: no snapshot write ever found its order moved on by another.
+    assert_eq!(snapshot_conflicts(&client, &[port_a, port_b]).await, 0.0);
+}
+
+/// Snapshot writes that found their order moved on, summed over the instances on `ports`.
+async fn snapshot_conflicts(client: &reqwest::Client, ports: &[u16]) -> f64 {
+    let mut sum = 0.0;
+    for port in ports {
+        sum += metric(client, *port, "order_snapshot_conflicts_total").await;
+    }
+    sum
 }
 
 #[tokio::test]
@@ -428,6 +441,9 @@ async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_
         forwarded > 0.0,
         "no webhook was handed to its order's owner"
     );
+    // The dead instance wrote nothing after its death, and the survivors recovered its orders
+    // from their snapshots: no two actors of one order ever wrote.
+    assert_eq!(snapshot_conflicts(&client, &ports[..2]).await, 0.0);
 }
 
 #[tokio::test]
@@ -529,7 +545,10 @@ async fn an_owner_stopped_past_its_lease_is_refused_when_it_wakes_and_nothing_is
     // What it tried to write as the owner it no longer was was refused, at the fence in
     // PostgreSQL or by its own view of its leases.
     let fenced = metric(&client, ports[2], "cluster_fenced_writes_total").await;
-    println!("refused after waking: {refused} placements, {fenced} snapshot writes");
+    let conflicts = snapshot_conflicts(&client, &ports).await;
+    println!(
+        "refused after waking: {refused} placements, {fenced} snapshot writes; {conflicts} snapshot conflicts"
+    );
     assert!(
         refused + fenced as usize > 0,
         "the woken owner's work was not refused"

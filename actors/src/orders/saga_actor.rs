@@ -336,6 +336,7 @@ impl OrderSagaState {
                     return Ok(Delivery::Applied(status));
                 }
                 Err(StoreError::VersionConflict { expected }) => {
+                    metrics::counter!(m::SNAPSHOT_CONFLICTS).increment(1);
                     debug!(order_id = %self.order_id, correlation_id = %transition.next.correlation_id, expected, "snapshot moved on elsewhere; reloading");
                     self.snapshot = None;
                     fresh = true;
