@@ -1,6 +1,7 @@
-//! Several real `ordersaga serve` processes against one database and one JetStream: two
-//! all-role instances of a cluster sharing the work (and a hot SKU decided by its owner alone),
-//! and the three roles as three separate services.
+//! Several real `ordersaga serve` processes against one database and one JetStream: instances
+//! of a cluster sharing the work (a flash sale whose hot SKU its owner alone decides; one
+//! instance SIGKILLed, one SIGSTOPped past its lease, one joining and one draining, all under
+//! load), and the three roles as three separate services.
 
 use std::time::Duration;
 
@@ -261,30 +262,40 @@ async fn the_three_roles_run_as_three_processes() {
 }
 
 #[tokio::test]
-async fn a_hot_sku_is_decided_by_its_owner_alone_whichever_instance_takes_the_orders() {
+async fn a_flash_sale_across_three_instances_is_exact_and_decided_by_the_hot_sku_s_owner_alone() {
     ordersaga::install_crypto_provider();
     let nats = TestNats::start().await;
     let db = TestDb::create().await;
-    let ([port_a, port_b], _instances) = two_instances(&db, &nats).await;
+    let ports = [free_port(), free_port(), free_port()];
+    let mut instances = Vec::new();
+    for port in ports {
+        instances.push(serve(&db, &nats, port));
+        wait_healthy(port).await;
+    }
     let client = reqwest::Client::new();
-    let cluster = settled_cluster(&client, port_a, 2).await;
+    let cluster = settled_cluster(&client, ports[0], 3).await;
 
-    let product = json!({"name": "hot", "unit_price_cents": 100, "currency": "EUR", "on_hand": 10});
+    let product =
+        json!({"name": "hot", "unit_price_cents": 100, "currency": "EUR", "on_hand": 100});
     let put = client
-        .put(format!("http://127.0.0.1:{port_a}/inventory/products/HOT"))
+        .put(format!(
+            "http://127.0.0.1:{}/inventory/products/HOT",
+            ports[0]
+        ))
         .json(&product)
         .send()
         .await
         .unwrap_or_else(|e| panic!("PUT: {e}"));
     assert!(put.status().is_success());
-    // 30 orders of one unit, half at each instance, each waited for where it was placed.
+    // 300 orders of one unit for 100 units, spread over the three instances, each waited for
+    // where it was placed.
     let order = json!({"customer_id": "c", "items": [{"sku": "HOT", "quantity": 1}],
                        "currency": "EUR", "payment_method": "pm_card_visa"});
     let place = |port: u16| {
         let (client, order) = (client.clone(), order.clone());
         async move {
             let response = client
-                .post(format!("http://127.0.0.1:{port}/orders?wait=20s"))
+                .post(format!("http://127.0.0.1:{port}/orders?wait=30s"))
                 .json(&order)
                 .send()
                 .await
@@ -293,13 +304,13 @@ async fn a_hot_sku_is_decided_by_its_owner_alone_whichever_instance_takes_the_or
             body["status"].as_str().unwrap_or_default().to_owned()
         }
     };
-    let placed = (0..30).map(|i| place(if i % 2 == 0 { port_a } else { port_b }));
+    let placed = (0..300).map(|i| place(ports[i % 3]));
     let statuses = futures::future::join_all(placed).await;
     let completed = statuses.iter().filter(|s| *s == "COMPLETED").count();
     let cancelled = statuses.iter().filter(|s| *s == "CANCELLED").count();
-    assert_eq!((completed, cancelled), (10, 20), "{statuses:?}");
+    assert_eq!((completed, cancelled), (100, 200), "{statuses:?}");
     // The last commits follow the orders' completion (nobody waits for them).
-    let url = format!("http://127.0.0.1:{port_a}/inventory/products/HOT");
+    let url = format!("http://127.0.0.1:{}/inventory/products/HOT", ports[0]);
     eventually(
         Duration::from_secs(20),
         "the stock to settle at 0",
@@ -323,14 +334,25 @@ async fn a_hot_sku_is_decided_by_its_owner_alone_whichever_instance_takes_the_or
         .cloned()
         .unwrap_or(Value::Null);
     let owner = skus["partitions"][partition.index()]["owner"].clone();
-    let owner_port = match owner.as_str() {
-        Some(id) if id.ends_with(&format!(":{port_a}")) => port_a,
-        Some(id) if id.ends_with(&format!(":{port_b}")) => port_b,
-        _ => panic!("HOT's partition {partition} is owned by {owner}"),
-    };
-    let other_port = if owner_port == port_a { port_b } else { port_a };
-    assert!(reservation_batches(&client, owner_port).await > 0);
-    assert_eq!(reservation_batches(&client, other_port).await, 0);
+    let owner_port = ports
+        .into_iter()
+        .find(|port| {
+            owner
+                .as_str()
+                .is_some_and(|id| id.ends_with(&format!(":{port}")))
+        })
+        .unwrap_or_else(|| panic!("HOT's partition {partition} is owned by {owner}"));
+    for port in ports {
+        let batches = reservation_batches(&client, port).await;
+        if port == owner_port {
+            assert!(batches > 0);
+        } else {
+            assert_eq!(
+                batches, 0,
+                "the instance on {port} decided reservations of HOT"
+            );
+        }
+    }
 }
 
 /// Settings for instances that pay through the shared Stripe fake at `stripe` (as instances of
