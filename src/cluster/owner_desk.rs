@@ -13,13 +13,8 @@ use crate::http::owner_forwarding::answer_forwarded;
 
 /// Opens the request subjects of the order partitions this instance gains and closes those of
 /// the partitions it loses; each request is answered by `router`, as if it had arrived here.
-pub fn owner_desk(
-    client: async_nats::Client,
-    router: axum::Router,
-    instance: String,
-) -> ChangeListener {
+pub fn owner_desk(client: async_nats::Client, router: axum::Router) -> ChangeListener {
     let replies = client.clone();
-    let instance: Arc<str> = instance.into();
     let desk = bus::PartitionMailbox::listening_to(
         client,
         KeySpace::Orders,
@@ -28,9 +23,9 @@ pub fn owner_desk(
             let Some(request) = bus::read_request(&message) else {
                 return;
             };
-            let (router, client, instance) = (router.clone(), replies.clone(), instance.clone());
+            let (router, client) = (router.clone(), replies.clone());
             tokio::spawn(async move {
-                let answer = answer_forwarded(router, &instance, request).await;
+                let answer = answer_forwarded(router, request).await;
                 if let Err(e) = bus::reply(&client, &message, answer).await {
                     tracing::debug!(error = %e, "cannot answer a forwarded request");
                 }

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -109,6 +110,8 @@ pub struct PlacedOrder {
 pub async fn place_order(
     State(state): State<AppState>,
     Query(query): Query<PlaceOrderQuery>,
+    extensions: axum::http::Extensions,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PlaceOrderBody>,
 ) -> Result<Response, ApiError> {
@@ -181,6 +184,24 @@ pub async fn place_order(
                 order_id: id,
                 same_request: true,
             } => {
+                // A retry of a placement that another instance made: its saga runs there, and
+                // so is the answer.
+                if let Some(partition) = super::owner_forwarding::elsewhere(&state, &extensions, id)
+                {
+                    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+                    let answered = super::owner_forwarding::ask_owner(
+                        &state,
+                        partition,
+                        &axum::http::Method::POST,
+                        &uri,
+                        &headers,
+                        body,
+                    )
+                    .await;
+                    if let Some(answer) = answered {
+                        return Ok(answer);
+                    }
+                }
                 order_id = id;
                 replayed = true;
             }

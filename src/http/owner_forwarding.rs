@@ -11,7 +11,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -21,23 +21,30 @@ use adapters::nats::{FORWARDED_HEADERS, Forwarded, OwnerRequest};
 
 use super::AppState;
 
-/// Marks a request that an instance forwarded to this one as the owner: it is answered here.
-pub const FORWARDED_FROM: &str = "ordersaga-forwarded-from";
+/// Marks a request that another instance forwarded to this one as the owner: it is answered
+/// here, never sent on, and not rate limited again (the instance it reached first did that). A
+/// request extension, not a header, so that no client can claim it.
+#[derive(Debug, Clone)]
+pub struct ForwardedByPeer;
 
 /// Most bytes of an owner's answer that are read back into a response.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
-/// Whether `headers` mark a request forwarded by another instance.
-pub fn was_forwarded(headers: &HeaderMap) -> bool {
-    headers.contains_key(FORWARDED_FROM)
+/// Whether a request with these extensions was forwarded by another instance.
+pub fn was_forwarded(extensions: &Extensions) -> bool {
+    extensions.get::<ForwardedByPeer>().is_some()
 }
 
 /// The order partition whose owner should answer a request for `order_id`; `None` when this
 /// instance owns it, or does not run the order role (then there is no cluster of identical
 /// instances to forward within), or the request was already forwarded.
-pub fn elsewhere(state: &AppState, headers: &HeaderMap, order_id: OrderId) -> Option<PartitionId> {
+pub fn elsewhere(
+    state: &AppState,
+    extensions: &Extensions,
+    order_id: OrderId,
+) -> Option<PartitionId> {
     let ownership = state.cluster.orders.as_ref()?;
-    if was_forwarded(headers) || ownership.owns_order(order_id) {
+    if was_forwarded(extensions) || ownership.owns_order(order_id) {
         return None;
     }
     Some(state.cluster.count.of_order(order_id))
@@ -51,7 +58,8 @@ pub async fn order_routes(State(state): State<AppState>, request: Request, next:
         .strip_prefix("/actors/orders/")
         .and_then(|rest| rest.split('/').next())
         .and_then(|id| OrderId::parse(id).ok());
-    let Some(partition) = order_id.and_then(|id| elsewhere(&state, request.headers(), id)) else {
+    let Some(partition) = order_id.and_then(|id| elsewhere(&state, request.extensions(), id))
+    else {
         return next.run(request).await;
     };
     let (parts, body) = request.into_parts();
@@ -136,7 +144,6 @@ pub async fn ask_owner(
 /// Answers a request forwarded by another instance with this instance's router.
 pub async fn answer_forwarded(
     router: axum::Router,
-    instance: &str,
     request: OwnerRequest,
 ) -> adapters::nats::OwnerAnswer {
     use tower::ServiceExt;
@@ -144,7 +151,7 @@ pub async fn answer_forwarded(
     let mut builder = axum::http::Request::builder()
         .method(request.method.as_str())
         .uri(request.uri.as_str())
-        .header(FORWARDED_FROM, instance);
+        .extension(ForwardedByPeer);
     for (name, value) in &request.content.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }

@@ -71,6 +71,10 @@ pub async fn limit_orders(
     let Some(limit) = limit else {
         return next.run(request).await;
     };
+    if super::owner_forwarding::was_forwarded(request.extensions()) {
+        // Limited where it first arrived.
+        return next.run(request).await;
+    }
     match limit.check(&client_key(&request)) {
         Ok(()) => next.run(request).await,
         Err(wait) => {

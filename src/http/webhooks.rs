@@ -14,7 +14,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Extensions, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -38,6 +38,7 @@ use super::{ApiError, AppState};
 )]
 pub async fn receive(
     State(state): State<AppState>,
+    extensions: Extensions,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -69,7 +70,9 @@ pub async fn receive(
     })?;
     let owner = payment_update(&event)
         .and_then(|update| update.order_hint)
-        .and_then(|(order_id, _)| super::owner_forwarding::elsewhere(&state, &headers, order_id));
+        .and_then(|(order_id, _)| {
+            super::owner_forwarding::elsewhere(&state, &extensions, order_id)
+        });
     if let Some(partition) = owner {
         let answered = super::owner_forwarding::ask_owner(
             &state,

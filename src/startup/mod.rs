@@ -340,12 +340,7 @@ impl Application {
         let state = AppState::new(parts);
         let router = build_router(&settings, state.clone());
         if state.cluster.orders.is_some() {
-            let instance = keeper.instance().to_string();
-            keeper.on_change(crate::cluster::owner_desk(
-                nats.clone(),
-                router.clone(),
-                instance,
-            ));
+            keeper.on_change(crate::cluster::owner_desk(nats.clone(), router.clone()));
         }
         join_cluster(&mut wiring, keeper).await?;
         serve_http(&mut wiring, state, router, listener);

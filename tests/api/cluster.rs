@@ -411,3 +411,54 @@ async fn a_snapshot_write_of_an_owner_whose_partition_was_taken_over_is_refused(
     );
     assert_eq!(ok(store.load(elsewhere.next.order_id).await), None);
 }
+
+#[tokio::test]
+async fn a_placement_retried_at_another_instance_meets_its_order_at_the_owner() {
+    let app = quick_cluster_app().await;
+    let peer = app.spawn_peer(|_| {}).await;
+    wait_for_two_halves(&app).await;
+    app.put_product("MUG", 10, 1250).await;
+    let body = order_body(&[("MUG", 1)], "pm_card_visa");
+    let place = |base: String| {
+        app.http
+            .post(format!("{base}/orders?wait=10s"))
+            .header("Idempotency-Key", "retried-elsewhere")
+            .json(&body)
+            .send()
+    };
+    let first = ok(place(peer.base.clone()).await);
+    assert!(first.status().is_success(), "{}", first.status());
+    let first: Value = ok(first.json().await);
+    let id = first["order_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        owner_of(&cluster_of(&app).await, &id),
+        peer_instance(&app, &peer).await
+    );
+
+    // The client retries at the other instance (say the first answer was lost): the order is
+    // the peer's, so the peer answers, with the order as it is now.
+    let retried = ok(place(app.base.clone()).await);
+    assert_eq!(retried.status().as_u16(), 200);
+    assert_eq!(
+        retried
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let retried: Value = ok(retried.json().await);
+    assert_eq!(retried["order_id"], id.as_str());
+    assert_eq!(retried["status"], "COMPLETED", "{retried}");
+    let orders: i64 = ok(sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
+        .fetch_one(&app.pool)
+        .await);
+    assert_eq!(orders, 1, "one order for one key");
+}
+
+/// The instance id the peer reports.
+async fn peer_instance(app: &TestApp, peer: &crate::helpers::Peer) -> String {
+    cluster_at(app, &peer.base).await["instance"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}

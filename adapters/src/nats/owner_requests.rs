@@ -1,7 +1,8 @@
 //! HTTP requests that only the owner of a key's partition can answer well, carried to it over
 //! core NATS request-reply: an operator's action on an order or its inspection (the live actor
-//! is at the owner), a SKU's shard inspection, and a Stripe webhook (the owner knows in memory
-//! whether the event changes anything, where any other instance must ask PostgreSQL).
+//! is at the owner), a Stripe webhook (the owner knows in memory whether the event changes
+//! anything, where any other instance must ask PostgreSQL), and a placement retried under a key
+//! whose order the owner runs.
 //!
 //! One subject per partition and key space (`ordersaga.http.orders.<partition>`,
 //! `ordersaga.http.skus.<partition>`), listened to by the owner only while it owns the
@@ -23,14 +24,22 @@ pub fn request_subject(space: KeySpace, partition: PartitionId) -> String {
 }
 
 /// The HTTP headers that travel with a forwarded request: what the handlers read.
-pub const FORWARDED_HEADERS: [&str; 4] = [
+pub const FORWARDED_HEADERS: [&str; 6] = [
     "authorization",
     "content-type",
+    "idempotency-key",
     "stripe-signature",
+    "x-client-key",
     "x-correlation-id",
 ];
 /// The HTTP headers that travel back with the owner's answer.
-pub const ANSWER_HEADERS: [&str; 3] = ["content-type", "retry-after", "idempotent-replayed"];
+pub const ANSWER_HEADERS: [&str; 5] = [
+    "content-type",
+    "retry-after",
+    "idempotent-replayed",
+    "location",
+    "x-correlation-id",
+];
 
 const METHOD: &str = "Ordersaga-Method";
 const URI: &str = "Ordersaga-Uri";
