@@ -403,12 +403,23 @@ fn spread_load(ports: &[u16], orders: usize, concurrency: usize) -> load_tests::
     }
 }
 
-#[tokio::test]
-async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_others() {
+/// Three all-role instances on free ports with short leases (2 s, renewed every 300 ms), paying
+/// through a Stripe fake of their own process whose webhooks all reach the first, settled.
+struct PayingCluster {
+    _nats: TestNats,
+    db: TestDb,
+    _fake: ChildProcess,
+    stripe: String,
+    ports: [u16; 3],
+    instances: Vec<ChildProcess>,
+    client: reqwest::Client,
+}
+
+async fn three_paying_instances() -> PayingCluster {
     ordersaga::install_crypto_provider();
     let nats = TestNats::start().await;
     let db = TestDb::create().await;
-    let (_fake, stripe) = standalone_stripe_fake().await;
+    let (fake, stripe) = standalone_stripe_fake().await;
     let ports = [free_port(), free_port(), free_port()];
     let settings = paying_through(
         &stripe,
@@ -425,6 +436,50 @@ async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_
     let client = reqwest::Client::new();
     send_webhooks_to(&client, &stripe, ports[0]).await;
     settled_cluster(&client, ports[0], 3).await;
+    PayingCluster {
+        _nats: nats,
+        db,
+        _fake: fake,
+        stripe,
+        ports,
+        instances,
+        client,
+    }
+}
+
+/// The load report, once it shows every one of `orders` terminal and the invariants holding.
+fn every_order_ended(
+    report: anyhow::Result<load_tests::LoadReport>,
+    orders: usize,
+) -> load_tests::LoadReport {
+    let report = report.unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}");
+    assert!(report.invariants_hold(), "{report}");
+    assert_eq!(report.completed + report.cancelled, orders, "{report}");
+    report
+}
+
+/// Orders in the database that are not COMPLETED or CANCELLED.
+async fn orders_not_finished(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM order_snapshots WHERE status NOT IN ('COMPLETED', 'CANCELLED')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_others() {
+    let PayingCluster {
+        _nats,
+        db,
+        _fake,
+        stripe,
+        ports,
+        mut instances,
+        client,
+    } = three_paying_instances().await;
 
     let orders = 300;
     let load = load_tests::run(spread_load(&ports, orders, 30));
@@ -437,19 +492,10 @@ async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_
         third.kill();
     };
     let (report, ()) = tokio::join!(load, kill);
-    let report = report.unwrap_or_else(|e| panic!("{e:#}"));
-    println!("{report}");
-    assert!(report.invariants_hold(), "{report}");
-    assert_eq!(report.completed + report.cancelled, orders, "{report}");
+    every_order_ended(report, orders);
 
     // Nothing left behind, and no order charged twice.
-    let live: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM order_snapshots WHERE status NOT IN ('COMPLETED', 'CANCELLED')",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(live, 0);
+    assert_eq!(orders_not_finished(&pool).await, 0);
     assert_charged_once(&charge_keys(&client, &stripe).await);
     // Every webhook arrived at the first instance; those of the others' orders were answered by
     // their owners.
@@ -470,26 +516,15 @@ async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_
 
 #[tokio::test]
 async fn an_owner_stopped_past_its_lease_is_refused_when_it_wakes_and_nothing_is_lost_or_doubled() {
-    ordersaga::install_crypto_provider();
-    let nats = TestNats::start().await;
-    let db = TestDb::create().await;
-    let (_fake, stripe) = standalone_stripe_fake().await;
-    let ports = [free_port(), free_port(), free_port()];
-    let settings = paying_through(
-        &stripe,
-        &[
-            ("PARTITION_LEASE_MS", "2000"),
-            ("PARTITION_RENEW_MS", "300"),
-        ],
-    );
-    let mut instances = Vec::new();
-    for port in ports {
-        instances.push(serve_with(&db, &nats, port, &settings));
-        wait_healthy(port).await;
-    }
-    let client = reqwest::Client::new();
-    send_webhooks_to(&client, &stripe, ports[0]).await;
-    settled_cluster(&client, ports[0], 3).await;
+    let PayingCluster {
+        _nats,
+        db,
+        _fake,
+        stripe,
+        ports,
+        instances,
+        client,
+    } = three_paying_instances().await;
     let stopped_id = instance_id(&client, ports[2]).await;
     let product = client
         .put(format!("http://127.0.0.1:{}/inventory/products/WOKEN", ports[0]))
@@ -559,10 +594,7 @@ async fn an_owner_stopped_past_its_lease_is_refused_when_it_wakes_and_nothing_is
         refused
     };
     let (report, refused) = tokio::join!(load, pause);
-    let report = report.unwrap_or_else(|e| panic!("{e:#}"));
-    println!("{report}");
-    assert!(report.invariants_hold(), "{report}");
-    assert_eq!(report.completed + report.cancelled, orders, "{report}");
+    every_order_ended(report, orders);
 
     // What it tried to write as the owner it no longer was was refused, at the fence in
     // PostgreSQL or by its own view of its leases.
@@ -576,13 +608,7 @@ async fn an_owner_stopped_past_its_lease_is_refused_when_it_wakes_and_nothing_is
         "the woken owner's work was not refused"
     );
 
-    let live: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM order_snapshots WHERE status NOT IN ('COMPLETED', 'CANCELLED')",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(live, 0);
+    assert_eq!(orders_not_finished(&pool).await, 0);
     assert_charged_once(&charge_keys(&client, &stripe).await);
 }
 
@@ -623,10 +649,7 @@ async fn an_instance_joining_and_another_draining_under_load_fail_no_request() {
         joined
     };
     let (report, _joined) = tokio::join!(load, changes);
-    let report = report.unwrap_or_else(|e| panic!("{e:#}"));
-    println!("{report}");
-    assert!(report.invariants_hold(), "{report}");
-    assert_eq!(report.completed + report.cancelled, orders, "{report}");
+    let report = every_order_ended(report, orders);
     assert_eq!(report.failed_requests, 0, "{report}");
     assert_eq!(report.placement_failures, 0, "{report}");
     drop(first);
