@@ -160,7 +160,7 @@ pub async fn order(
     path = "/actors/inventory/{sku}",
     tag = "admin",
     security(("ADMIN_TOKEN" = [])),
-    params(("sku" = String, Path, description = "1 to 64 upper-case letters, digits, `-` and `_`.")),
+    params(("sku" = String, Path, description = "1 to 64 letters (case matters), digits, `-`, `_` and `.`.")),
     responses(
         (status = 200, description = "The owning shard, the stock and the active reservations.", body = openapi::StockInspection),
         (status = 400, description = "`invalid_path`: not a valid SKU.", body = ErrorBody),

@@ -47,7 +47,7 @@ fn parse_sku(raw: &str) -> Result<Sku, ApiError> {
     put,
     path = "/inventory/products/{sku}",
     tag = "inventory",
-    params(("sku" = String, Path, description = "1 to 64 upper-case letters, digits, `-` and `_`.")),
+    params(("sku" = String, Path, description = "1 to 64 letters (case matters), digits, `-`, `_` and `.`.")),
     request_body = ProductBody,
     responses(
         (status = 200, description = "The product as stored (created or updated).", body = super::openapi::Product),
@@ -101,7 +101,7 @@ pub async fn put_product(
     get,
     path = "/inventory/products/{sku}",
     tag = "inventory",
-    params(("sku" = String, Path, description = "1 to 64 upper-case letters, digits, `-` and `_`.")),
+    params(("sku" = String, Path, description = "1 to 64 letters (case matters), digits, `-`, `_` and `.`.")),
     responses(
         (status = 200, description = "The product with `reserved` and `available`.", body = super::openapi::Product),
         (status = 400, description = "`invalid_path`: not a valid SKU.", body = ErrorBody),

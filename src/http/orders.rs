@@ -59,7 +59,7 @@ pub struct PlaceOrderBody {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemBody {
-    /// 1 to 64 upper-case letters, digits, `-` and `_`; must be in the catalog.
+    /// 1 to 64 letters (case matters), digits, `-`, `_` and `.`; must be in the catalog.
     sku: String,
     #[schema(minimum = 1, maximum = 1000)]
     quantity: i64,

@@ -51,6 +51,30 @@ async fn products_are_created_read_and_listed_with_availability() {
 }
 
 #[tokio::test]
+async fn a_shop_s_skus_are_taken_as_written_and_case_keeps_them_apart() {
+    let app = spawn_app().await;
+    app.put_product("sku-123", 5, 100).await;
+    app.put_product("SKU-123", 9, 100).await;
+    app.put_product("tee.red_xl", 2, 100).await;
+    assert_eq!(app.product("sku-123").await["on_hand"], 5);
+    assert_eq!(app.product("SKU-123").await["on_hand"], 9);
+
+    let id = app
+        .place(&[("sku-123", 2), ("tee.red_xl", 1)], "pm_card_visa")
+        .await;
+    let order = app.wait_terminal(&id).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+    assert_eq!(order["lines"][0]["sku"], "sku-123", "{order}");
+    assert_eq!(app.settled_product("sku-123").await["on_hand"], 3);
+    assert_eq!(app.settled_product("tee.red_xl").await["on_hand"], 1);
+    assert_eq!(
+        app.product("SKU-123").await["on_hand"],
+        9,
+        "its namesake untouched"
+    );
+}
+
+#[tokio::test]
 async fn bad_products_are_refused_naming_the_field() {
     let app = spawn_app().await;
     let cases = [

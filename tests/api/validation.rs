@@ -52,7 +52,7 @@ async fn bad_orders_are_refused_with_the_field_named_and_nothing_is_stored() {
         ),
         (
             "malformed SKU",
-            order_body(&[("mug", 1)], "pm_card_visa"),
+            order_body(&[("MUG MUG", 1)], "pm_card_visa"),
             422,
             Some("items[0].sku"),
         ),
