@@ -398,10 +398,8 @@ fn cpu_cores() -> usize {
 /// Shards and snapshot writers when not configured: half the cores, at least one. PostgreSQL
 /// and NATS usually share the machine, and a shard's or writer's batch is whatever queued
 /// while its last transaction ran, so more of them than the cores left for their transactions
-/// only split the same work into smaller transactions. On two cores, one of each was 23-42 %
-/// faster than one per core (docs/performance.md, round of 2026-12-07, evening; then two
-/// shards also locked each other's `products` rows, which the routing of commits by SKU has
-/// since reduced); on more cores the ratio is kept, not measured.
+/// only split the same work into smaller transactions (docs/performance.md has the
+/// measurements).
 fn default_stage_count() -> usize {
     (cpu_cores() / 2).max(1)
 }

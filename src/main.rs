@@ -7,8 +7,8 @@ use ordersaga::configuration::{Cli, Command, LogFormat};
 use ordersaga::startup::Application;
 use ordersaga::telemetry;
 
-// Many small, short-lived allocations cross threads (messages, JSON, futures): glibc's allocator
-// spent ~15 % of the process's CPU on them under load; mimalloc is built for exactly this.
+// Many small, short-lived allocations cross threads (messages, JSON, futures), which glibc's
+// allocator handles poorly under load; mimalloc is built for exactly this.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

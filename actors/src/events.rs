@@ -181,12 +181,6 @@ pub struct OrderCancelled {
     pub skus: Vec<Sku>,
 }
 
-/// The SKUs a saga message about an order's stock carries: its lines' SKUs, sorted, once each.
-/// They let inventory send a commit or release to the shard that took the reservation (the one
-/// owning the smallest SKU) instead of one picked by the order id, where it would lock
-/// `products` rows that another shard's batches hold. A message without them (published before
-/// they existed) is routed by the order id, which is slower but as correct: the ledger's row
-/// locks, not the routing, are what keep stock exact.
 /// The SKU whose shard (and, with several instances, whose partition's owner) takes an inventory
 /// command: the smallest SKU it concerns, so an order's reservation, commit and release all go
 /// to the same place. `None` for a message that is not an inventory command, or names no SKU.
@@ -200,6 +194,10 @@ pub fn routing_sku(body: &EventBody) -> Option<&Sku> {
     }
 }
 
+/// The SKUs a saga message about an order's stock carries: its lines' SKUs, sorted, once each.
+/// They let inventory send a commit or release to the shard that took the reservation (the one
+/// owning the smallest SKU) instead of one picked by the order id, where it would lock
+/// `products` rows that another shard's batches hold.
 pub fn routing_skus(lines: &[PricedLine]) -> Vec<Sku> {
     let mut skus: Vec<Sku> = lines.iter().map(|l| l.sku.clone()).collect();
     skus.sort();

@@ -6,9 +6,8 @@
 //! other shards. A commit or release goes to the same shard, found from the SKUs its message
 //! carries (`events::routing_skus`), or, for an expiry found by the sweeper, from the smallest
 //! SKU the ledger still holds for it; so it queues and batches behind that shard's reservations
-//! instead of locking their `products` rows from another shard. One without SKUs (a message
-//! published before they carried them) goes to the shard picked by the order id. What
-//! makes an oversell impossible, inside a process and across processes, is Postgres: row locks
+//! instead of locking their `products` rows from another shard (one that names no SKU goes to
+//! the shard picked by the order id: slower, as correct). What makes an oversell impossible, inside a process and across processes, is Postgres: row locks
 //! taken in SKU order and the CHECK constraints on `products`; the shards keep contention on a
 //! hot SKU off the database and give the ledger a place to batch.
 

@@ -84,8 +84,8 @@ impl StatusWatchers {
     /// Not when the last change handed over is a terminal state this process committed: waiters
     /// return on it, and replacing it would only make them read the store for the same answer.
     /// The case is common, because this process receives its own order events too: under load
-    /// its `order.confirmed.v1` came back over NATS before a waiter had been scheduled to take
-    /// the `COMPLETED` committed moments before, for 6–8 % of orders, each then costing a read.
+    /// its `order.confirmed.v1` comes back over NATS before a waiter has been scheduled to take
+    /// the `COMPLETED` committed moments before.
     pub fn changed_elsewhere(&self, order_id: OrderId) {
         if let Some(sender) = self.shard(order_id).get(&order_id) {
             sender.send_if_modified(|change| {

@@ -3,10 +3,10 @@
 //!
 //! Shaped like the snapshot writer (`group_commit`): a caller still learns whether its record
 //! is new only after the transaction that holds it (and its messages) committed, so the
-//! payment role's promises do not change; a batch is whatever waited while the writer was busy,
-//! so a charge at low load is written alone and batches grow with the load. Before this, every
-//! paid order cost a transaction of its own (begin, insert, outbox insert, commit), the largest
-//! per-order cost left in PostgreSQL.
+//! payment role's promises do not change; a batch is whatever waited while the writer was busy
+//! (plus, in company, what arrives within the linger: `batching`), so a charge at low load is
+//! written alone and batches grow with the load, where a transaction per paid order (begin,
+//! insert, outbox insert, commit) would be one of the largest per-order costs in PostgreSQL.
 
 use std::collections::HashSet;
 

@@ -7,12 +7,13 @@
 //! trips and context switches, not bytes: one transaction per transition spends most of a core
 //! in the kernel, one per batch spends it once for tens of actors.
 //!
-//! A batch is whatever is waiting when a writer becomes free (nothing is delayed to fill it), so
-//! at low load a transition is written alone and at high load batches grow by themselves.
-//! Several writers run at once, each owning the orders that hash to it, so one slow commit does
-//! not stall every saga and an order's writes stay in order. Their number is configured (one per
-//! core by default): every writer more splits the same transitions into smaller batches, and
-//! past the cores that can run their transactions that only adds statements.
+//! A batch is whatever is waiting when a writer becomes free, plus, when transitions come in
+//! company, what arrives within the linger (`batching`); a lone transition is written at once,
+//! and at high load batches grow by themselves. Several writers may run at once, each owning the
+//! orders that hash to it, so one slow commit does not stall every saga and an order's writes
+//! stay in order. Their number is configured (half the cores by default): every writer more
+//! splits the same transitions into smaller batches, and past the cores that can run their
+//! transactions that only adds statements.
 
 use std::collections::HashSet;
 

@@ -1,12 +1,12 @@
 //! Coalesced price reads: the placements that arrive while one read of `products` runs are
 //! answered together by the next one.
 //!
-//! Pricing is the one statement every placement still ran alone (one round trip and one
-//! execution per order, a quarter of PostgreSQL's statements under load). A cache would save
-//! more but could price an order at a price already changed by another process; a coalesced
-//! read cannot: each caller's answer comes from a read that started after it asked, exactly as
-//! its own read would have. As with the group commits, nothing waits to fill a batch: at low
-//! load a read carries one placement, under load it carries whatever queued behind the last.
+//! Every placement needs its prices, and one read per placement would be one round trip and
+//! one execution per order. A cache would save more but could price an order at a price already
+//! changed by another process; a coalesced read cannot: each caller's answer comes from a read
+//! that started after it asked, exactly as its own read would have. As with the group commits,
+//! a lone placement is read at once; under load a read carries whatever queued behind the last,
+//! and what arrives within the linger (`batching`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

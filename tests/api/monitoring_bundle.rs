@@ -64,7 +64,7 @@ const HISTOGRAMS: &[&str] = &[
 ];
 
 /// One section of the runbook per alert.
-const RUNBOOK: &str = "docs/fase1-runbook.md";
+const RUNBOOK: &str = "docs/runbook.md";
 const RUNBOOK_ANCHORS: &[&str] = &[
     "stuck-sagas",
     "compensation-rate",
