@@ -14,17 +14,13 @@
 //! cost one read per waiter per poll; under a backlog (a flash sale with a second of queueing)
 //! those reads were most of the database's work.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::domain::OrderId;
 use crate::saga::OrderState;
-
-const SHARDS: usize = 16;
-
-type Slots = HashMap<OrderId, watch::Sender<Option<Change>>>;
 
 /// What a waiter learns about its order.
 #[derive(Debug, Clone)]
@@ -35,33 +31,19 @@ pub enum Change {
     Elsewhere,
 }
 
-/// The registry of waiters, shared by the saga actors (which publish) and HTTP (which waits).
-#[derive(Clone)]
+/// The registry of waiters, shared by the saga actors (which publish) and HTTP (which waits):
+/// a concurrent map from order to its channel, so publishers and waiters of different orders
+/// rarely meet on a lock.
+#[derive(Clone, Default)]
 pub struct StatusWatchers {
-    shards: Arc<[Mutex<Slots>; SHARDS]>,
-}
-
-impl Default for StatusWatchers {
-    fn default() -> Self {
-        Self {
-            shards: Arc::new(std::array::from_fn(|_| Mutex::new(HashMap::new()))),
-        }
-    }
+    slots: Arc<DashMap<OrderId, watch::Sender<Option<Change>>>>,
 }
 
 impl StatusWatchers {
-    fn shard(&self, order_id: OrderId) -> MutexGuard<'_, Slots> {
-        let index = (order_id.as_uuid().as_u128() % SHARDS as u128) as usize;
-        // A poisoned lock only means a panic elsewhere; the map itself stays consistent.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Registers interest in `order_id`; changes committed from now on are delivered to it.
     pub fn watch(&self, order_id: OrderId) -> StatusWatch {
         let receiver = self
-            .shard(order_id)
+            .slots
             .entry(order_id)
             .or_insert_with(|| watch::channel(None).0)
             .subscribe();
@@ -74,7 +56,7 @@ impl StatusWatchers {
 
     /// A transition of `state` was committed: wake its waiters, if any.
     pub fn publish(&self, state: &OrderState) {
-        if let Some(sender) = self.shard(state.order_id).get(&state.order_id) {
+        if let Some(sender) = self.slots.get(&state.order_id) {
             sender.send_replace(Some(Change::Committed(Arc::new(state.clone()))));
         }
     }
@@ -87,7 +69,7 @@ impl StatusWatchers {
     /// its `order.confirmed.v1` comes back over NATS before a waiter has been scheduled to take
     /// the `COMPLETED` committed moments before.
     pub fn changed_elsewhere(&self, order_id: OrderId) {
-        if let Some(sender) = self.shard(order_id).get(&order_id) {
+        if let Some(sender) = self.slots.get(&order_id) {
             sender.send_if_modified(|change| {
                 if matches!(change, Some(Change::Committed(state)) if state.is_terminal()) {
                     return false;
@@ -100,14 +82,7 @@ impl StatusWatchers {
 
     /// Orders with at least one waiter (inspection and tests).
     pub fn watched_orders(&self) -> usize {
-        (0..SHARDS)
-            .map(|i| {
-                self.shards[i]
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .len()
-            })
-            .sum()
+        self.slots.len()
     }
 }
 
@@ -130,14 +105,11 @@ impl StatusWatch {
 
 impl Drop for StatusWatch {
     fn drop(&mut self) {
-        let mut shard = self.watchers.shard(self.order_id);
-        // Drop our receiver under the lock, so the count below is exact.
         self.receiver = None;
-        if shard
-            .get(&self.order_id)
-            .is_some_and(|sender| sender.receiver_count() == 0)
-        {
-            shard.remove(&self.order_id);
-        }
+        // Checked and removed under the entry's lock: a waiter that registers meanwhile either
+        // keeps the entry (it counts) or creates a new one.
+        self.watchers
+            .slots
+            .remove_if(&self.order_id, |_, sender| sender.receiver_count() == 0);
     }
 }
