@@ -201,7 +201,7 @@ async fn hundreds_of_generated_bad_requests_get_4xx_and_change_nothing() {
             .body(raw.to_vec())
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let status = r.status().as_u16();
         expect_4xx(
             status,
@@ -217,7 +217,7 @@ async fn hundreds_of_generated_bad_requests_get_4xx_and_change_nothing() {
             .body(valid().to_string())
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let status = r.status().as_u16();
         expect_4xx(status, &r.text().await.unwrap_or_default(), content_type);
     }
@@ -255,7 +255,7 @@ async fn hundreds_of_generated_bad_requests_get_4xx_and_change_nothing() {
             .json(&product)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
         // Some mutations are valid (e.g. a boolean-free field set to an acceptable value): skip those.
@@ -284,7 +284,7 @@ async fn hundreds_of_generated_bad_requests_get_4xx_and_change_nothing() {
         if let Some(s) = &signature {
             request = request.header("Stripe-Signature", s);
         }
-        let r = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let r = request.send().await.unwrap();
         let status = r.status().as_u16();
         expect_4xx(
             status,

@@ -13,8 +13,8 @@ use adapters::postgres as pg;
 
 use crate::helpers::TestDb;
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
+fn ok<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.unwrap()
 }
 
 #[tokio::test]

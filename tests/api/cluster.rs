@@ -18,8 +18,8 @@ use crate::helpers::{
 
 const TOKEN: &str = "cluster-admin-token";
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
+fn ok<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.unwrap()
 }
 
 /// A cluster whose leases run out in a second and are renewed every 100 ms, so a takeover is

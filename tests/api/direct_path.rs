@@ -26,8 +26,8 @@ use crate::helpers::{
     TestApp, eventually, order_body, spawn_app, spawn_app_with, standalone_stripe_fake,
 };
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
+fn ok<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.unwrap()
 }
 
 /// Two units of `sku` at 5.00 EUR.

@@ -25,10 +25,7 @@ async fn connect(app: &TestApp) -> TcpStream {
 /// A new connection on which `bytes` (often half a request) have been sent.
 async fn send(app: &TestApp, bytes: &[u8]) -> TcpStream {
     let mut stream = connect(app).await;
-    stream
-        .write_all(bytes)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    stream.write_all(bytes).await.unwrap();
     stream
 }
 
@@ -135,7 +132,7 @@ async fn a_body_that_stalls_is_answered_408_and_the_connection_closed() {
     let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM order_snapshots")
         .fetch_one(&app.pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(orders, 0, "nothing was placed from half a body");
 }
 

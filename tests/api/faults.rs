@@ -72,7 +72,7 @@ async fn seed(pool: &PgPool) {
             .bind(STOCK)
             .execute(pool)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
     }
 }
 
@@ -198,9 +198,7 @@ async fn sigkill_in_the_middle_of_500_orders_loses_nothing_and_charges_nothing_t
     ];
     let mut serve = ChildProcess::ordersaga(&["serve"], &env);
     wait_healthy(port).await;
-    let pool = sqlx::PgPool::connect(&db.url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     seed(&pool).await;
 
     let load = tokio::spawn(place_many(format!("http://127.0.0.1:{port}"), 500, 50));
@@ -222,7 +220,7 @@ async fn sigkill_in_the_middle_of_500_orders_loses_nothing_and_charges_nothing_t
     settled(&pool).await;
     let ledger: Value = reqwest::get(format!("http://127.0.0.1:{fake_port}/_fake/ledger"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .json()
         .await
         .unwrap_or_default();
@@ -284,9 +282,7 @@ struct Proxy {
 
 impl Proxy {
     async fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let cut = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -411,7 +411,7 @@ impl TestApp {
     /// port, so a new instance id), with `configure` applied over this app's settings.
     pub async fn spawn_peer(&self, configure: impl FnOnce(&mut Settings)) -> Peer {
         let mut settings = self.settings.clone();
-        settings.http_addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        settings.http_addr = "127.0.0.1:0".parse().unwrap();
         configure(&mut settings);
         let (base, _, shutdown, _, task) = start(settings).await;
         Peer {
@@ -645,8 +645,8 @@ pub fn new_order() -> actors::saga::NewOrder {
         CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, PricedLine, Quantity,
         Sku,
     };
-    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
+    fn ok<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+        r.unwrap()
     }
     let eur = ok(Currency::parse("EUR"));
     let price = ok(Money::new(100, eur));

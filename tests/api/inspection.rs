@@ -13,7 +13,7 @@ pub(crate) async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) ->
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -147,7 +147,7 @@ async fn inspection_shows_the_state_a_saga_is_really_in() {
     .bind(&waiting)
     .execute(&app.pool)
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let (_, stuck) = admin_get(&app, "/actors/stuck", Some(TOKEN)).await;
     assert_eq!(stuck["count"], 1, "{stuck}");
     assert_eq!(stuck["stuck"][0]["order_id"], waiting.as_str());
@@ -166,7 +166,7 @@ pub(crate) async fn admin_post(app: &TestApp, path: &str, body: Value) -> (u16, 
         .json(&body)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -264,6 +264,6 @@ async fn operators_can_force_cancel_and_retry_a_stuck_order_end_to_end() {
         .json(&serde_json::json!({"by": "x", "reason": "y"}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(unauthenticated.status(), 401);
 }

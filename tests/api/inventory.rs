@@ -106,7 +106,7 @@ async fn bad_products_are_refused_naming_the_field() {
             .json(&body)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(response.status(), 422, "{body}");
         let error: serde_json::Value = response.json().await.unwrap_or_default();
         assert_eq!(error["error"]["field"], field, "{body}");
@@ -122,14 +122,14 @@ async fn on_hand_cannot_drop_below_what_is_reserved() {
     sqlx::query("UPDATE products SET reserved = 6 WHERE sku = 'HELD'")
         .execute(&app.pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let response = app
         .http
         .put(format!("{}/inventory/products/HELD", app.base))
         .json(&json!({"name": "held", "unit_price_cents": 100, "currency": "EUR", "on_hand": 5}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status(), 409);
     let error: serde_json::Value = response.json().await.unwrap_or_default();
     assert_eq!(error["error"]["field"], "on_hand");

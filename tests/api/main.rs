@@ -1,6 +1,10 @@
 //! End-to-end tests: the real application (or the real binary) over HTTP, against a fresh
 //! PostgreSQL database and a private JetStream server per test.
 
+// A panic in a test or its helpers is the test failing, with its location: unwrap freely here
+// (clippy.toml allows it inside test functions; this extends it to the helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod helpers;
 
 mod bad_input;

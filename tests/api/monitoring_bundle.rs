@@ -565,7 +565,7 @@ fn the_dashboard_reads_only_exported_metrics_from_the_provisioned_datasource() {
     for (id, ref_id, expr) in &exprs {
         let expr = expr.replace("$__rate_interval", "1m");
         assert!(!expr.contains('$'), "unexpected Grafana variable in {expr}");
-        let quoted = serde_json::to_string(&expr).unwrap_or_else(|e| panic!("{e}"));
+        let quoted = serde_json::to_string(&expr).unwrap();
         rules.push_str(&format!(
             "      - record: dashboard:panel_{id}_{ref_id}\n        expr: {quoted}\n"
         ));

@@ -29,7 +29,7 @@ async fn with_streams_on_three_nodes_a_node_dying_mid_load_loses_nothing() {
         app.stop_nats();
     };
     let (report, ()) = tokio::join!(load, kill);
-    let report = report.unwrap_or_else(|e| panic!("{e:#}"));
+    let report = report.unwrap();
     println!("{report}");
     assert!(report.invariants_hold(), "{report}");
     assert_eq!(report.completed + report.cancelled, orders, "{report}");
@@ -45,15 +45,10 @@ async fn with_streams_on_three_nodes_a_node_dying_mid_load_loses_nothing() {
     })
     .await;
     let survivor = url.split(',').nth(1).unwrap_or_default().to_owned();
-    let client = async_nats::connect(survivor)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let client = async_nats::connect(survivor).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let mut stream = js
-        .get_stream("orders")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let info = stream.info().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = js.get_stream("orders").await.unwrap();
+    let info = stream.info().await.unwrap();
     assert_eq!(info.config.num_replicas, 3);
     assert!(
         info.state.messages >= 2 * orders as u64,

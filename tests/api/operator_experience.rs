@@ -43,7 +43,7 @@ async fn scrape(app: &TestApp) -> String {
         .get(format!("{}/metrics", app.base))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .text()
         .await
         .unwrap_or_default()
@@ -239,7 +239,7 @@ async fn a_reservation_that_crosses_the_low_stock_threshold_alerts_once() {
         .json(&json!({"name": "Low", "unit_price_cents": 100, "currency": "EUR", "on_hand": 10, "low_stock_threshold": 3}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status(), 200);
     let alerts = |text: &str| series(text, "inventory_low_stock_alerts_total", &[]).unwrap_or(0.0);
     let before = alerts(&scrape(&app).await);
@@ -252,27 +252,22 @@ async fn a_reservation_that_crosses_the_low_stock_threshold_alerts_once() {
         orders.push(id);
     }
 
-    let client = async_nats::connect(&app.nats_url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let client = async_nats::connect(&app.nats_url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let stream = js
-        .get_stream("inventory")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let stream = js.get_stream("inventory").await.unwrap();
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             filter_subject: "inventory.low_stock.v1".into(),
             ..Default::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let info = consumer.get_info().await.unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    let info = consumer.get_info().await.unwrap();
     assert_eq!(info.num_pending, 1, "one alert for one crossing");
     let message = stream
         .get_last_raw_message_by_subject("inventory.low_stock.v1")
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let event: Value = serde_json::from_slice(&message.payload).unwrap_or_default();
     assert_eq!(event["type"], "inventory.low_stock.v1");
     assert_eq!(
@@ -412,7 +407,7 @@ async fn every_hop_of_an_order_logs_the_same_correlation_id() {
         .json(&json!({"name": "Log", "unit_price_cents": 900, "currency": "EUR", "on_hand": 5}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(put.status(), 200);
     let correlation_id = format!("hop-test-{}", uuid::Uuid::new_v4());
     let placed: Value = http
@@ -427,7 +422,7 @@ async fn every_hop_of_an_order_logs_the_same_correlation_id() {
         ))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .json()
         .await
         .unwrap_or_default();

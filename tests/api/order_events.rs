@@ -50,9 +50,7 @@ async fn nudged_by(
 #[tokio::test]
 async fn finished_order_events_wake_the_waiters_of_that_order_only() {
     let nats = TestNats::start().await;
-    let (client, _) = bus::connect(&nats.url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (client, _) = bus::connect(&nats.url).await.unwrap();
     let watchers = StatusWatchers::default();
     let shutdown = CancellationToken::new();
     let forwarder = tokio::spawn(bus::forward_order_events(

@@ -143,11 +143,11 @@ async fn the_same_idempotency_key_and_body_return_the_same_order() {
     };
     let first: Value = send(body.clone())
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .json()
         .await
         .unwrap_or(Value::Null);
-    let second = send(body.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let second = send(body.clone()).await.unwrap();
     assert_eq!(second.status(), 202);
     assert_eq!(
         second
@@ -161,7 +161,7 @@ async fn the_same_idempotency_key_and_body_return_the_same_order() {
 
     let other = send(order_body(&[("MUG", 2)], "pm_card_visa"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(other.status(), 422);
     let error: Value = other.json().await.unwrap_or(Value::Null);
     assert_eq!(error["error"]["code"], "idempotency_key_reused");
@@ -195,7 +195,7 @@ async fn concurrent_requests_with_one_key_make_one_order_and_other_keys_their_ow
             .json(&body)
             .send();
         async move {
-            let response = request.await.unwrap_or_else(|e| panic!("{e}"));
+            let response = request.await.unwrap();
             assert_eq!(response.status(), 202);
             let placed: Value = response.json().await.unwrap_or(Value::Null);
             placed["order_id"].as_str().unwrap_or_default().to_owned()
@@ -297,7 +297,7 @@ async fn saga_figures_are_served_as_json_and_as_prometheus_metrics() {
         .get(format!("{}/metrics", app.base))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .text()
         .await
         .unwrap_or_default();

@@ -271,7 +271,7 @@ pub(crate) async fn post_webhook(
     if let Some(signature) = signature {
         request = request.header("Stripe-Signature", signature);
     }
-    let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -462,9 +462,7 @@ async fn consecutive_failures_raise_a_streak_alert_event() {
         let id = app.place(&[("MUG", 1)], "pm_card_chargeDeclined").await;
         assert_eq!(app.wait_terminal(&id).await["status"], "CANCELLED");
     }
-    let (_, js) = adapters::nats::connect(&app.nats_url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (_, js) = adapters::nats::connect(&app.nats_url).await.unwrap();
     let alert = eventually(
         Duration::from_secs(10),
         "the streak alert on the bus",
@@ -489,7 +487,7 @@ async fn consecutive_failures_raise_a_streak_alert_event() {
         .get(format!("{}/metrics", app.base))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .text()
         .await
         .unwrap_or_default();

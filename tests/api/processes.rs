@@ -149,10 +149,10 @@ async fn charge_keys(client: &reqwest::Client, stripe: &str) -> Vec<String> {
         .get(format!("{stripe}/_fake/ledger"))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .json()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     ledger["charges"]
         .as_array()
         .into_iter()
@@ -194,8 +194,8 @@ async fn two_processes_share_the_work_without_breaking_invariants() {
         })
     };
     let (ra, rb) = tokio::join!(run(port_a), run(port_b));
-    let ra = ra.unwrap_or_else(|e| panic!("{e:#}"));
-    let rb = rb.unwrap_or_else(|e| panic!("{e:#}"));
+    let ra = ra.unwrap();
+    let rb = rb.unwrap();
     println!("process A:\n{ra}\nprocess B:\n{rb}");
     assert!(ra.invariants_hold(), "{ra}");
     assert!(rb.invariants_hold(), "{rb}");
@@ -236,7 +236,7 @@ async fn the_three_roles_run_as_three_processes() {
         .json(&crate::helpers::order_body(&[("X", 1)], "pm_card_visa"))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(refused.status(), 503);
 
     let report = load_tests::run(load_tests::LoadConfig {
@@ -251,7 +251,7 @@ async fn the_three_roles_run_as_three_processes() {
         order_timeout: Duration::from_secs(60),
     })
     .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    .unwrap();
     println!("{report}");
     assert!(report.invariants_hold(), "{report}");
     assert_eq!(report.completed + report.cancelled, 40);
@@ -323,9 +323,8 @@ async fn a_flash_sale_across_three_instances_is_exact_and_decided_by_the_hot_sku
     .await;
 
     // Only the instance that owns HOT's partition decided reservations.
-    let count = PartitionCount::new(cluster["partition_count"].as_i64().unwrap_or(0))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let partition = count.of_sku(&Sku::parse("HOT").unwrap_or_else(|e| panic!("{e}")));
+    let count = PartitionCount::new(cluster["partition_count"].as_i64().unwrap_or(0)).unwrap();
+    let partition = count.of_sku(&Sku::parse("HOT").unwrap());
     let skus = cluster["key_spaces"]
         .as_array()
         .into_iter()
@@ -379,7 +378,7 @@ async fn send_webhooks_to(client: &reqwest::Client, stripe: &str, port: u16) {
         .json(&webhooks)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(set.status().is_success());
 }
 
@@ -452,7 +451,7 @@ fn every_order_ended(
     report: anyhow::Result<load_tests::LoadReport>,
     orders: usize,
 ) -> load_tests::LoadReport {
-    let report = report.unwrap_or_else(|e| panic!("{e:#}"));
+    let report = report.unwrap();
     println!("{report}");
     assert!(report.invariants_hold(), "{report}");
     assert_eq!(report.completed + report.cancelled, orders, "{report}");
@@ -466,7 +465,7 @@ async fn orders_not_finished(pool: &sqlx::PgPool) -> i64 {
     )
     .fetch_one(pool)
     .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap()
 }
 
 #[tokio::test]
@@ -483,9 +482,7 @@ async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_
 
     let orders = 300;
     let load = load_tests::run(spread_load(&ports, orders, 30));
-    let pool = sqlx::PgPool::connect(&db.url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let mut third = instances.pop().unwrap_or_else(|| panic!("three instances"));
     let kill = async {
         wait_orders_placed(&pool, orders as i64 / 3).await;
@@ -531,14 +528,12 @@ async fn an_owner_stopped_past_its_lease_is_refused_when_it_wakes_and_nothing_is
         .json(&json!({"name": "asked of a sleeper", "unit_price_cents": 100, "currency": "EUR", "on_hand": 10}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(product.status().is_success());
 
     let orders = 300;
     let load = load_tests::run(spread_load(&ports, orders, 30));
-    let pool = sqlx::PgPool::connect(&db.url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let stopped = &instances[2];
     let pause = async {
         wait_orders_placed(&pool, orders as i64 / 3).await;
@@ -581,7 +576,7 @@ async fn an_owner_stopped_past_its_lease_is_refused_when_it_wakes_and_nothing_is
         )
         .await;
         signal(stopped, "CONT");
-        let answers = answers.await.unwrap_or_else(|e| panic!("{e}"));
+        let answers = answers.await.unwrap();
         let mut refused = 0;
         for answer in answers {
             let answer = answer.unwrap_or_else(|e| panic!("a woken instance must answer: {e}"));
@@ -631,9 +626,7 @@ async fn an_instance_joining_and_another_draining_under_load_fail_no_request() {
     // The client knows all three addresses from the start; the third answers once it joins.
     let orders = 300;
     let load = load_tests::run(spread_load(&ports, orders, 20));
-    let pool = sqlx::PgPool::connect(&db.url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let changes = async {
         wait_orders_placed(&pool, orders as i64 / 4).await;
         let joined = serve_with(&db, &nats, ports[2], &settings);

@@ -21,8 +21,8 @@ use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgReservationLedger};
 
 use crate::helpers::{TestDb, TestNats, eventually, new_order};
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
+fn ok<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.unwrap()
 }
 
 async fn outbox_subjects(pool: &sqlx::PgPool) -> Vec<String> {
@@ -214,7 +214,7 @@ async fn concurrent_reservations_from_two_ledgers_never_oversell_and_the_databas
     sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand) VALUES ('HOT', 'hot', 1, 'EUR', 25)")
         .execute(&pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     // Two ledgers stand for two processes: nothing but Postgres coordinates them.
     let ledgers = [
         Arc::new(PgReservationLedger::new(
@@ -505,7 +505,7 @@ async fn an_expired_reservation_names_its_smallest_sku_in_byte_order_for_the_swe
     sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand) VALUES ('EXPB', 'b', 1, 'EUR', 5), ('EXP-Z', 'z', 1, 'EUR', 5)")
         .execute(&pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let ledger = PgReservationLedger::new(pool.clone(), pg::OutboxSignal::new());
     let request = |lines: &[&str], expires_in: i64| ReservationRequest {
         order_id: OrderId::new(),
@@ -571,7 +571,7 @@ async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_the
     sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand) VALUES ('EXP', 'exp', 1, 'EUR', 5)")
         .execute(&pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let ledger = PgReservationLedger::new(pool.clone(), pg::OutboxSignal::new());
     let request = |order_id: OrderId, q: i64| ReservationRequest {
         order_id,
@@ -644,7 +644,7 @@ async fn a_batch_of_reservations_decides_each_in_order_as_if_one_at_a_time() {
     sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand, low_stock_threshold) VALUES ('HOT', 'hot', 1, 'EUR', 5, 2), ('COLD', 'cold', 1, 'EUR', 10, 0)")
         .execute(&pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let ledger = PgReservationLedger::new(pool.clone(), pg::OutboxSignal::new());
     let request = |lines: &[(&str, i64)]| ReservationRequest {
         order_id: OrderId::new(),
@@ -754,7 +754,7 @@ async fn a_batch_of_releases_frees_each_order_once_and_refuses_later_reservation
     sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand, low_stock_threshold) VALUES ('HOT', 'hot', 1, 'EUR', 5, 0), ('COLD', 'cold', 1, 'EUR', 10, 0)")
         .execute(&pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let ledger = PgReservationLedger::new(pool.clone(), pg::OutboxSignal::new());
     let request = |lines: &[(&str, i64)]| ReservationRequest {
         order_id: OrderId::new(),
@@ -778,7 +778,7 @@ async fn a_batch_of_releases_frees_each_order_once_and_refuses_later_reservation
     sqlx::query("DELETE FROM outbox")
         .execute(&pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
 
     let orders = [
         a.order_id,

@@ -65,10 +65,8 @@ async fn scripted(answers: Vec<Answer>) -> (String, Arc<Script>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -80,16 +78,16 @@ fn client(base: &str) -> StripeClient {
     let mut config = StripeConfig::new(base, "sk_test_x");
     config.initial_backoff = Duration::from_millis(5);
     config.max_backoff = Duration::from_millis(20);
-    StripeClient::new(config).unwrap_or_else(|e| panic!("{e}"))
+    StripeClient::new(config).unwrap()
 }
 
 fn charge() -> ChargeRequest {
-    let eur = Currency::parse("EUR").unwrap_or_else(|e| panic!("{e}"));
+    let eur = Currency::parse("EUR").unwrap();
     ChargeRequest {
         order_id: OrderId::new(),
         correlation_id: CorrelationId::new(),
-        amount: Money::new(1000, eur).unwrap_or_else(|e| panic!("{e}")),
-        payment_method: PaymentMethod::parse("pm_card_visa").unwrap_or_else(|e| panic!("{e}")),
+        amount: Money::new(1000, eur).unwrap(),
+        payment_method: PaymentMethod::parse("pm_card_visa").unwrap(),
         attempt: 1,
         idempotency_key: "ordersaga-test-payment-1".into(),
     }
@@ -210,11 +208,11 @@ async fn a_card_error_becomes_a_decline_with_stripes_code_and_message() {
 #[tokio::test]
 async fn the_fake_replays_idempotent_requests_and_refuses_a_reused_key_with_other_parameters() {
     let fake = stripe_fake::StripeFake::start(
-        "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        "127.0.0.1:0".parse().unwrap(),
         stripe_fake::FakeConfig::default(),
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let http = reqwest::Client::new();
     let create = |key: &'static str, amount: &'static str, auth: &'static str| {
         http.post(format!("{}/v1/payment_intents", fake.base_url()))
@@ -226,20 +224,16 @@ async fn the_fake_replays_idempotent_requests_and_refuses_a_reused_key_with_othe
             ))
             .send()
     };
-    let unauthorised = create("k0", "100", "Bearer nope")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let unauthorised = create("k0", "100", "Bearer nope").await.unwrap();
     assert_eq!(unauthorised.status(), 401);
 
     let first: Value = create("k1", "100", "Bearer sk_test_1")
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .json()
         .await
         .unwrap_or_default();
-    let again = create("k1", "100", "Bearer sk_test_1")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let again = create("k1", "100", "Bearer sk_test_1").await.unwrap();
     assert_eq!(
         again
             .headers()
@@ -249,9 +243,7 @@ async fn the_fake_replays_idempotent_requests_and_refuses_a_reused_key_with_othe
     );
     let again: Value = again.json().await.unwrap_or_default();
     assert_eq!(first["id"], again["id"]);
-    let other = create("k1", "200", "Bearer sk_test_1")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let other = create("k1", "200", "Bearer sk_test_1").await.unwrap();
     assert_eq!(other.status(), 400);
     let other: Value = other.json().await.unwrap_or_default();
     assert_eq!(other["error"]["type"], "idempotency_error");
@@ -270,15 +262,9 @@ async fn the_fake_replays_idempotent_requests_and_refuses_a_reused_key_with_othe
         matches!(cancel, Err(StripeError::Api { status: 400, .. })),
         "{cancel:?}"
     );
-    let refund = client
-        .create_refund(pi, "refund-1")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let refund = client.create_refund(pi, "refund-1").await.unwrap();
     assert!(refund.id.starts_with("re_fake_"));
-    let replay = client
-        .create_refund(pi, "refund-1")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let replay = client.create_refund(pi, "refund-1").await.unwrap();
     assert_eq!(replay.id, refund.id, "a retried refund replays");
     let twice = client.create_refund(pi, "refund-2").await;
     assert!(
@@ -291,14 +277,13 @@ async fn the_fake_replays_idempotent_requests_and_refuses_a_reused_key_with_othe
 async fn a_rejected_api_key_makes_the_ping_fail_while_a_valid_one_passes() {
     ordersaga::install_crypto_provider();
     let fake = stripe_fake::StripeFake::start(
-        "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        "127.0.0.1:0".parse().unwrap(),
         stripe_fake::FakeConfig::default(),
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert!(client(&fake.base_url()).ping().await.is_ok());
-    let wrong = StripeClient::new(StripeConfig::new(fake.base_url(), "rk_wrong"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let wrong = StripeClient::new(StripeConfig::new(fake.base_url(), "rk_wrong")).unwrap();
     let refused = wrong.ping().await;
     assert!(
         refused

@@ -58,7 +58,7 @@ async fn without_an_inventory_service_orders_time_out_instead_of_waiting_forever
     sqlx::query("INSERT INTO products (sku, name, unit_price_cents, currency, on_hand) VALUES ('MUG', 'mug', 100, 'EUR', 5)")
         .execute(&app.pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let id = app.place(&[("MUG", 1)], "pm_card_visa").await;
     let order = app.wait_terminal(&id).await;
     assert_eq!(order["status"], "CANCELLED");
