@@ -57,7 +57,7 @@ async fn deliver_one(state: &Arc<FakeState>, event: &Value) {
             continue;
         };
         attempt += 1;
-        let header = adapters::stripe::signature_header(
+        let header = stripe_signature::signature_header(
             &config.webhook_secret,
             chrono::Utc::now().timestamp(),
             body.as_bytes(),

@@ -4,9 +4,9 @@
 
 pub mod client;
 pub mod inbox;
-pub mod signature;
 pub mod webhook;
 
 pub use client::{StripeClient, StripeConfig};
 pub use inbox::{Recorded, WebhookInbox};
-pub use signature::{SignatureError, WebhookVerifier, sign, signature_header};
+pub use stripe_signature as signature;
+pub use stripe_signature::{SignatureError, WebhookVerifier, sign, signature_header};
