@@ -227,17 +227,13 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
         }
         (S::Pending, E::OutOfStock { shortages }) => {
             let reason = out_of_stock_reason(shortages);
-            let mut next = advance(state, now, S::Cancelled, Some(&reason));
-            next.cancel_reason = Some(reason.clone());
-            apply(next, vec![cancelled(state, reason)])
+            cancel_now(state, now, reason, Vec::new())
         }
         (S::Pending, E::StockReleased) => {
             // Only an expiry releases stock before the saga asked for anything: the reservation
             // came and went before its news reached us. The units are gone; cancel.
             let reason = "stock reservation expired before the payment completed".to_owned();
-            let mut next = advance(state, now, S::Cancelled, Some(&reason));
-            next.cancel_reason = Some(reason.clone());
-            apply(next, vec![cancelled(state, reason)])
+            cancel_now(state, now, reason, Vec::new())
         }
         (S::Pending, _) => {
             Decision::Ignore("nothing but a reservation outcome is expected while PENDING")
@@ -296,19 +292,14 @@ pub fn decide(state: &OrderState, event: &SagaEvent, now: DateTime<Utc>) -> Deci
                 .as_ref()
                 .map(|c| c.reason.clone())
                 .unwrap_or_default();
-            let mut next = advance(state, now, S::Cancelled, Some(&reason));
-            next.cancel_reason = Some(reason.clone());
-            apply(next, vec![cancelled(state, reason)])
+            cancel_now(state, now, reason, Vec::new())
         }
         (S::StockReserved | S::PaymentProcessing, E::StockReleased) => {
             // Not asked for: the reservation expired. The units are gone, so the order cannot
             // complete; stop the payment (a success after this is refunded) and cancel.
             let reason = "stock reservation expired before the payment completed".to_owned();
-            let mut next = advance(state, now, S::Cancelled, Some(&reason));
-            next.cancel_reason = Some(reason.clone());
-            let mut bodies = cancel_payment(state, &reason);
-            bodies.push(cancelled(state, reason));
-            apply(next, bodies)
+            let stop_payment = cancel_payment(state, &reason);
+            cancel_now(state, now, reason, stop_payment)
         }
         (S::StockReserved | S::PaymentProcessing, E::PaymentSucceeded { reference }) => {
             // Compensation already started (the payment was reported failed, then succeeded):
@@ -347,6 +338,20 @@ fn release_requested(state: &OrderState, reason: String) -> EventBody {
         reason,
         skus: routing_skus(&state.lines),
     })
+}
+
+/// Ends the order `CANCELLED` for `reason` and announces it (`order.cancelled.v1`, after
+/// `first`).
+fn cancel_now(
+    state: &OrderState,
+    now: DateTime<Utc>,
+    reason: String,
+    mut first: Vec<EventBody>,
+) -> Decision {
+    let mut next = advance(state, now, OrderStatus::Cancelled, Some(&reason));
+    next.cancel_reason = Some(reason.clone());
+    first.push(cancelled(state, reason));
+    apply(next, first)
 }
 
 fn apply(next: OrderState, bodies: Vec<EventBody>) -> Decision {
@@ -511,10 +516,8 @@ fn operator_cancel(state: &OrderState, by: &str, reason: &str, now: DateTime<Utc
         }
         (_, Some(_)) => Decision::Ignore("the order is already being cancelled"),
         (OrderStatus::Pending, None) => {
-            let mut next = advance(state, now, OrderStatus::Cancelled, Some(&why));
-            next.cancel_reason = Some(why.clone());
             // Inventory releases a reservation that arrives after this (order.cancelled.v1).
-            apply(next, vec![cancelled(state, why)])
+            cancel_now(state, now, why, Vec::new())
         }
         (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, None) => {
             let Decision::Apply(mut transition) =
@@ -640,10 +643,8 @@ fn on_deadline(state: &OrderState, deadline: DateTime<Utc>, now: DateTime<Utc>) 
                 "inventory step timed out after {}s",
                 secs(state.timeouts.inventory())
             );
-            let mut next = advance(state, now, OrderStatus::Cancelled, Some(&reason));
-            next.cancel_reason = Some(reason.clone());
             // Inventory releases a reservation that arrives after this (order.cancelled.v1).
-            apply(next, vec![cancelled(state, reason)])
+            cancel_now(state, now, reason, Vec::new())
         }
         (OrderStatus::StockReserved | OrderStatus::PaymentProcessing, None) => {
             let reason = format!(
