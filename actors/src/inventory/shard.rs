@@ -228,18 +228,7 @@ impl ShardState {
             })
         };
         let result = self.ledger.release_batch(&orders, &messages).await;
-        match result {
-            Ok(outcomes) => {
-                for (release, outcome) in releases.into_iter().zip(outcomes) {
-                    let _ = release.reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                for release in releases {
-                    let _ = release.reply.send(Err(e.clone()));
-                }
-            }
-        }
+        answer_each(releases.into_iter().map(|r| r.reply), result);
     }
 
     async fn flush_commits(&mut self) {
@@ -249,18 +238,7 @@ impl ShardState {
         self.committing.clear();
         let (orders, replies): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.commits).into_iter().unzip();
-        match self.ledger.commit_batch(&orders).await {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
+        answer_each(replies, self.ledger.commit_batch(&orders).await);
     }
 
     async fn flush_reservations(&mut self) {
@@ -281,20 +259,33 @@ impl ShardState {
             ok = result.is_ok(),
             "reservations decided"
         );
-        match result {
-            Ok(outcomes) => {
-                for ((request, reply), outcome) in requests.iter().zip(replies).zip(outcomes) {
-                    debug!(shard = self.index, order_id = %request.order_id, correlation_id = %request.correlation_id, ?outcome, "reservation decided");
-                    if let ReservationOutcome::Reserved { low_stock } = &outcome {
-                        alert_low_stock(request, low_stock);
-                    }
-                    let _ = reply.send(Ok(outcome));
+        if let Ok(outcomes) = &result {
+            for (request, outcome) in requests.iter().zip(outcomes) {
+                debug!(shard = self.index, order_id = %request.order_id, correlation_id = %request.correlation_id, ?outcome, "reservation decided");
+                if let ReservationOutcome::Reserved { low_stock } = outcome {
+                    alert_low_stock(request, low_stock);
                 }
             }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        }
+        answer_each(replies, result);
+    }
+}
+
+/// Answers each caller of a batch with its own outcome (outcomes come in the callers' order),
+/// or every caller with the batch's error.
+fn answer_each<T: Send + 'static>(
+    replies: impl IntoIterator<Item = RpcReplyPort<Result<T, StoreError>>>,
+    result: Result<Vec<T>, StoreError>,
+) {
+    match result {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
