@@ -16,11 +16,12 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use actors::domain::{OrderId, Sku};
+use adapters::postgres::inspection;
 use adapters::postgres::snapshots::read_snapshot;
 
 use super::error::ErrorBody;
@@ -74,11 +75,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiE
         Some(orders) => Some(orders.overview().await?),
         None => None,
     };
-    let live: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, count(*) FROM order_snapshots WHERE status NOT IN ('COMPLETED', 'CANCELLED') GROUP BY status",
-    )
-    .fetch_all(&state.pool)
-    .await?;
+    let live = inspection::live_sagas_by_status(&state.pool).await?;
     let live_by_status: serde_json::Map<String, Value> =
         live.into_iter().map(|(s, n)| (s, json!(n))).collect();
     let shards = state.shards.as_ref().map(|s| s.shard_count());
@@ -181,17 +178,11 @@ pub async fn inventory(
         .get(&sku)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no product with SKU {sku}")))?;
-    let reservations: Vec<(uuid::Uuid, i32, DateTime<Utc>, String)> = sqlx::query_as(
-        "SELECT order_id, quantity, expires_at, correlation_id FROM stock_reservations
-         WHERE sku = $1 AND status = 'RESERVED' ORDER BY expires_at LIMIT 1000",
-    )
-    .bind(sku.as_str())
-    .fetch_all(&state.pool)
-    .await?;
-    let reservations: Vec<Value> = reservations
+    let reservations: Vec<Value> = inspection::active_reservations(&state.pool, &sku, 1000)
+        .await?
         .into_iter()
-        .map(|(order_id, quantity, expires_at, correlation_id)| {
-            json!({"order_id": order_id, "quantity": quantity, "expires_at": expires_at, "correlation_id": correlation_id})
+        .map(|r| {
+            json!({"order_id": r.order_id, "quantity": r.quantity, "expires_at": r.expires_at, "correlation_id": r.correlation_id})
         })
         .collect();
     Ok(Json(json!({
@@ -205,9 +196,6 @@ pub async fn inventory(
     })))
 }
 
-/// (order id, status, deadline, last change) of a live saga.
-type StuckRow = (uuid::Uuid, String, Option<DateTime<Utc>>, DateTime<Utc>);
-
 #[utoipa::path(
     get,
     path = "/actors/stuck",
@@ -220,20 +208,15 @@ type StuckRow = (uuid::Uuid, String, Option<DateTime<Utc>>, DateTime<Utc>);
     )
 )]
 pub async fn stuck(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let rows: Vec<StuckRow> = sqlx::query_as(
-        "SELECT order_id, status, deadline, updated_at FROM order_snapshots
-         WHERE status NOT IN ('COMPLETED', 'CANCELLED') AND (deadline IS NULL OR deadline < now())
-           AND NOT (state ? 'paused')
-         ORDER BY deadline NULLS FIRST LIMIT 500",
-    )
-    .fetch_all(&state.pool)
-    .await?;
     let now = Utc::now();
-    let stuck: Vec<Value> = rows
+    let stuck: Vec<Value> = inspection::overdue_sagas(&state.pool, 500)
+        .await?
         .into_iter()
-        .map(|(order_id, status, deadline, updated_at)| {
-            let overdue = deadline.map(|d| (now - d).num_milliseconds() as f64 / 1000.0);
-            json!({"order_id": order_id, "status": status, "deadline": deadline, "overdue_seconds": overdue, "in_status_since": updated_at})
+        .map(|saga| {
+            let overdue = saga
+                .deadline
+                .map(|d| (now - d).num_milliseconds() as f64 / 1000.0);
+            json!({"order_id": saga.order_id, "status": saga.status, "deadline": saga.deadline, "overdue_seconds": overdue, "in_status_since": saga.in_status_since})
         })
         .collect();
     Ok(Json(json!({"count": stuck.len(), "stuck": stuck})))

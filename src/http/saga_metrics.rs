@@ -18,23 +18,11 @@ use super::{ApiError, AppState};
     )
 )]
 pub async fn saga_metrics(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let by_status: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM order_snapshots GROUP BY status")
-            .fetch_all(&state.pool)
-            .await?;
-    let compensated: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM order_snapshots WHERE status = 'CANCELLED' AND jsonb_typeof(state->'compensation') = 'object'",
-    )
-    .fetch_one(&state.pool)
-    .await?;
-    let percentiles: (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.95) WITHIN GROUP (ORDER BY d),
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY d)
-         FROM (SELECT extract(epoch FROM updated_at - created_at)::float8 AS d FROM order_snapshots
-               WHERE status IN ('COMPLETED', 'CANCELLED')) AS finished",
-    )
-    .fetch_one(&state.pool)
-    .await?;
+    let adapters::postgres::inspection::SagaFigures {
+        by_status,
+        compensated,
+        percentiles,
+    } = adapters::postgres::inspection::saga_figures(&state.pool).await?;
     let count = |s: &str| {
         by_status
             .iter()

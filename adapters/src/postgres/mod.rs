@@ -10,6 +10,7 @@ mod charge_writer;
 pub mod dead_letters;
 mod group_commit;
 mod idempotency;
+pub mod inspection;
 mod ledger;
 pub mod outbox;
 pub mod partition_leases;
