@@ -141,83 +141,29 @@ pub async fn place_order(
         .map_err(|e| ApiError::invalid("payment_method", e.to_string()))?;
     let requested = parse_items(&body.items)?;
 
-    let skus: Vec<Sku> = requested.iter().map(|(s, _)| s.clone()).collect();
-    let prices = state.catalog.prices(&skus).await?;
-    let mut lines = Vec::with_capacity(requested.len());
-    let mut amount = Money::zero(currency);
-    for (i, (sku, quantity)) in requested.into_iter().enumerate() {
-        let field = format!("items[{i}].sku");
-        let Some(unit_price) = prices.get(&sku).copied() else {
-            return Err(ApiError::invalid(field, format!("unknown SKU {sku}")).coded("unknown_sku"));
-        };
-        if unit_price.currency() != currency {
-            return Err(ApiError::invalid(
-                "currency",
-                format!("{sku} is sold in {}, not {currency}", unit_price.currency()),
-            ));
-        }
-        let line_total = unit_price
-            .checked_mul(quantity.get())
-            .and_then(|t| amount.checked_add(t))
-            .map_err(|_| ApiError::invalid("items", "the order total is too large"))?;
-        amount = line_total;
-        lines.push(PricedLine {
-            sku,
-            quantity,
-            unit_price,
-        });
-    }
+    let (lines, amount) = price_lines(&state, requested, currency).await?;
 
     // An id of a partition owned here: the saga runs where the order arrived.
-    let Some(mut order_id) = state.cluster.orders.as_ref().and_then(|o| o.new_order_id()) else {
+    let Some(proposed) = state.cluster.orders.as_ref().and_then(|o| o.new_order_id()) else {
         return Err(ApiError::unavailable(
             "this instance owns no order partition yet (it is joining or leaving the cluster); retry, here or at another instance",
         )
         .coded("not_owner"));
     };
-    let mut replayed = false;
-    if let Some(key) = &idempotency_key {
-        let hash = request_hash(&body);
-        match state.idempotency.claim(key, &hash, order_id).await? {
-            IdempotencyClaim::New(id) => order_id = id,
-            IdempotencyClaim::Existing {
-                order_id: id,
-                same_request: true,
-            } => {
-                // A retry of a placement that another instance made: its saga runs there, and
-                // so is the answer.
-                if let Some(partition) = super::owner_forwarding::elsewhere(&state, &extensions, id)
-                {
-                    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-                    let answered = super::owner_forwarding::ask_owner(
-                        &state,
-                        partition,
-                        &axum::http::Method::POST,
-                        &uri,
-                        &headers,
-                        body,
-                    )
-                    .await;
-                    if let Some(answer) = answered {
-                        return Ok(answer);
-                    }
-                }
-                order_id = id;
-                replayed = true;
-            }
-            IdempotencyClaim::Existing {
-                same_request: false,
-                ..
-            } => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different request body",
-                )
-                .with_field("Idempotency-Key"));
+    let (order_id, replayed) = match &idempotency_key {
+        None => (proposed, false),
+        Some(key) => {
+            let forward = Forward {
+                extensions: &extensions,
+                uri: &uri,
+                headers: &headers,
+            };
+            match claim_key(&state, key, &body, proposed, forward).await? {
+                Claimed::Here { order_id, replayed } => (order_id, replayed),
+                Claimed::AnsweredByOwner(response) => return Ok(response),
             }
         }
-    }
+    };
 
     // Registered before the order exists, so not even its first transition can be missed.
     let watch = (!wait.is_zero()).then(|| state.status_watchers.watch(order_id));
@@ -240,6 +186,120 @@ pub async fn place_order(
         replayed,
         "order placed"
     );
+    placement_response(&state, &placed, watch, wait, replayed).await
+}
+
+/// Prices each requested line from the catalog, in the order's currency; the lines and the total.
+async fn price_lines(
+    state: &AppState,
+    requested: Vec<(Sku, Quantity)>,
+    currency: Currency,
+) -> Result<(Vec<PricedLine>, Money), ApiError> {
+    let skus: Vec<Sku> = requested.iter().map(|(s, _)| s.clone()).collect();
+    let prices = state.catalog.prices(&skus).await?;
+    let mut lines = Vec::with_capacity(requested.len());
+    let mut amount = Money::zero(currency);
+    for (i, (sku, quantity)) in requested.into_iter().enumerate() {
+        let field = format!("items[{i}].sku");
+        let Some(unit_price) = prices.get(&sku).copied() else {
+            return Err(ApiError::invalid(field, format!("unknown SKU {sku}")).coded("unknown_sku"));
+        };
+        if unit_price.currency() != currency {
+            return Err(ApiError::invalid(
+                "currency",
+                format!("{sku} is sold in {}, not {currency}", unit_price.currency()),
+            ));
+        }
+        amount = unit_price
+            .checked_mul(quantity.get())
+            .and_then(|t| amount.checked_add(t))
+            .map_err(|_| ApiError::invalid("items", "the order total is too large"))?;
+        lines.push(PricedLine {
+            sku,
+            quantity,
+            unit_price,
+        });
+    }
+    Ok((lines, amount))
+}
+
+/// What a placement needs to be sent on to the owner of its order.
+struct Forward<'a> {
+    extensions: &'a axum::http::Extensions,
+    uri: &'a axum::http::Uri,
+    headers: &'a HeaderMap,
+}
+
+/// What an `Idempotency-Key` means for this placement.
+enum Claimed {
+    /// Place `order_id` here: new, or `replayed` (the key's earlier order, run here).
+    Here { order_id: OrderId, replayed: bool },
+    /// The key's order runs at another instance, which answered.
+    AnsweredByOwner(Response),
+}
+
+/// Claims `key` for `proposed`, or finds the order it already means: a retry of a placement
+/// that another instance made is answered by that instance, where its saga runs.
+async fn claim_key(
+    state: &AppState,
+    key: &str,
+    body: &PlaceOrderBody,
+    proposed: OrderId,
+    forward: Forward<'_>,
+) -> Result<Claimed, ApiError> {
+    let hash = request_hash(body);
+    match state.idempotency.claim(key, &hash, proposed).await? {
+        IdempotencyClaim::New(order_id) => Ok(Claimed::Here {
+            order_id,
+            replayed: false,
+        }),
+        IdempotencyClaim::Existing {
+            order_id,
+            same_request: true,
+        } => {
+            if let Some(partition) =
+                super::owner_forwarding::elsewhere(state, forward.extensions, order_id)
+            {
+                let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+                let answered = super::owner_forwarding::ask_owner(
+                    state,
+                    partition,
+                    &axum::http::Method::POST,
+                    forward.uri,
+                    forward.headers,
+                    body,
+                )
+                .await;
+                if let Some(answer) = answered {
+                    return Ok(Claimed::AnsweredByOwner(answer));
+                }
+            }
+            Ok(Claimed::Here {
+                order_id,
+                replayed: true,
+            })
+        }
+        IdempotencyClaim::Existing {
+            same_request: false,
+            ..
+        } => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        )
+        .with_field("Idempotency-Key")),
+    }
+}
+
+/// The answer to a placement: 202 with the placed order at once, or, with `?wait=`, the order
+/// once terminal (200) or when the wait ran out (202); with its location and correlation id.
+async fn placement_response(
+    state: &AppState,
+    placed: &actors::saga::OrderState,
+    watch: Option<actors::orders::StatusWatch>,
+    wait: Duration,
+    replayed: bool,
+) -> Result<Response, ApiError> {
     let mut response = match watch {
         None => {
             let body = PlacedOrder {
@@ -256,7 +316,7 @@ pub async fn place_order(
             } else {
                 Start::PlacedHere
             };
-            let (order, terminal) = settle(&state, placed.order_id, wait, watch, start).await?;
+            let (order, terminal) = settle(state, placed.order_id, wait, watch, start).await?;
             let status = if terminal {
                 StatusCode::OK
             } else {

@@ -620,6 +620,7 @@ impl Drop for ChildProcess {
 
 /// Waits (with a deadline) until a process answers `GET /health` on `port`.
 pub async fn wait_healthy(port: u16) {
+    ordersaga::install_crypto_provider();
     let client = reqwest::Client::new();
     eventually(
         Duration::from_secs(30),

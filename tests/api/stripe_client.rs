@@ -207,6 +207,7 @@ async fn a_card_error_becomes_a_decline_with_stripes_code_and_message() {
 
 #[tokio::test]
 async fn the_fake_replays_idempotent_requests_and_refuses_a_reused_key_with_other_parameters() {
+    ordersaga::install_crypto_provider();
     let fake = stripe_fake::StripeFake::start(
         "127.0.0.1:0".parse().unwrap(),
         stripe_fake::FakeConfig::default(),
