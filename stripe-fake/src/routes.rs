@@ -151,125 +151,163 @@ async fn create_intent(State(state): State<Shared>, headers: HeaderMap, body: St
         .map(str::to_owned);
     let print = fingerprint("/v1/payment_intents", &form);
     if let Some(replayed) = replay(&state, key.as_deref(), &print) {
-        state.with(|inner| {
-            inner.creates.push(CreateRecord {
-                idempotency_key: key.clone(),
-                status: replayed.status().as_u16(),
-                replayed: true,
-            })
-        });
+        record_create(&state, &key, replayed.status().as_u16(), true);
         return replayed;
     }
-    let amount = param(&form, "amount")
-        .and_then(|a| a.parse::<i64>().ok())
-        .filter(|a| *a >= 1);
-    let Some(amount) = amount else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            Some("parameter_invalid_integer"),
-            "Invalid positive integer",
-            Some("amount"),
-        );
+    let create = match CreateParams::parse(&form) {
+        Ok(create) => create,
+        Err(refused) => return refused,
     };
-    let Some(currency) = param(&form, "currency")
-        .filter(|c| c.len() == 3 && c.chars().all(|ch| ch.is_ascii_lowercase()))
-    else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            Some("parameter_invalid_string"),
-            "Invalid currency",
-            Some("currency"),
-        );
-    };
-    let method = param(&form, "payment_method")
-        .unwrap_or_default()
-        .to_owned();
-    let Some(behaviour) = methods::behaviour(&method) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            Some("resource_missing"),
-            &format!("No such PaymentMethod: '{method}'"),
-            Some("payment_method"),
-        );
-    };
-    if behaviour.fail_first_create
-        && let Some(k) = &key
-    {
-        {
-            let first = state.with(|inner| inner.failed_first.insert(k.clone()));
-            if first {
-                // Like a failure before the API started executing: nothing is stored for the key.
-                state.with(|inner| {
-                    inner.creates.push(CreateRecord {
-                        idempotency_key: key.clone(),
-                        status: 500,
-                        replayed: false,
-                    })
-                });
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "api_error",
-                    None,
-                    "An unknown error occurred (scripted by pm_fake_fail_first_create).",
-                    None,
-                );
-            }
-        }
+    if let Some(failed) = scripted_first_failure(&state, &key, &create.behaviour) {
+        return failed;
     }
-    let metadata: serde_json::Map<String, Value> = form
-        .iter()
-        .filter_map(|(k, v)| {
-            Some((
-                k.strip_prefix("metadata[")?.strip_suffix(']')?.to_owned(),
-                Value::String(v.clone()),
-            ))
+    let (id, status, body) = make_intent(&state, &create, &key);
+    store(&state, key.as_deref(), print, status, &body);
+    record_create(&state, &key, status, false);
+    if create.confirmed {
+        schedule_webhooks(&state, &id, &create.behaviour, key.as_deref());
+    }
+    json_response(status, &body, false)
+}
+
+/// A create call's parameters, checked as Stripe checks them.
+struct CreateParams {
+    amount: i64,
+    currency: String,
+    method: String,
+    behaviour: methods::Behaviour,
+    metadata: serde_json::Map<String, Value>,
+    confirmed: bool,
+}
+
+impl CreateParams {
+    /// The parameters, or Stripe's 400 naming the first bad one.
+    fn parse(form: &[(String, String)]) -> Result<Self, Response> {
+        let amount = param(form, "amount")
+            .and_then(|a| a.parse::<i64>().ok())
+            .filter(|a| *a >= 1);
+        let Some(amount) = amount else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("parameter_invalid_integer"),
+                "Invalid positive integer",
+                Some("amount"),
+            ));
+        };
+        let Some(currency) = param(form, "currency")
+            .filter(|c| c.len() == 3 && c.chars().all(|ch| ch.is_ascii_lowercase()))
+        else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("parameter_invalid_string"),
+                "Invalid currency",
+                Some("currency"),
+            ));
+        };
+        let method = param(form, "payment_method").unwrap_or_default().to_owned();
+        let Some(behaviour) = methods::behaviour(&method) else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("resource_missing"),
+                &format!("No such PaymentMethod: '{method}'"),
+                Some("payment_method"),
+            ));
+        };
+        let metadata = form
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.strip_prefix("metadata[")?.strip_suffix(']')?.to_owned(),
+                    Value::String(v.clone()),
+                ))
+            })
+            .collect();
+        Ok(Self {
+            amount,
+            currency: currency.to_owned(),
+            method,
+            behaviour,
+            metadata,
+            confirmed: param(form, "confirm") == Some("true"),
         })
-        .collect();
+    }
+}
+
+/// `pm_fake_fail_first_create`: the first create under a key fails as if before the API
+/// started executing, so nothing is stored for the key and a retry runs afresh.
+fn scripted_first_failure(
+    state: &FakeState,
+    key: &Option<String>,
+    behaviour: &methods::Behaviour,
+) -> Option<Response> {
+    let key_now = key.as_ref().filter(|_| behaviour.fail_first_create)?;
+    let first = state.with(|inner| inner.failed_first.insert(key_now.clone()));
+    if !first {
+        return None;
+    }
+    record_create(state, key, 500, false);
+    Some(error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "api_error",
+        None,
+        "An unknown error occurred (scripted by pm_fake_fail_first_create).",
+        None,
+    ))
+}
+
+/// Creates the intent (and, when it succeeds at once, its charge in the ledger); its id, and
+/// the status and body of the answer (402 with the card error for a declined confirmation).
+fn make_intent(
+    state: &FakeState,
+    create: &CreateParams,
+    key: &Option<String>,
+) -> (String, u16, Value) {
     let id = format!("pi_fake_{}", uuid::Uuid::new_v4().simple());
-    let confirmed = param(&form, "confirm") == Some("true");
+    let behaviour = &create.behaviour;
     let mut intent = json!({
-        "id": id, "object": "payment_intent", "amount": amount, "currency": currency,
-        "status": if confirmed { behaviour.status } else { "requires_confirmation" },
-        "payment_method": method, "metadata": metadata, "created": chrono::Utc::now().timestamp_micros(),
+        "id": id, "object": "payment_intent", "amount": create.amount, "currency": create.currency,
+        "status": if create.confirmed { behaviour.status } else { "requires_confirmation" },
+        "payment_method": create.method, "metadata": create.metadata, "created": chrono::Utc::now().timestamp_micros(),
         "last_payment_error": null, "livemode": false,
     });
-    if let Some((code, decline_code, message)) = behaviour.decline.filter(|_| confirmed) {
+    let decline = behaviour.decline.filter(|_| create.confirmed);
+    if let Some((code, decline_code, message)) = decline {
         intent["last_payment_error"] = json!({"type": "card_error", "code": code, "decline_code": decline_code, "message": message});
     }
-    let succeeded_now = confirmed && behaviour.status == "succeeded";
+    let succeeded_now = create.confirmed && behaviour.status == "succeeded";
     state.with(|inner| {
         inner.put_intent(id.clone(), intent.clone());
         if succeeded_now {
             inner.charges.push(Charge {
                 payment_intent: id.clone(),
-                amount,
-                currency: currency.to_owned(),
+                amount: create.amount,
+                currency: create.currency.clone(),
                 idempotency_key: key.clone(),
             });
         }
     });
-    let (status, body) = match behaviour.decline.filter(|_| confirmed) {
+    let (status, body) = match decline {
         Some((code, decline_code, message)) => (
             402,
             json!({"error": {"type": "card_error", "code": code, "decline_code": decline_code, "message": message, "payment_intent": intent}}),
         ),
-        None => (200, intent.clone()),
+        None => (200, intent),
     };
-    store(&state, key.as_deref(), print, status, &body);
+    (id, status, body)
+}
+
+/// Notes a create call in the ledger (tests read how many were made and replayed).
+fn record_create(state: &FakeState, key: &Option<String>, status: u16, replayed: bool) {
     state.with(|inner| {
         inner.creates.push(CreateRecord {
             idempotency_key: key.clone(),
             status,
-            replayed: false,
+            replayed,
         })
     });
-    if confirmed {
-        schedule_webhooks(&state, &id, &behaviour, key.as_deref());
-    }
-    json_response(status, &body, false)
 }
 
 /// Sends the behaviour's webhooks, each at its time, applying its status change to the intent
