@@ -273,6 +273,54 @@ async fn join_cluster(
     Ok(())
 }
 
+/// What the roles this process runs give the HTTP layer and the application.
+struct Roles {
+    orders: Option<OrderSupervisorHandle>,
+    shards: Option<InventoryShards>,
+    payments: Option<http::PaymentHttp>,
+    stripe_fake: Option<StripeFake>,
+}
+
+/// Starts each role this process runs, and has the keeper tell the order and inventory roles
+/// when their partitions change hands.
+async fn start_roles(
+    wiring: &mut Wiring<'_>,
+    parts: &http::ClusterParts,
+    keeper: &mut LeaseKeeper,
+    address: SocketAddr,
+) -> Result<Roles, StartupError> {
+    let orders = match &parts.orders {
+        Some(ownership) => Some(order_role::start(wiring, ownership.clone()).await?),
+        None => None,
+    };
+    let inventory = match &parts.skus {
+        Some(ownership) => Some(inventory_role::start(wiring, ownership.clone()).await?),
+        None => None,
+    };
+    let payments = match wiring.settings.runs(Role::Payment) {
+        true => Some(payment_role::start(wiring, address).await?),
+        false => None,
+    };
+    // Only now does the postman know every receiver here, so the recovery of the partitions
+    // this instance gains re-sends through it.
+    if let Some(orders) = &orders {
+        keeper.on_change(orders.ownership_listener());
+    }
+    if let Some(inventory) = &inventory {
+        keeper.on_change(inventory.ownership_listener());
+    }
+    let (payments, stripe_fake) = match payments {
+        Some(p) => (Some(p.http), p.stripe_fake),
+        None => (None, None),
+    };
+    Ok(Roles {
+        orders: orders.map(|o| o.handle),
+        shards: inventory.map(|i| i.shards),
+        payments,
+        stripe_fake,
+    })
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // Install the metrics recorder before anything records (the facade drops what is
@@ -294,32 +342,12 @@ impl Application {
         let mut wiring = Wiring::new(&settings, pool.clone(), nats.clone(), js);
         let Membership { mut keeper, parts } = prepare_cluster(&wiring, address).await?;
         start_shared_tasks(&mut wiring, &nats);
-        let orders = match &parts.orders {
-            Some(ownership) => Some(order_role::start(&mut wiring, ownership.clone()).await?),
-            None => None,
-        };
-        let inventory = match &parts.skus {
-            Some(ownership) => Some(inventory_role::start(&mut wiring, ownership.clone()).await?),
-            None => None,
-        };
-        let payments = match settings.runs(Role::Payment) {
-            true => Some(payment_role::start(&mut wiring, address).await?),
-            false => None,
-        };
-        // Only now does the postman know every receiver here, so the recovery of the partitions
-        // this instance gains re-sends through it.
-        if let Some(orders) = &orders {
-            keeper.on_change(orders.ownership_listener());
-        }
-        if let Some(inventory) = &inventory {
-            keeper.on_change(inventory.ownership_listener());
-        }
-        let shards = inventory.map(|i| i.shards);
-        let orders = orders.map(|o| o.handle);
-        let (payments, stripe_fake) = match payments {
-            Some(p) => (Some(p.http), p.stripe_fake),
-            None => (None, None),
-        };
+        let Roles {
+            orders,
+            shards,
+            payments,
+            stripe_fake,
+        } = start_roles(&mut wiring, &parts, &mut keeper, address).await?;
         let parts = AppParts {
             pool: pool.clone(),
             catalog,
