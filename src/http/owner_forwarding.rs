@@ -99,13 +99,7 @@ pub async fn ask_owner(
             .path_and_query()
             .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
         content: Forwarded {
-            headers: FORWARDED_HEADERS
-                .iter()
-                .filter_map(|name| {
-                    let value = headers.get(*name)?.to_str().ok()?;
-                    Some(((*name).to_owned(), value.to_owned()))
-                })
-                .collect(),
+            headers: named_headers(headers, &FORWARDED_HEADERS),
             body,
         },
     };
@@ -170,14 +164,19 @@ pub async fn answer_forwarded(
     adapters::nats::OwnerAnswer {
         status: parts.status.as_u16(),
         content: Forwarded {
-            headers: adapters::nats::ANSWER_HEADERS
-                .iter()
-                .filter_map(|name| {
-                    let value = parts.headers.get(*name)?.to_str().ok()?;
-                    Some(((*name).to_owned(), value.to_owned()))
-                })
-                .collect(),
+            headers: named_headers(&parts.headers, &adapters::nats::ANSWER_HEADERS),
             body,
         },
     }
+}
+
+/// `(name, value)` of the headers among `names` that `headers` carries (as text).
+fn named_headers(headers: &HeaderMap, names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some(((*name).to_owned(), value.to_owned()))
+        })
+        .collect()
 }
