@@ -1,17 +1,125 @@
-//! How the coalescing writers and readers (snapshots, charges, idempotency claims, price reads)
-//! take their next batch from their queue: whatever is queued at once, then, when requests come
-//! in company and that is less than a full batch, whatever else arrives within the linger.
+//! The one machinery behind every coalescing writer and reader (snapshots, charges,
+//! idempotency claims, price reads): a queue per worker, each request sent to the worker its key
+//! hashes to, a batch taken from the queue at a time, and each caller answered after the batch's
+//! statement ran (for writers: after its own row is durable).
 //!
+//! One statement per batch instead of one per request is what makes PostgreSQL affordable on a
+//! small machine: the cost of a statement is mostly round trips and context switches, not
+//! bytes. What differs between the writers, the statement and what each caller learns, is a
+//! `BatchJob`; everything else is here, once.
+//!
+//! A batch is whatever is queued when a worker becomes free, plus, when requests come in
+//! company and that is less than a full batch, whatever else arrives within the linger.
 //! Without a linger a batch carries what queued behind the previous statement: plenty when one
-//! process takes all the load, little when several instances share it, and every statement is a
-//! transaction PostgreSQL pays for on the same cores. The linger (`BATCH_LINGER_MS`, set once at
-//! start) trades that much latency per step for fuller batches; 0 turns it off. A lone request
-//! after a lone request does not wait: at low load there is nobody to wait for.
+//! process takes all the load, little when several instances share it. The linger
+//! (`BATCH_LINGER_MS`, set once at start) trades that much latency per step for fuller batches;
+//! 0 turns it off. A lone request after a lone request does not wait: at low load there is
+//! nobody to wait for.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most requests in one batch (one statement).
+const MAX_BATCH: usize = 256;
+/// Requests waiting per worker before callers wait to enqueue (back-pressure).
+const QUEUE: usize = 4096;
+
+/// What a batching writer or reader does with one batch.
+pub(super) trait BatchJob: Send + Sync + 'static {
+    type Request: Send + 'static;
+    type Answer: Send + 'static;
+    /// The `writer` label of its batch sizes in `database_batch_size`.
+    const NAME: &'static str;
+    /// Runs the batch and answers every request, in the batch's order.
+    fn run(&self, requests: Vec<Self::Request>) -> impl Future<Output = Vec<Self::Answer>> + Send;
+}
+
+/// The batcher stopped (its workers ended): the process is shutting down.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the {0} batcher stopped")]
+pub(super) struct BatcherStopped(pub &'static str);
+
+type Pending<J> = (
+    <J as BatchJob>::Request,
+    oneshot::Sender<<J as BatchJob>::Answer>,
+);
+
+/// A job's front door; cheap to clone. Its workers start on the first request (so it can be
+/// built outside a runtime) and stop when every clone is dropped.
+pub(super) struct Batcher<J: BatchJob> {
+    job: Arc<J>,
+    workers: usize,
+    queues: Arc<OnceLock<Vec<mpsc::Sender<Pending<J>>>>>,
+}
+
+impl<J: BatchJob> Clone for Batcher<J> {
+    fn clone(&self) -> Self {
+        Self {
+            job: self.job.clone(),
+            workers: self.workers,
+            queues: self.queues.clone(),
+        }
+    }
+}
+
+impl<J: BatchJob> Batcher<J> {
+    /// `workers` (at least one) run batches at once, each holding a connection while it does.
+    pub fn new(job: J, workers: usize) -> Self {
+        Self {
+            job: Arc::new(job),
+            workers: workers.max(1),
+            queues: Arc::default(),
+        }
+    }
+
+    /// Queues `request` on the worker that `key` hashes to (requests with the same key are run
+    /// in the order they were sent) and waits for its answer.
+    pub async fn submit(
+        &self,
+        key: u128,
+        request: J::Request,
+    ) -> Result<J::Answer, BatcherStopped> {
+        let queues = self.queues.get_or_init(|| {
+            (0..self.workers)
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    tokio::spawn(work(self.job.clone(), rx));
+                    tx
+                })
+                .collect()
+        });
+        let (reply, answer) = oneshot::channel();
+        let worker = (key % queues.len() as u128) as usize;
+        queues[worker]
+            .send((request, reply))
+            .await
+            .map_err(|_| BatcherStopped(J::NAME))?;
+        answer.await.map_err(|_| BatcherStopped(J::NAME))
+    }
+}
+
+/// One worker: a batch at a time, each caller answered once its batch ran.
+async fn work<J: BatchJob>(job: Arc<J>, queue: mpsc::Receiver<Pending<J>>) {
+    let mut queue = BatchQueue::new(J::NAME, queue);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.next(&mut batch, MAX_BATCH).await > 0 {
+        let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+        let answers = job.run(requests).await;
+        debug_assert_eq!(
+            answers.len(),
+            replies.len(),
+            "{} answered a batch short",
+            J::NAME
+        );
+        for (answer, reply) in answers.into_iter().zip(replies) {
+            let _ = reply.send(answer);
+        }
+    }
+}
 
 static LINGER_MICROS: AtomicU64 = AtomicU64::new(0);
 
@@ -27,8 +135,8 @@ fn linger() -> Duration {
     Duration::from_micros(LINGER_MICROS.load(Ordering::Relaxed))
 }
 
-/// A writer's queue, taken from a batch at a time.
-pub struct BatchQueue<T> {
+/// A worker's queue, taken from a batch at a time.
+struct BatchQueue<T> {
     /// The `writer` label of its batch sizes in `database_batch_size`.
     name: &'static str,
     queue: mpsc::Receiver<T>,
@@ -38,7 +146,7 @@ pub struct BatchQueue<T> {
 }
 
 impl<T> BatchQueue<T> {
-    pub fn new(name: &'static str, queue: mpsc::Receiver<T>) -> Self {
+    fn new(name: &'static str, queue: mpsc::Receiver<T>) -> Self {
         Self {
             name,
             queue,
@@ -50,7 +158,7 @@ impl<T> BatchQueue<T> {
     /// when requests come in company (this batch or the last held more than one), with what
     /// arrives within the linger. Returns how many items `batch` holds; 0 once the queue is
     /// closed and empty.
-    pub async fn next(&mut self, batch: &mut Vec<T>, max: usize) -> usize {
+    async fn next(&mut self, batch: &mut Vec<T>, max: usize) -> usize {
         if self.queue.recv_many(batch, max).await == 0 {
             return 0;
         }
@@ -70,11 +178,6 @@ impl<T> BatchQueue<T> {
         metrics::histogram!(actors::metrics::DATABASE_BATCH, "writer" => self.name)
             .record(batch.len() as f64);
         batch.len()
-    }
-
-    /// An item already queued, without waiting.
-    pub fn try_recv(&mut self) -> Option<T> {
-        self.queue.try_recv().ok()
     }
 }
 
@@ -127,5 +230,39 @@ mod tests {
         batch.clear();
         assert_eq!(queue.next(&mut batch, 4).await, 0);
         set_batch_linger(Duration::ZERO);
+    }
+
+    /// Answers each request with itself and the size of the batch it came in.
+    struct Echo;
+
+    impl BatchJob for Echo {
+        type Request = u32;
+        type Answer = (u32, usize);
+        const NAME: &'static str = "echo";
+
+        async fn run(&self, requests: Vec<u32>) -> Vec<(u32, usize)> {
+            // Long enough for the others to queue behind this batch.
+            tokio::task::yield_now().await;
+            let size = requests.len();
+            requests.into_iter().map(|r| (r, size)).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn every_caller_gets_its_own_answer_and_requests_that_queue_share_a_batch() {
+        let batcher = Batcher::new(Echo, 2);
+        let calls: Vec<_> = (0..64u32)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.submit(u128::from(i), i).await })
+            })
+            .collect();
+        let mut largest = 0;
+        for (i, call) in calls.into_iter().enumerate() {
+            let (echoed, size) = call.await.unwrap().unwrap();
+            assert_eq!(echoed as usize, i);
+            largest = largest.max(size);
+        }
+        assert!(largest > 1, "64 requests sent at once were never batched");
     }
 }

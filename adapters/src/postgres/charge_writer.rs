@@ -1,30 +1,23 @@
 //! Group commit of charge records: the outcomes of many orders' charges written in one
 //! transaction, with one multi-row insert for the records and one for their outbox rows.
 //!
-//! Shaped like the snapshot writer (`group_commit`): a caller still learns whether its record
-//! is new only after the transaction that holds it (and its messages) committed, so the
-//! payment role's promises do not change; a batch is whatever waited while the writer was busy
-//! (plus, in company, what arrives within the linger: `batching`), so a charge at low load is
-//! written alone and batches grow with the load, where a transaction per paid order (begin,
+//! A caller learns whether its record is new only after the transaction that holds it (and its
+//! messages) committed, so the payment role's promises are those of a transaction per charge;
+//! batches (taken by `batching`) grow with the load, where a transaction per paid order (begin,
 //! insert, outbox insert, commit) would be one of the largest per-order costs in PostgreSQL.
 
 use std::collections::HashSet;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use actors::events::Envelope;
 use actors::ports::{ChargeMessages, ChargeOutcome, StoreError};
 
+use super::batching::{BatchJob, Batcher};
 use super::outbox::{self, OutboxMessage};
 use super::payments::RecordedCharges;
 use super::{OutboxSignal, unavailable};
-
-/// Most records written in one transaction.
-const MAX_BATCH: usize = 256;
-/// Requests waiting per writer before callers wait to enqueue (back-pressure).
-const QUEUE: usize = 4096;
 
 /// One charge outcome to record, in the columns of `payments`.
 pub(super) struct ChargeRecord {
@@ -39,85 +32,75 @@ pub(super) struct ChargeRecord {
     pub messages: ChargeMessages,
 }
 
-struct Request {
-    record: ChargeRecord,
-    /// `true` when the record is new (written with its messages), `false` when one existed.
-    reply: oneshot::Sender<Result<bool, StoreError>>,
-}
+/// `true` when the record is new (written with its messages), `false` when one existed.
+type Answer = Result<bool, StoreError>;
 
 /// The writers' front door; cheap to clone.
 #[derive(Clone)]
 pub(super) struct ChargeWriter {
-    queues: Vec<mpsc::Sender<Request>>,
+    batcher: Batcher<ChargeBatch>,
 }
 
 impl ChargeWriter {
-    /// Starts `writers` writers (at least one; each holds one connection while it writes) on
-    /// the current Tokio runtime; they stop when every clone is dropped.
+    /// `writers` writers (at least one; each holds one connection while it writes); they stop
+    /// when every clone is dropped.
     pub fn start(
         pool: PgPool,
         signal: OutboxSignal,
         recorded: RecordedCharges,
         writers: usize,
     ) -> Self {
-        let queues = (0..writers.max(1))
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(write_batches(
-                    pool.clone(),
-                    signal.clone(),
-                    recorded.clone(),
-                    rx,
-                ));
-                tx
-            })
-            .collect();
-        Self { queues }
+        let job = ChargeBatch {
+            pool,
+            signal,
+            recorded,
+        };
+        Self {
+            batcher: Batcher::new(job, writers),
+        }
     }
 
-    pub async fn write(&self, record: ChargeRecord) -> Result<bool, StoreError> {
-        let writer = (record.order_id.as_u128() % self.queues.len() as u128) as usize;
-        let (reply, answer) = oneshot::channel();
-        self.queues[writer]
-            .send(Request { record, reply })
+    pub async fn write(&self, record: ChargeRecord) -> Answer {
+        self.batcher
+            .submit(record.order_id.as_u128(), record)
             .await
-            .map_err(|_| StoreError::Unavailable("the charge writer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the charge writer stopped".into()))?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 }
 
-async fn write_batches(
+/// The charge writers' work: a batch of records in one transaction (`write_batch`), then what
+/// this process remembers of the new ones.
+struct ChargeBatch {
     pool: PgPool,
     signal: OutboxSignal,
     recorded: RecordedCharges,
-    queue: mpsc::Receiver<Request>,
-) {
-    let mut queue = super::batching::BatchQueue::new("charges", queue);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.next(&mut batch, MAX_BATCH).await > 0 {
-        let requests = std::mem::take(&mut batch);
-        let (records, replies): (Vec<ChargeRecord>, Vec<_>) =
-            requests.into_iter().map(|r| (r.record, r.reply)).unzip();
-        match write_batch(&pool, records).await {
+}
+
+impl BatchJob for ChargeBatch {
+    type Request = ChargeRecord;
+    type Answer = Answer;
+    const NAME: &'static str = "charges";
+
+    async fn run(&self, records: Vec<ChargeRecord>) -> Vec<Answer> {
+        let count = records.len();
+        match write_batch(&self.pool, records).await {
             Ok((new, committed)) => {
-                signal.committed(committed);
-                for ((status, reference), reply) in new.iter().zip(replies) {
-                    let is_new = status.is_some();
-                    if let (Some(status), Some(reference)) = (status, reference) {
-                        recorded.remember(reference, status);
-                    }
-                    let _ = reply.send(Ok(is_new));
-                }
+                self.signal.committed(committed);
+                new.into_iter()
+                    .map(|(status, reference)| {
+                        let is_new = status.is_some();
+                        if let (Some(status), Some(reference)) = (status, reference) {
+                            self.recorded.remember(&reference, status);
+                        }
+                        Ok(is_new)
+                    })
+                    .collect()
             }
             Err(e) => {
                 // Nothing of the batch was committed (or it is unknown): every caller retries
                 // through redelivery, and the idempotency key makes the retry harmless.
                 let error = unavailable(e);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
+                vec![Err(error); count]
             }
         }
     }

@@ -3,24 +3,19 @@
 //! their body differs. The claim is committed before the order is placed: if the process dies in
 //! between, the retry finds the key, and placing that order id again is itself idempotent.
 //!
-//! Claims are coalesced like the price reads: the placements that arrive while one claim
-//! statement runs are claimed together by the next one, so a client that sends a key with every
-//! order (as one spreading its orders over several instances must) costs a share of a statement
-//! per order, not a transaction of its own. Nothing waits to fill a batch.
+//! Claims are coalesced (`batching`): the placements that arrive while one claim statement runs
+//! are claimed together by the next one, so a client that sends a key with every order (as one
+//! spreading its orders over several instances must) costs a share of a statement per order,
+//! not a transaction of its own.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 
 use actors::domain::OrderId;
 use actors::ports::StoreError;
 
-/// Most claims in one statement.
-const MAX_BATCH: usize = 256;
-/// Claims waiting for a statement before callers wait to enqueue (back-pressure).
-const QUEUE: usize = 4096;
+use super::batching::{BatchJob, Batcher};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdempotencyClaim {
@@ -37,22 +32,19 @@ struct Request {
     key: String,
     request_hash: String,
     proposed: OrderId,
-    reply: oneshot::Sender<Result<IdempotencyClaim, StoreError>>,
 }
 
 /// The claims' front door; cheap to clone. Its task starts on the first claim (so it can be
 /// built outside a runtime) and stops when every clone is dropped.
 #[derive(Clone)]
 pub struct IdempotencyKeys {
-    pool: PgPool,
-    queue: Arc<std::sync::OnceLock<mpsc::Sender<Request>>>,
+    batcher: Batcher<ClaimBatch>,
 }
 
 impl IdempotencyKeys {
     pub fn new(pool: PgPool) -> Self {
         Self {
-            pool,
-            queue: Arc::default(),
+            batcher: Batcher::new(ClaimBatch { pool }, 1),
         }
     }
 
@@ -63,23 +55,15 @@ impl IdempotencyKeys {
         request_hash: &str,
         proposed: OrderId,
     ) -> Result<IdempotencyClaim, StoreError> {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(claim_batches(self.pool.clone(), rx));
-            tx
-        });
-        let stopped = || StoreError::Unavailable("the idempotency claimer stopped".into());
-        let (reply, answer) = oneshot::channel();
-        queue
-            .send(Request {
-                key: key.to_owned(),
-                request_hash: request_hash.to_owned(),
-                proposed,
-                reply,
-            })
+        let request = Request {
+            key: key.to_owned(),
+            request_hash: request_hash.to_owned(),
+            proposed,
+        };
+        self.batcher
+            .submit(0, request)
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 }
 
@@ -91,25 +75,33 @@ struct KeyRow {
     inserted: bool,
 }
 
-async fn claim_batches(pool: PgPool, queue: mpsc::Receiver<Request>) {
-    let mut queue = super::batching::BatchQueue::new("idempotency_claims", queue);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.next(&mut batch, MAX_BATCH).await > 0 {
-        let found = claim_together(&pool, &batch).await;
-        for request in batch.drain(..) {
-            let answer = match &found {
+/// The claimer's work: the batch's keys claimed together (`claim_together`).
+struct ClaimBatch {
+    pool: PgPool,
+}
+
+impl BatchJob for ClaimBatch {
+    type Request = Request;
+    type Answer = Result<IdempotencyClaim, StoreError>;
+    const NAME: &'static str = "idempotency_claims";
+
+    async fn run(&self, batch: Vec<Request>) -> Vec<Self::Answer> {
+        let found = claim_together(&self.pool, &batch).await;
+        let mut answers = Vec::with_capacity(batch.len());
+        for request in &batch {
+            answers.push(match &found {
                 Err(e) => Err(StoreError::Unavailable(e.clone())),
                 Ok(rows) => match rows.get(&request.key) {
-                    Some(row) => Ok(answer_for(&request, row)),
+                    Some(row) => Ok(answer_for(request, row)),
                     // Not found although not inserted: a concurrent claim of the key that had
                     // not committed yet. Claimed again on its own.
-                    None => claim_alone(&pool, &request)
+                    None => claim_alone(&self.pool, request)
                         .await
                         .map_err(|e| StoreError::Unavailable(e.to_string())),
                 },
-            };
-            let _ = request.reply.send(answer);
+            });
         }
+        answers
     }
 }
 

@@ -8,7 +8,6 @@ mod batching;
 mod catalog;
 mod charge_writer;
 pub mod dead_letters;
-mod group_commit;
 mod idempotency;
 pub mod inspection;
 mod ledger;
@@ -17,6 +16,7 @@ pub mod partition_leases;
 mod payments;
 mod price_reads;
 mod reservations;
+mod snapshot_writer;
 pub mod snapshots;
 pub mod stripe_events;
 

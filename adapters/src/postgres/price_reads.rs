@@ -4,30 +4,21 @@
 //! Every placement needs its prices, and one read per placement would be one round trip and
 //! one execution per order. A cache would save more but could price an order at a price already
 //! changed by another process; a coalesced read cannot: each caller's answer comes from a read
-//! that started after it asked, exactly as its own read would have. As with the group commits,
-//! a lone placement is read at once; under load a read carries whatever queued behind the last,
-//! and what arrives within the linger (`batching`).
+//! that started after it asked, exactly as its own read would have. Batches are taken by the
+//! shared machinery (`batching`), with one reader: a read is cheap, and one at a time keeps
+//! them full.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 
 use actors::domain::{Currency, Money, Sku};
 
-/// Most placements answered by one read.
-const MAX_BATCH: usize = 256;
-/// Placements waiting for a read before callers wait to enqueue (back-pressure).
-const QUEUE: usize = 4096;
+use super::batching::{BatchJob, Batcher};
 
 /// What one read found: price and currency by SKU (unknown SKUs absent).
 type Found = Arc<HashMap<String, (i64, String)>>;
-
-struct Request {
-    skus: Vec<Sku>,
-    reply: oneshot::Sender<Result<Found, String>>,
-}
 
 /// Why a price could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,34 +33,21 @@ pub enum PriceReadError {
 /// can be built outside a runtime) and stops when every clone is dropped.
 #[derive(Clone)]
 pub struct PriceReads {
-    pool: PgPool,
-    queue: Arc<std::sync::OnceLock<mpsc::Sender<Request>>>,
+    batcher: Batcher<PriceBatch>,
 }
 
 impl PriceReads {
     pub fn new(pool: PgPool) -> Self {
         Self {
-            pool,
-            queue: Arc::default(),
+            batcher: Batcher::new(PriceBatch { pool }, 1),
         }
     }
 
     /// Current unit prices of `skus`; unknown SKUs are simply absent.
     pub async fn prices(&self, skus: &[Sku]) -> Result<HashMap<Sku, Money>, PriceReadError> {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(read_batches(self.pool.clone(), rx));
-            tx
-        });
-        let (reply, answer) = oneshot::channel();
-        queue
-            .send(Request {
-                skus: skus.to_vec(),
-                reply,
-            })
-            .await
-            .map_err(|_| PriceReadError::Stopped)?;
-        let found = answer
+        let found = self
+            .batcher
+            .submit(0, skus.to_vec())
             .await
             .map_err(|_| PriceReadError::Stopped)?
             .map_err(PriceReadError::Failed)?;
@@ -84,13 +62,21 @@ impl PriceReads {
     }
 }
 
-async fn read_batches(pool: PgPool, queue: mpsc::Receiver<Request>) {
-    let mut queue = super::batching::BatchQueue::new("price_reads", queue);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.next(&mut batch, MAX_BATCH).await > 0 {
-        let names: Vec<&str> = batch
+/// The reader's work: one read of every SKU the batch's placements ask for, shared by all.
+struct PriceBatch {
+    pool: PgPool,
+}
+
+impl BatchJob for PriceBatch {
+    type Request = Vec<Sku>;
+    type Answer = Result<Found, String>;
+    const NAME: &'static str = "price_reads";
+
+    async fn run(&self, placements: Vec<Vec<Sku>>) -> Vec<Self::Answer> {
+        let names: Vec<&str> = placements
             .iter()
-            .flat_map(|r| r.skus.iter().map(Sku::as_str))
+            .flatten()
+            .map(Sku::as_str)
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -98,7 +84,7 @@ async fn read_batches(pool: PgPool, queue: mpsc::Receiver<Request>) {
             "SELECT sku, unit_price_cents, currency::text FROM products WHERE sku = ANY($1)",
         )
         .bind(&names)
-        .fetch_all(&pool)
+        .fetch_all(&self.pool)
         .await;
         let answer = read
             .map(|rows| {
@@ -109,8 +95,6 @@ async fn read_batches(pool: PgPool, queue: mpsc::Receiver<Request>) {
                 )
             })
             .map_err(|e| e.to_string());
-        for request in batch.drain(..) {
-            let _ = request.reply.send(answer.clone());
-        }
+        vec![answer; placements.len()]
     }
 }

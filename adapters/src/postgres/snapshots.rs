@@ -1,5 +1,5 @@
 //! `OrderSnapshotStore` on Postgres: one JSONB row per order, guarded by its version. Writes go
-//! through the group-commit writers (`group_commit.rs`): many actors' transitions per
+//! through the group-commit writers (`snapshot_writer.rs`): many actors' transitions per
 //! transaction, each actor answered once its own is durable.
 
 use async_trait::async_trait;
@@ -11,7 +11,7 @@ use actors::events::Envelope;
 use actors::ports::{OrderSnapshotStore, StoreError};
 use actors::saga::OrderState;
 
-use super::group_commit::{Expect, SnapshotWriter};
+use super::snapshot_writer::{Expect, SnapshotWriter};
 use super::{OutboxSignal, unavailable};
 
 #[derive(Clone)]

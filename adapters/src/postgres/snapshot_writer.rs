@@ -7,19 +7,16 @@
 //! trips and context switches, not bytes: one transaction per transition spends most of a core
 //! in the kernel, one per batch spends it once for tens of actors.
 //!
-//! A batch is whatever is waiting when a writer becomes free, plus, when transitions come in
-//! company, what arrives within the linger (`batching`); a lone transition is written at once,
-//! and at high load batches grow by themselves. Several writers may run at once, each owning the
-//! orders that hash to it, so one slow commit does not stall every saga and an order's writes
-//! stay in order. Their number is configured (half the cores by default): every writer more
-//! splits the same transitions into smaller batches, and past the cores that can run their
-//! transactions that only adds statements.
+//! Batches are taken by the shared machinery (`batching`). Several writers may run at once, each
+//! owning the orders that hash to it, so one slow commit does not stall every saga and an
+//! order's writes stay in order. Their number is configured (half the cores by default): every
+//! writer more splits the same transitions into smaller batches, and past the cores that can
+//! run their transactions that only adds statements.
 
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use actors::cluster::{Epoch, Ownership, PartitionId};
@@ -27,13 +24,9 @@ use actors::events::Envelope;
 use actors::ports::StoreError;
 use actors::saga::OrderState;
 
+use super::batching::{BatchJob, Batcher};
 use super::outbox::{self, OutboxMessage};
 use super::{OutboxSignal, unavailable};
-
-/// Most transitions written in one transaction.
-const MAX_BATCH: usize = 256;
-/// Requests waiting per writer before callers wait to enqueue (back-pressure).
-const QUEUE: usize = 4096;
 
 /// What the snapshot write must find in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,35 +50,30 @@ struct Request {
     messages: Vec<Envelope>,
     /// The order's partition and the epoch this process holds it at; `None`: not fenced.
     fence: Option<(PartitionId, Epoch)>,
-    /// `true` when written, `false` when the expectation did not hold (nothing written).
-    reply: oneshot::Sender<Result<bool, StoreError>>,
 }
+
+/// `true` when written, `false` when the expectation did not hold (nothing written).
+type Answer = Result<bool, StoreError>;
 
 /// The writers' front door; cheap to clone.
 #[derive(Clone)]
 pub struct SnapshotWriter {
-    queues: Vec<mpsc::Sender<Request>>,
+    batcher: Batcher<SnapshotBatch>,
     /// The order partitions this process owns, when its writes are fenced.
     ownership: Option<Ownership>,
 }
 
 impl SnapshotWriter {
-    /// Starts `writers` writers (at least one; each a connection at most) on the current Tokio
-    /// runtime; they stop when every clone is dropped.
+    /// `writers` writers (at least one; each a connection at most); they stop when every clone
+    /// is dropped.
     pub fn start(
         pool: PgPool,
         signal: OutboxSignal,
         writers: usize,
         ownership: Option<Ownership>,
     ) -> Self {
-        let queues = (0..writers.max(1))
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(write_batches(pool.clone(), signal.clone(), rx));
-                tx
-            })
-            .collect();
-        Self { queues, ownership }
+        let batcher = Batcher::new(SnapshotBatch { pool, signal }, writers);
+        Self { batcher, ownership }
     }
 
     /// Writes `state` (and its messages) if `expect` holds; `Ok(false)` if it does not.
@@ -108,7 +96,6 @@ impl SnapshotWriter {
             }
         };
         let order_id = state.order_id.as_uuid();
-        let (reply, answer) = oneshot::channel();
         let request = Request {
             expect,
             order_id,
@@ -120,72 +107,81 @@ impl SnapshotWriter {
             deadline: state.deadline,
             messages: messages.to_vec(),
             fence,
-            reply,
         };
-        let writer = (order_id.as_u128() % self.queues.len() as u128) as usize;
-        self.queues[writer]
-            .send(request)
+        self.batcher
+            .submit(order_id.as_u128(), request)
             .await
-            .map_err(|_| StoreError::Unavailable("the snapshot writer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the snapshot writer stopped".into()))?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 }
 
-async fn write_batches(pool: PgPool, signal: OutboxSignal, queue: mpsc::Receiver<Request>) {
-    let mut queue = super::batching::BatchQueue::new("snapshots", queue);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    // Requests held back because their order already had one in the batch.
-    let mut later: Vec<Request> = Vec::new();
-    loop {
-        if later.is_empty() {
-            if queue.next(&mut batch, MAX_BATCH).await == 0 {
-                return;
+/// The snapshot writers' work: a batch in one statement (`write_batch`), in rounds of one
+/// request per order.
+struct SnapshotBatch {
+    pool: PgPool,
+    signal: OutboxSignal,
+}
+
+impl BatchJob for SnapshotBatch {
+    type Request = Request;
+    type Answer = Answer;
+    const NAME: &'static str = "snapshots";
+
+    /// One round per write of the same order in the batch: the statement's parts all see the
+    /// table as it was before it, so a second write of the same order in it would be checked
+    /// against the old version too, and both would seem to apply. An actor never sends two at
+    /// once, so there is one round; if anything ever does, its second write meets the new
+    /// version in the next round.
+    async fn run(&self, requests: Vec<Request>) -> Vec<Answer> {
+        let mut answers: Vec<Option<Answer>> = requests.iter().map(|_| None).collect();
+        let mut rounds: Vec<Vec<(usize, Request)>> = Vec::new();
+        let mut writes_of: std::collections::HashMap<Uuid, usize> = Default::default();
+        for (index, request) in requests.into_iter().enumerate() {
+            let round = writes_of.entry(request.order_id).or_default();
+            if rounds.len() <= *round {
+                rounds.push(Vec::new());
             }
-        } else {
-            batch.append(&mut later);
-            while batch.len() < MAX_BATCH {
-                let Some(request) = queue.try_recv() else {
-                    break;
-                };
-                batch.push(request);
+            rounds[*round].push((index, request));
+            *round += 1;
+        }
+        for round in rounds {
+            let (indices, mut round): (Vec<usize>, Vec<Request>) = round.into_iter().unzip();
+            for (index, answer) in indices.into_iter().zip(self.write_round(&mut round).await) {
+                answers[index] = Some(answer);
             }
         }
-        // One request per order and batch: the statement's parts all see the table as it was
-        // before it, so a second write of the same order in it would be checked against the
-        // old version too, and both would seem to apply. An actor never sends two at once; if
-        // anything ever does, the second waits for the next batch and meets the new version.
-        let mut seen = HashSet::with_capacity(batch.len());
-        let mut i = 0;
-        while i < batch.len() {
-            if seen.insert(batch[i].order_id) {
-                i += 1;
-            } else {
-                later.push(batch.remove(i));
-            }
-        }
-        match write_batch(&pool, &mut batch).await {
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| Err(StoreError::Unavailable("unanswered".into())))
+            })
+            .collect()
+    }
+}
+
+impl SnapshotBatch {
+    /// Writes requests of distinct orders and answers each: written, not (expectation), or
+    /// refused at the fence.
+    async fn write_round(&self, round: &mut [Request]) -> Vec<Answer> {
+        match write_batch(&self.pool, round).await {
             Ok((written, committed, fenced_in)) => {
-                signal.committed(committed);
-                for request in batch.drain(..) {
-                    let answer = match request.fence {
+                self.signal.committed(committed);
+                round
+                    .iter()
+                    .map(|request| match request.fence {
                         Some((partition, epoch))
                             if !fenced_in.contains(&(partition.as_i32(), epoch.get())) =>
                         {
                             Err(not_owner(request.order_id, partition))
                         }
                         _ => Ok(written.contains(&request.order_id)),
-                    };
-                    let _ = request.reply.send(answer);
-                }
+                    })
+                    .collect()
             }
             Err(e) => {
                 // Nothing of the batch was committed (or it is unknown): every caller reloads.
                 let error = unavailable(e);
-                for request in batch.drain(..) {
-                    let _ = request.reply.send(Err(error.clone()));
-                }
+                round.iter().map(|_| Err(error.clone())).collect()
             }
         }
     }
@@ -208,13 +204,13 @@ fn not_owner(order_id: Uuid, partition: PartitionId) -> StoreError {
 /// partition's row still has the epoch this process acquired, with an owner. A takeover that
 /// committed before the statement began refuses it; one that commits while it runs cannot see
 /// the new owner's recovery miss it either way, since the new owner's writes are checked
-/// against the snapshot's version. The requests' states
-/// are moved out (bound as they are, never copied); only their replies are used afterwards.
+/// against the snapshot's version. The requests' states are moved out (bound as they are, never
+/// copied).
 ///
 /// One statement instead of `BEGIN`, three statements and `COMMIT`: on a machine where every
 /// round trip is a context switch on both sides, that is most of what a small batch costs. The
 /// statements of the `WITH` all see the snapshot taken before it, which is why a batch holds at
-/// most one request per order (`write_batches`).
+/// most one request per order (`SnapshotBatch::run`).
 async fn write_batch(
     pool: &PgPool,
     batch: &mut [Request],
