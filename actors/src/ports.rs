@@ -134,47 +134,35 @@ pub type BatchMessages<'a> =
 /// Derives the messages of one release of a batch from its position in the batch and its outcome.
 pub type ReleaseMessages<'a> = &'a (dyn Fn(usize, &SettleOutcome) -> Vec<Envelope> + Send + Sync);
 
-/// Stock and reservations. Postgres's CHECK constraints back every implementation's promise that
-/// nothing is oversold, even with several processes.
+/// Stock and reservations, in batches: the inventory shard hands its ledger what queued in its
+/// mailbox, and one transaction per batch is what keeps a hot SKU affordable. Each batch has the
+/// result of its requests taken one after the other (the decision rule is
+/// `inventory::decide_reservations`). Postgres's CHECK constraints back every implementation's
+/// promise that nothing is oversold, even with several processes.
 #[async_trait]
 pub trait ReservationLedger: Send + Sync + 'static {
-    async fn reserve(
-        &self,
-        request: &ReservationRequest,
-        messages: OutcomeMessages<'_, ReservationOutcome>,
-    ) -> Result<ReservationOutcome, StoreError>;
-
-    /// Decides several reservations, in order, with the same result as deciding them one after
-    /// the other; outcomes in the same order. Ledgers that can should make it one transaction
-    /// (the default just loops, and stops at the first error).
+    /// Decides reservations, in order, each all or nothing over its lines; outcomes in the same
+    /// order. An order decided before (or earlier in the batch) is `AlreadyDecided`.
     async fn reserve_batch(
         &self,
         requests: &[ReservationRequest],
         messages: BatchMessages<'_>,
-    ) -> Result<Vec<ReservationOutcome>, StoreError> {
-        let mut outcomes = Vec::with_capacity(requests.len());
-        for request in requests {
-            outcomes.push(self.reserve(request, &|o| messages(request, o)).await?);
-        }
-        Ok(outcomes)
-    }
+    ) -> Result<Vec<ReservationOutcome>, StoreError>;
 
-    /// The order completed: reserved units leave stock for good.
-    async fn commit(
-        &self,
-        order_id: OrderId,
-        messages: OutcomeMessages<'_, SettleOutcome>,
-    ) -> Result<SettleOutcome, StoreError>;
-
-    /// Commits several orders (no messages), in one transaction where the ledger can; outcomes
+    /// The orders completed: their reserved units leave stock for good (no messages); outcomes
     /// in the same order. A repeated order in one batch is committed by its first occurrence.
-    async fn commit_batch(&self, order_ids: &[OrderId]) -> Result<Vec<SettleOutcome>, StoreError> {
-        let mut outcomes = Vec::with_capacity(order_ids.len());
-        for order_id in order_ids {
-            outcomes.push(self.commit(*order_id, &|_| Vec::new()).await?);
-        }
-        Ok(outcomes)
-    }
+    /// An order whose reservation expired before it completed takes its units again if they are
+    /// still there.
+    async fn commit_batch(&self, order_ids: &[OrderId]) -> Result<Vec<SettleOutcome>, StoreError>;
+
+    /// The orders will not complete: their reserved units go back on sale. Also marks each order
+    /// decided, so a reservation request that arrives after the cancellation is refused.
+    /// Outcomes in the same order; a repeated order is released by its first occurrence.
+    async fn release_batch(
+        &self,
+        order_ids: &[OrderId],
+        messages: ReleaseMessages<'_>,
+    ) -> Result<Vec<SettleOutcome>, StoreError>;
 
     /// What was decided for this order's reservation, if anything: a repeated request (a saga
     /// re-sending after its answer was lost) is answered from it.
@@ -191,28 +179,36 @@ pub trait ReservationLedger: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<ExpiredReservation>, StoreError>;
 
-    /// The order will not complete: reserved units go back on sale. Also marks the order decided,
-    /// so a reservation request that arrives after the cancellation is refused.
+    /// One reservation: a batch of one.
+    async fn reserve(
+        &self,
+        request: &ReservationRequest,
+        messages: OutcomeMessages<'_, ReservationOutcome>,
+    ) -> Result<ReservationOutcome, StoreError> {
+        let batch = std::slice::from_ref(request);
+        one(self.reserve_batch(batch, &|_, o| messages(o)).await?)
+    }
+
+    /// One commit: a batch of one.
+    async fn commit(&self, order_id: OrderId) -> Result<SettleOutcome, StoreError> {
+        one(self.commit_batch(&[order_id]).await?)
+    }
+
+    /// One release: a batch of one.
     async fn release(
         &self,
         order_id: OrderId,
         messages: OutcomeMessages<'_, SettleOutcome>,
-    ) -> Result<SettleOutcome, StoreError>;
-
-    /// Releases several orders with the same result as releasing them one after the other;
-    /// outcomes in the same order. Ledgers that can should make it one transaction (the default
-    /// just loops, and stops at the first error).
-    async fn release_batch(
-        &self,
-        order_ids: &[OrderId],
-        messages: ReleaseMessages<'_>,
-    ) -> Result<Vec<SettleOutcome>, StoreError> {
-        let mut outcomes = Vec::with_capacity(order_ids.len());
-        for (i, order_id) in order_ids.iter().enumerate() {
-            outcomes.push(self.release(*order_id, &|o| messages(i, o)).await?);
-        }
-        Ok(outcomes)
+    ) -> Result<SettleOutcome, StoreError> {
+        one(self.release_batch(&[order_id], &|_, o| messages(o)).await?)
     }
+}
+
+/// The outcome of a batch of one.
+fn one<T>(outcomes: Vec<T>) -> Result<T, StoreError> {
+    outcomes.into_iter().next().ok_or_else(|| {
+        StoreError::Unavailable("the ledger answered a batch of one with none".into())
+    })
 }
 
 /// One charge, as the payment role asks a provider for it.

@@ -606,7 +606,7 @@ async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_the
     );
     ok(ledger.release(late, &|_| Vec::new()).await);
     assert_eq!(stock().await, (5, 0));
-    let committed = ok(ledger.commit(late, &|_| Vec::new()).await);
+    let committed = ok(ledger.commit(late).await);
     assert_eq!(committed.rows_changed, 1);
     assert_eq!(
         stock().await,
@@ -614,7 +614,7 @@ async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_the
         "the late confirmation took its 2 units"
     );
     assert_eq!(
-        ok(ledger.commit(late, &|_| Vec::new()).await).rows_changed,
+        ok(ledger.commit(late).await).rows_changed,
         0,
         "a repeat commits nothing"
     );
@@ -630,10 +630,7 @@ async fn a_confirmation_after_expiry_takes_the_units_again_if_they_are_still_the
             low_stock: Vec::new()
         }
     );
-    assert_eq!(
-        ok(ledger.commit(unlucky, &|_| Vec::new()).await).rows_changed,
-        0
-    );
+    assert_eq!(ok(ledger.commit(unlucky).await).rows_changed, 0);
     assert_eq!(stock().await, (3, 3), "never more than what is on hand");
 }
 

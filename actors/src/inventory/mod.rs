@@ -12,6 +12,7 @@
 //! hot SKU off the database and give the ledger a place to batch.
 
 mod outcomes;
+mod reservation_decision;
 mod shard;
 mod supervisor;
 
@@ -21,6 +22,9 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 
 pub use outcomes::{ReleaseCause, release_messages, reservation_messages};
+pub use reservation_decision::{
+    ReservationDecision, StockLevel, decide_reservations, units_wanted,
+};
 pub use shard::{InventoryShard, ShardMessage};
 pub use supervisor::{ShardSlots, ShardSupervisor, ShardSupervisorArgs};
 

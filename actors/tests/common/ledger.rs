@@ -1,13 +1,14 @@
 //! `ReservationLedger` in memory: stock and reservations, all or nothing per order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use actors::domain::{OrderId, Sku};
-use actors::events::{Envelope, Shortage};
+use actors::events::Envelope;
+use actors::inventory::{ReservationDecision, StockLevel, decide_reservations};
 use actors::ports::{
-    OutcomeMessages, ReleaseMessages, ReservationLedger, ReservationOutcome, ReservationRequest,
-    SettleOutcome, StoreError,
+    BatchMessages, OutcomeMessages, ReleaseMessages, ReservationLedger, ReservationOutcome,
+    ReservationRequest, SettleOutcome, StoreError,
 };
 use async_trait::async_trait;
 
@@ -26,13 +27,6 @@ enum Decided {
     Cancelled,
 }
 
-/// What a reservation check concluded, before it is written.
-enum Plan {
-    AlreadyDecided,
-    Reserve(Vec<(Sku, i64)>),
-    Refuse(Vec<Shortage>),
-}
-
 #[derive(Default)]
 struct LedgerInner {
     stock: HashMap<Sku, Stock>,
@@ -49,67 +43,53 @@ struct LedgerInner {
 }
 
 impl LedgerInner {
-    fn plan(&self, request: &ReservationRequest) -> Plan {
-        if self.decisions.contains_key(&request.order_id) {
-            return Plan::AlreadyDecided;
-        }
-        // Merge repeated SKUs so "2 + 3 of A" is checked as "5 of A" (as Postgres does).
-        let mut wanted: Vec<(Sku, i64)> = Vec::new();
-        for line in &request.lines {
-            let quantity = i64::from(line.quantity);
-            match wanted.iter_mut().find(|(sku, _)| *sku == line.sku) {
-                Some((_, q)) => *q += quantity,
-                None => wanted.push((line.sku.clone(), quantity)),
-            }
-        }
-        let shortages: Vec<Shortage> = wanted
+    /// Decides the batch against the stock as it stands now (the rule shared with Postgres),
+    /// without writing anything.
+    fn decide(&self, requests: &[ReservationRequest]) -> Vec<ReservationDecision> {
+        let mut levels: BTreeMap<Sku, StockLevel> = self
+            .stock
             .iter()
-            .filter_map(|(sku, want)| {
-                let have = self
-                    .stock
-                    .get(sku)
-                    .map_or(0, |s| (s.on_hand - s.reserved).max(0));
-                (*want > have).then(|| Shortage {
-                    sku: sku.clone(),
-                    requested: u32::try_from(*want).unwrap_or(u32::MAX),
-                    available: have,
-                })
+            .map(|(sku, stock)| {
+                let level = StockLevel {
+                    available: stock.on_hand - stock.reserved,
+                    low_stock_threshold: 0,
+                };
+                (sku.clone(), level)
             })
             .collect();
-        if shortages.is_empty() {
-            Plan::Reserve(wanted)
-        } else {
-            Plan::Refuse(shortages)
-        }
+        decide_reservations(
+            requests,
+            |order_id| self.decisions.contains_key(&order_id),
+            &mut levels,
+        )
     }
 
-    fn apply(&mut self, order_id: OrderId, plan: Plan) -> ReservationOutcome {
-        match plan {
-            Plan::AlreadyDecided => ReservationOutcome::AlreadyDecided,
-            Plan::Reserve(wanted) => {
-                for (sku, quantity) in &wanted {
+    /// Writes one decision: the units held, the decision recorded.
+    fn apply(&mut self, order_id: OrderId, decision: ReservationDecision) -> ReservationOutcome {
+        match &decision.outcome {
+            ReservationOutcome::AlreadyDecided => {}
+            ReservationOutcome::Reserved { .. } => {
+                for (sku, quantity) in &decision.units {
                     let stock = self.stock.entry(sku.clone()).or_default();
                     stock.reserved += quantity;
                     if stock.reserved > stock.on_hand {
                         self.oversold = true;
                     }
                 }
-                self.held.insert(order_id, wanted);
+                self.held.insert(order_id, decision.units);
                 self.decisions.insert(order_id, Decided::Reserved);
-                ReservationOutcome::Reserved {
-                    low_stock: Vec::new(),
-                }
             }
-            Plan::Refuse(shortages) => {
+            ReservationOutcome::OutOfStock(_) => {
                 self.decisions.insert(order_id, Decided::OutOfStock);
-                ReservationOutcome::OutOfStock(shortages)
             }
         }
+        decision.outcome
     }
 }
 
-/// Stock and reservations in memory, all or nothing per order. In `racy` mode the check and the
-/// write are split by an await point, so only the caller's serialisation prevents overselling.
+/// Stock and reservations in memory, all or nothing per order. In `racy` mode a batch's decision
+/// and its write are split by an await point, so only the caller's serialisation prevents
+/// overselling.
 pub struct InMemoryLedger {
     inner: Mutex<LedgerInner>,
     racy: bool,
@@ -278,53 +258,37 @@ impl ReservationLedger for InMemoryLedger {
             .collect())
     }
 
-    async fn reserve(
+    async fn reserve_batch(
         &self,
-        request: &ReservationRequest,
-        messages: OutcomeMessages<'_, ReservationOutcome>,
-    ) -> Result<ReservationOutcome, StoreError> {
+        requests: &[ReservationRequest],
+        messages: BatchMessages<'_>,
+    ) -> Result<Vec<ReservationOutcome>, StoreError> {
         if self
             .panic_next
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             panic!("the ledger blew up (deliberately)");
         }
-        let outcome = if self.racy {
-            let plan = {
-                let mut inner = lock(&self.inner);
-                if inner.unavailable {
-                    return Err(unavailable());
-                }
-                inner.requests.push(request.clone());
-                inner.plan(request)
-            };
-            tokio::task::yield_now().await;
-            let mut inner = lock(&self.inner);
-            let outcome = inner.apply(request.order_id, plan);
-            let envelopes = messages(&outcome);
-            inner.outbox.extend(envelopes);
-            outcome
-        } else {
+        let decided = {
             let mut inner = lock(&self.inner);
             if inner.unavailable {
                 return Err(unavailable());
             }
-            inner.requests.push(request.clone());
-            let plan = inner.plan(request);
-            let outcome = inner.apply(request.order_id, plan);
-            let envelopes = messages(&outcome);
-            inner.outbox.extend(envelopes);
-            outcome
+            inner.requests.extend(requests.iter().cloned());
+            inner.decide(requests)
         };
-        Ok(outcome)
-    }
-
-    async fn commit(
-        &self,
-        order_id: OrderId,
-        messages: OutcomeMessages<'_, SettleOutcome>,
-    ) -> Result<SettleOutcome, StoreError> {
-        self.settle(order_id, messages, true)
+        if self.racy {
+            tokio::task::yield_now().await;
+        }
+        let mut inner = lock(&self.inner);
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for (request, decision) in requests.iter().zip(decided) {
+            let outcome = inner.apply(request.order_id, decision);
+            let envelopes = messages(request, &outcome);
+            inner.outbox.extend(envelopes);
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
     }
 
     async fn commit_batch(&self, order_ids: &[OrderId]) -> Result<Vec<SettleOutcome>, StoreError> {
@@ -333,14 +297,6 @@ impl ReservationLedger for InMemoryLedger {
             .iter()
             .map(|order_id| self.settle(*order_id, &|_| Vec::new(), true))
             .collect()
-    }
-
-    async fn release(
-        &self,
-        order_id: OrderId,
-        messages: OutcomeMessages<'_, SettleOutcome>,
-    ) -> Result<SettleOutcome, StoreError> {
-        self.settle(order_id, messages, false)
     }
 
     async fn release_batch(

@@ -1,17 +1,18 @@
-//! `ReservationLedger` on Postgres. Each operation is one transaction that touches rows in a fixed
-//! order (decision, reservations, products sorted by SKU), so concurrent transactions from any
+//! `ReservationLedger` on Postgres. Each batch is one transaction that touches rows in a fixed
+//! order (decisions, reservations, products sorted by SKU), so concurrent transactions from any
 //! number of processes queue on row locks instead of deadlocking, and the CHECK constraints on
-//! `products` make an oversell impossible even if this code were wrong.
+//! `products` make an oversell impossible even if this code were wrong. Reservations are decided
+//! in `reservations`; commits and releases here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use actors::domain::{CorrelationId, OrderId, Sku};
 use actors::ports::{
-    BatchMessages, ExpiredReservation, OutcomeMessages, PriorReservation, ReleaseMessages,
-    ReservationLedger, ReservationOutcome, ReservationRequest, SettleOutcome, StoreError,
+    BatchMessages, ExpiredReservation, PriorReservation, ReleaseMessages, ReservationLedger,
+    ReservationOutcome, ReservationRequest, SettleOutcome, StoreError,
 };
 use actors::saga::OrderStatus;
 use chrono::{DateTime, Utc};
@@ -33,21 +34,6 @@ impl PgReservationLedger {
     }
 }
 
-/// Claims the order's single decision row; `false` means an earlier delivery already decided.
-async fn claim_decision(
-    tx: &mut Transaction<'_, Postgres>,
-    order_id: OrderId,
-    outcome: &str,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query("INSERT INTO inventory_decisions (order_id, outcome) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(order_id.as_uuid())
-        .bind(outcome)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    Ok(inserted == 1)
-}
-
 /// Locks the products rows in SKU order and returns what is available of each.
 async fn lock_available(
     tx: &mut Transaction<'_, Postgres>,
@@ -62,66 +48,56 @@ async fn lock_available(
     Ok(rows.into_iter().collect())
 }
 
-/// Moves an order's RESERVED rows to `to` and returns (sku, quantity) of the rows moved.
-async fn settle_rows(
-    tx: &mut Transaction<'_, Postgres>,
-    order_id: OrderId,
-    to: &str,
-) -> Result<(Vec<String>, Vec<i64>), sqlx::Error> {
-    let mut rows: Vec<(String, i32)> = sqlx::query_as(
-        "UPDATE stock_reservations SET status = $2, updated_at = now()
-         WHERE order_id = $1 AND status = 'RESERVED' RETURNING sku, quantity",
-    )
-    .bind(order_id.as_uuid())
-    .bind(to)
-    .fetch_all(&mut **tx)
-    .await?;
-    rows.sort();
-    Ok(rows.into_iter().map(|(s, q)| (s, i64::from(q))).unzip())
-}
+/// Units per SKU and rows per order of the reservation rows a statement moved.
+type Tally = (BTreeMap<String, i64>, HashMap<uuid::Uuid, u64>);
 
-/// What happens to an order's RESERVED units.
-#[derive(Clone, Copy)]
-enum Settlement {
-    /// Sold: they leave stock (on_hand and reserved both drop).
-    Commit,
-    /// Not sold: they go back on sale (reserved drops).
-    Release,
-}
-
-/// Moves the order's RESERVED rows to COMMITTED or RELEASED and adjusts `products` to match,
-/// locking the products in SKU order like every other writer.
-async fn settle(
-    tx: &mut Transaction<'_, Postgres>,
-    order_id: OrderId,
-    how: Settlement,
-) -> Result<SettleOutcome, sqlx::Error> {
-    let (status, update) = match how {
-        Settlement::Commit => (
-            "COMMITTED",
-            "UPDATE products p SET on_hand = p.on_hand - w.qty, reserved = p.reserved - w.qty, updated_at = now()
-             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
-        ),
-        Settlement::Release => (
-            "RELEASED",
-            "UPDATE products p SET reserved = p.reserved - w.qty, updated_at = now()
-             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
-        ),
-    };
-    let (skus, quantities) = settle_rows(tx, order_id, status).await?;
-    if !skus.is_empty() {
-        lock_available(tx, &skus).await?;
-        sqlx::query(update)
-            .bind(&skus)
-            .bind(&quantities)
-            .execute(&mut **tx)
-            .await?;
-    } else if matches!(how, Settlement::Commit) {
-        return retake_expired(tx, order_id).await;
+fn tally(moved: Vec<(uuid::Uuid, String, i32)>) -> Tally {
+    let mut per_sku: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per_order: HashMap<uuid::Uuid, u64> = HashMap::new();
+    for (order, sku, quantity) in moved {
+        *per_sku.entry(sku).or_default() += i64::from(quantity);
+        *per_order.entry(order).or_default() += 1;
     }
-    Ok(SettleOutcome {
-        rows_changed: skus.len() as u64,
-    })
+    (per_sku, per_order)
+}
+
+/// What units leave when they are settled: sold units leave `on_hand` and `reserved`, released
+/// ones `reserved`, retaken ones (their reservation expired first) `on_hand`.
+#[derive(Clone, Copy)]
+enum Leaving {
+    Sold,
+    Released,
+    Retaken,
+}
+
+/// Takes `units` (per SKU, in SKU order, their rows already locked) out of `products`: the one
+/// statement by which settled units leave stock.
+async fn take_from_products(
+    tx: &mut Transaction<'_, Postgres>,
+    units: Vec<(String, i64)>,
+    how: Leaving,
+) -> Result<(), sqlx::Error> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    let (from_on_hand, from_reserved) = match how {
+        Leaving::Sold => (1, 1),
+        Leaving::Released => (0, 1),
+        Leaving::Retaken => (1, 0),
+    };
+    let (skus, quantities): (Vec<String>, Vec<i64>) = units.into_iter().unzip();
+    sqlx::query(
+        "UPDATE products p
+         SET on_hand = p.on_hand - $3 * w.qty, reserved = p.reserved - $4 * w.qty, updated_at = now()
+         FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
+    )
+    .bind(&skus)
+    .bind(&quantities)
+    .bind(from_on_hand)
+    .bind(from_reserved)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// A confirmation that finds nothing reserved: the order completed but its reservation expired
@@ -153,14 +129,8 @@ async fn retake_expired(
         metrics::counter!(actors::metrics::COMMIT_SHORTFALL).increment(1);
         return Ok(SettleOutcome { rows_changed: 0 });
     }
-    sqlx::query(
-        "UPDATE products p SET on_hand = p.on_hand - w.qty, updated_at = now()
-         FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
-    )
-    .bind(&skus)
-    .bind(&quantities)
-    .execute(&mut **tx)
-    .await?;
+    let units = skus.iter().cloned().zip(quantities).collect();
+    take_from_products(tx, units, Leaving::Retaken).await?;
     sqlx::query("UPDATE stock_reservations SET status = 'COMMITTED', updated_at = now() WHERE order_id = $1 AND status = 'RELEASED'")
         .bind(order_id.as_uuid())
         .execute(&mut **tx)
@@ -194,24 +164,8 @@ async fn commit_many(
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
-    let mut per_sku: BTreeMap<String, i64> = BTreeMap::new();
-    let mut per_order: std::collections::HashMap<uuid::Uuid, u64> =
-        std::collections::HashMap::new();
-    for (order, sku, quantity) in moved {
-        *per_sku.entry(sku).or_default() += i64::from(quantity);
-        *per_order.entry(order).or_default() += 1;
-    }
-    if !per_sku.is_empty() {
-        let (skus, quantities): (Vec<String>, Vec<i64>) = per_sku.into_iter().unzip();
-        sqlx::query(
-            "UPDATE products p SET on_hand = p.on_hand - w.qty, reserved = p.reserved - w.qty, updated_at = now()
-             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
-        )
-        .bind(&skus)
-        .bind(&quantities)
-        .execute(&mut **tx)
-        .await?;
-    }
+    let (per_sku, mut per_order) = tally(moved);
+    take_from_products(tx, per_sku.into_iter().collect(), Leaving::Sold).await?;
     let mut outcomes = Vec::with_capacity(order_ids.len());
     for order_id in order_ids {
         let rows_changed = per_order.remove(&order_id.as_uuid()).unwrap_or(0);
@@ -224,8 +178,10 @@ async fn commit_many(
     Ok(outcomes)
 }
 
-/// Releases several orders in one transaction: the same steps as `release`, each statement
-/// covering the whole batch. A repeated order is released by its first occurrence.
+/// Releases several orders in one transaction, each statement covering the whole batch: the
+/// decision rows first (in the same lock order as a reservation, so a reservation request that
+/// arrives after this release finds the order decided and reserves nothing), then the rows, then
+/// the products. A repeated order is released by its first occurrence.
 async fn release_many(
     tx: &mut Transaction<'_, Postgres>,
     order_ids: &[OrderId],
@@ -248,25 +204,12 @@ async fn release_many(
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
-    let mut per_sku: BTreeMap<String, i64> = BTreeMap::new();
-    let mut per_order: std::collections::HashMap<uuid::Uuid, u64> =
-        std::collections::HashMap::new();
-    for (order, sku, quantity) in moved {
-        *per_sku.entry(sku).or_default() += i64::from(quantity);
-        *per_order.entry(order).or_default() += 1;
-    }
-    if !per_sku.is_empty() {
-        let (skus, quantities): (Vec<String>, Vec<i64>) = per_sku.into_iter().unzip();
+    let (per_sku, mut per_order) = tally(moved);
+    let skus: Vec<String> = per_sku.keys().cloned().collect();
+    if !skus.is_empty() {
         lock_available(tx, &skus).await?;
-        sqlx::query(
-            "UPDATE products p SET reserved = p.reserved - w.qty, updated_at = now()
-             FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku",
-        )
-        .bind(&skus)
-        .bind(&quantities)
-        .execute(&mut **tx)
-        .await?;
     }
+    take_from_products(tx, per_sku.into_iter().collect(), Leaving::Released).await?;
     Ok(order_ids
         .iter()
         .map(|order_id| SettleOutcome {
@@ -277,37 +220,12 @@ async fn release_many(
 
 #[async_trait]
 impl ReservationLedger for PgReservationLedger {
-    async fn reserve(
-        &self,
-        request: &ReservationRequest,
-        messages: OutcomeMessages<'_, ReservationOutcome>,
-    ) -> Result<ReservationOutcome, StoreError> {
-        let batch = std::slice::from_ref(request);
-        reservations::reserve_batch(&self.pool, &self.signal, batch, &|_, o| messages(o))
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::Unavailable("no reservation outcome".into()))
-    }
-
     async fn reserve_batch(
         &self,
         requests: &[ReservationRequest],
         messages: BatchMessages<'_>,
     ) -> Result<Vec<ReservationOutcome>, StoreError> {
         reservations::reserve_batch(&self.pool, &self.signal, requests, messages).await
-    }
-
-    async fn commit(
-        &self,
-        order_id: OrderId,
-        messages: OutcomeMessages<'_, SettleOutcome>,
-    ) -> Result<SettleOutcome, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let outcome = settle(&mut tx, order_id, Settlement::Commit)
-            .await
-            .map_err(unavailable)?;
-        outbox::commit_with(tx, &messages(&outcome), &self.signal).await?;
-        Ok(outcome)
     }
 
     async fn commit_batch(&self, order_ids: &[OrderId]) -> Result<Vec<SettleOutcome>, StoreError> {
@@ -375,24 +293,6 @@ impl ReservationLedger for PgReservationLedger {
                 },
             })
             .collect())
-    }
-
-    async fn release(
-        &self,
-        order_id: OrderId,
-        messages: OutcomeMessages<'_, SettleOutcome>,
-    ) -> Result<SettleOutcome, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        // Decision first (same lock order as reserve): a reservation request that arrives after
-        // this release finds the order decided and reserves nothing.
-        claim_decision(&mut tx, order_id, "CANCELLED")
-            .await
-            .map_err(unavailable)?;
-        let outcome = settle(&mut tx, order_id, Settlement::Release)
-            .await
-            .map_err(unavailable)?;
-        outbox::commit_with(tx, &messages(&outcome), &self.signal).await?;
-        Ok(outcome)
     }
 
     async fn release_batch(

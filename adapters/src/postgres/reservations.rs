@@ -14,19 +14,11 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use actors::domain::Sku;
-use actors::events::{Envelope, InventoryLowStock, Shortage};
+use actors::events::Envelope;
+use actors::inventory::{StockLevel, decide_reservations};
 use actors::ports::{BatchMessages, ReservationOutcome, ReservationRequest, StoreError};
 
 use super::{OutboxSignal, outbox, unavailable};
-
-/// Units wanted per SKU by one order ("2 + 3 of A" is checked as "5 of A").
-fn wanted_of(request: &ReservationRequest) -> BTreeMap<String, i64> {
-    let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
-    for line in &request.lines {
-        *wanted.entry(line.sku.as_str().to_owned()).or_default() += i64::from(line.quantity);
-    }
-    wanted
-}
 
 /// Decides `requests` in one transaction; outcomes in the same order.
 pub async fn reserve_batch(
@@ -121,13 +113,8 @@ impl Writes {
 /// available units and low-stock threshold.
 type ClaimOrStock = (Option<Uuid>, Option<String>, Option<i64>, Option<i64>);
 
-/// Running stock of one SKU while a batch is decided.
-struct Stock {
-    available: i64,
-    threshold: i64,
-}
-
-/// Decides every request against the stock it locks; returns the outcomes and what they write.
+/// Decides every request against the stock it locks (the rule itself is
+/// `actors::inventory::decide_reservations`); returns the outcomes and what they write.
 async fn decide(
     tx: &mut Transaction<'_, Postgres>,
     requests: &[ReservationRequest],
@@ -135,16 +122,15 @@ async fn decide(
     // Each order is decided once, ever: the decision row is the inbox. Within the batch, a
     // repeated order (a redelivery) is decided by its first occurrence only. The claim and the
     // lock of the batch's products are one statement (one round trip): `UNION ALL` runs its
-    // parts in order, so the claim is complete before the first lock is taken, as when they
-    // were two statements, and the rows are locked in SKU order. `FOR UPDATE` returns each
-    // product as it stands once locked (the latest committed version), not as the statement's
-    // snapshot saw it. The SKUs of every order are locked, also those of an order already
-    // decided (a redelivery, rare), which only holds a lock the batch does not need.
+    // parts in order, so the claim is complete before the first lock is taken, and the rows are
+    // locked in SKU order. `FOR UPDATE` returns each product as it stands once locked (the
+    // latest committed version), not as the statement's snapshot saw it. The SKUs of every
+    // order are locked, also those of an order already decided (a redelivery, rare), which only
+    // holds a lock the batch does not need.
     let ids: Vec<Uuid> = requests.iter().map(|r| r.order_id.as_uuid()).collect();
-    let wanted: Vec<BTreeMap<String, i64>> = requests.iter().map(wanted_of).collect();
-    let skus: Vec<String> = wanted
+    let skus: Vec<&str> = requests
         .iter()
-        .flat_map(|w| w.keys().cloned())
+        .flat_map(|r| r.lines.iter().map(|line| line.sku.as_str()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -165,98 +151,46 @@ async fn decide(
     .fetch_all(&mut **tx)
     .await?;
     let mut claimed: HashSet<Uuid> = HashSet::with_capacity(requests.len());
-    let mut stock: BTreeMap<String, Stock> = BTreeMap::new();
+    let mut stock: BTreeMap<Sku, StockLevel> = BTreeMap::new();
     for row in rows {
         match row {
             (Some(order_id), ..) => {
                 claimed.insert(order_id);
             }
-            (None, Some(sku), Some(available), Some(threshold)) => {
-                stock.insert(
-                    sku,
-                    Stock {
+            (None, Some(sku), Some(available), Some(low_stock_threshold)) => {
+                // A stored SKU that no longer parses cannot be asked for: leave it out.
+                if let Ok(sku) = Sku::parse(&sku) {
+                    let level = StockLevel {
                         available,
-                        threshold,
-                    },
-                );
+                        low_stock_threshold,
+                    };
+                    stock.insert(sku, level);
+                }
             }
             _ => {}
         }
     }
-
+    let decided = decide_reservations(
+        requests,
+        |order_id| !claimed.contains(&order_id.as_uuid()),
+        &mut stock,
+    );
+    let mut writes = Writes::default();
     let mut outcomes = Vec::with_capacity(requests.len());
-    let mut first_seen: HashSet<Uuid> = HashSet::with_capacity(requests.len());
-    let mut reserved_per_sku: BTreeMap<String, i64> = BTreeMap::new();
-    // Rows of stock_reservations: (order, sku, quantity, expires_at, correlation id).
-    let mut rows = ReservationRows::default();
-    let mut refused: Vec<Uuid> = Vec::new();
-    for (request, wanted) in requests.iter().zip(&wanted) {
-        let id = request.order_id.as_uuid();
-        if !claimed.contains(&id) || !first_seen.insert(id) {
-            outcomes.push(ReservationOutcome::AlreadyDecided);
-            continue;
+    for (request, decision) in requests.iter().zip(decided) {
+        if let ReservationOutcome::OutOfStock(_) = decision.outcome {
+            writes.refused.push(request.order_id.as_uuid());
         }
-        let shortages = shortages(request, wanted, &stock);
-        if !shortages.is_empty() {
-            refused.push(id);
-            outcomes.push(ReservationOutcome::OutOfStock(shortages));
-            continue;
+        for (sku, quantity) in decision.units {
+            *writes
+                .reserved_per_sku
+                .entry(sku.as_str().to_owned())
+                .or_default() += quantity;
+            writes.rows.push(request, sku.as_str(), quantity);
         }
-        let mut low_stock = Vec::new();
-        for (sku, quantity) in wanted {
-            let Some(s) = stock.get_mut(sku) else {
-                continue;
-            };
-            let before = s.available;
-            s.available -= quantity;
-            if s.threshold > 0
-                && before > s.threshold
-                && s.available <= s.threshold
-                && let Ok(parsed) = Sku::parse(sku)
-            {
-                low_stock.push(InventoryLowStock {
-                    sku: parsed,
-                    available: s.available,
-                    threshold: s.threshold,
-                });
-            }
-            *reserved_per_sku.entry(sku.clone()).or_default() += quantity;
-            rows.push(request, sku, *quantity);
-        }
-        outcomes.push(ReservationOutcome::Reserved { low_stock });
+        outcomes.push(decision.outcome);
     }
-
-    Ok((
-        outcomes,
-        Writes {
-            reserved_per_sku,
-            rows,
-            refused,
-        },
-    ))
-}
-
-/// What one order lacks, against the stock left by the orders decided before it.
-fn shortages(
-    request: &ReservationRequest,
-    wanted: &BTreeMap<String, i64>,
-    stock: &BTreeMap<String, Stock>,
-) -> Vec<Shortage> {
-    let mut reported = BTreeSet::new();
-    request
-        .lines
-        .iter()
-        .filter(|line| reported.insert(line.sku.as_str()))
-        .filter_map(|line| {
-            let have = stock.get(line.sku.as_str()).map_or(0, |s| s.available);
-            let want = wanted.get(line.sku.as_str()).copied().unwrap_or(0);
-            (want > have).then(|| Shortage {
-                sku: line.sku.clone(),
-                requested: u32::try_from(want).unwrap_or(u32::MAX),
-                available: have.max(0),
-            })
-        })
-        .collect()
+    Ok((outcomes, writes))
 }
 
 #[derive(Default)]
