@@ -217,26 +217,50 @@ impl PaymentService {
             attempt: request.attempt,
             idempotency_key: idempotency_key(order_id, request.attempt),
         };
-        let outcome = match self.gateway.charge(&charge).await {
-            Ok(outcome) => outcome,
+        let outcome = self.ask_provider(&charge).await?;
+        let messages = self.outcome_messages(order_id, envelope.correlation_id.clone());
+        let recorded = self
+            .records
+            .record(
+                order_id,
+                request.attempt,
+                &envelope.correlation_id,
+                &outcome,
+                messages,
+            )
+            .await?;
+        if recorded {
+            debug!(%order_id, correlation_id = %envelope.correlation_id, outcome = ?outcome, "payment recorded");
+        }
+        Ok(Some(saga_event_of(outcome)))
+    }
+
+    /// The provider's answer to a charge: a transient failure is an error (the request is
+    /// redelivered), a permanent one a declined charge.
+    async fn ask_provider(&self, charge: &ChargeRequest) -> Result<ChargeOutcome, PaymentError> {
+        match self.gateway.charge(charge).await {
+            Ok(outcome) => Ok(outcome),
             Err(GatewayError::Transient(e)) => {
-                warn!(%order_id, error = %e, "payment provider unavailable; the request will be redelivered");
-                return Err(PaymentError::Gateway(GatewayError::Transient(e)));
+                warn!(order_id = %charge.order_id, error = %e, "payment provider unavailable; the request will be redelivered");
+                Err(PaymentError::Gateway(GatewayError::Transient(e)))
             }
             // Retrying cannot help, and an order must never wait forever: fail the payment so the
             // saga compensates.
-            Err(GatewayError::Permanent(message)) => ChargeOutcome::Declined {
+            Err(GatewayError::Permanent(message)) => Ok(ChargeOutcome::Declined {
                 reference: None,
                 code: "payment_provider_error".into(),
                 message,
-            },
-        };
+            }),
+        }
+    }
+
+    /// The messages a charge's outcome sends, built by the records only when the outcome is new,
+    /// so a redelivered request or an outcome a webhook reported first never counts twice
+    /// towards the failure streak.
+    fn outcome_messages(&self, order_id: OrderId, correlation_id: CorrelationId) -> ChargeMessages {
         let now = self.clock.now();
-        let correlation_id = envelope.correlation_id.clone();
         let streak = self.streak.clone();
-        // Called by the records only when this outcome is new, so a redelivered request or an
-        // outcome a webhook reported first never counts twice towards the failure streak.
-        let messages: ChargeMessages = Box::new(move |outcome: &ChargeOutcome| {
+        Box::new(move |outcome: &ChargeOutcome| {
             let event = |body| Envelope::new(order_id, correlation_id.clone(), now, body);
             match outcome {
                 ChargeOutcome::Succeeded { reference } => {
@@ -263,33 +287,7 @@ impl PaymentService {
                     out
                 }
             }
-        });
-        let recorded = self
-            .records
-            .record(
-                order_id,
-                request.attempt,
-                &envelope.correlation_id,
-                &outcome,
-                messages,
-            )
-            .await?;
-        if recorded {
-            debug!(%order_id, correlation_id = %envelope.correlation_id, outcome = ?outcome, "payment recorded");
-        }
-        Ok(Some(match outcome {
-            ChargeOutcome::Succeeded { reference } => SagaEvent::PaymentSucceeded { reference },
-            ChargeOutcome::Processing { reference } => SagaEvent::PaymentPending { reference },
-            ChargeOutcome::Declined {
-                reference,
-                code,
-                message,
-            } => SagaEvent::PaymentFailed {
-                reference,
-                code,
-                message,
-            },
-        }))
+        })
     }
 
     /// Applies what the provider reports about a charge (a verified webhook).
@@ -446,6 +444,23 @@ fn pending(reference: &str) -> EventBody {
     EventBody::PaymentPending(PaymentPending {
         payment_reference: reference.to_owned(),
     })
+}
+
+/// What the saga learns from a charge's outcome.
+fn saga_event_of(outcome: ChargeOutcome) -> SagaEvent {
+    match outcome {
+        ChargeOutcome::Succeeded { reference } => SagaEvent::PaymentSucceeded { reference },
+        ChargeOutcome::Processing { reference } => SagaEvent::PaymentPending { reference },
+        ChargeOutcome::Declined {
+            reference,
+            code,
+            message,
+        } => SagaEvent::PaymentFailed {
+            reference,
+            code,
+            message,
+        },
+    }
 }
 
 #[cfg(test)]

@@ -115,20 +115,7 @@ pub async fn place_order(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PlaceOrderBody>,
 ) -> Result<Response, ApiError> {
-    let Some(orders) = state.orders.clone() else {
-        return Err(ApiError::unavailable(
-            "this process does not run the order role",
-        ));
-    };
-    if state.postman.saturated() {
-        // Stock and payments are behind: holding more orders in memory would only make every
-        // order slower. Nothing was stored; the client retries.
-        metrics::counter!(crate::metrics::PLACEMENTS_REFUSED_BUSY).increment(1);
-        return Err(
-            ApiError::unavailable("too many orders are in progress; retry shortly")
-                .coded("overloaded"),
-        );
-    }
+    let orders = admit(&state)?;
     let wait = wait_query(query.wait.as_deref())?;
     let correlation_id = correlation_id(&headers)?;
     let idempotency_key = idempotency_key(&headers)?;
@@ -143,13 +130,7 @@ pub async fn place_order(
 
     let (lines, amount) = price_lines(&state, requested, currency).await?;
 
-    // An id of a partition owned here: the saga runs where the order arrived.
-    let Some(proposed) = state.cluster.orders.as_ref().and_then(|o| o.new_order_id()) else {
-        return Err(ApiError::unavailable(
-            "this instance owns no order partition yet (it is joining or leaving the cluster); retry, here or at another instance",
-        )
-        .coded("not_owner"));
-    };
+    let proposed = new_order_id(&state)?;
     let (order_id, replayed) = match &idempotency_key {
         None => (proposed, false),
         Some(key) => {
@@ -187,6 +168,40 @@ pub async fn place_order(
         "order placed"
     );
     placement_response(&state, &placed, watch, wait, replayed).await
+}
+
+/// The order role of this process, if it runs it and is not saturated: when stock and payments
+/// are behind, holding more orders in memory would only make every order slower, so nothing is
+/// stored and the client retries.
+fn admit(state: &AppState) -> Result<actors::orders::OrderSupervisorHandle, ApiError> {
+    let Some(orders) = state.orders.clone() else {
+        return Err(ApiError::unavailable(
+            "this process does not run the order role",
+        ));
+    };
+    if state.postman.saturated() {
+        metrics::counter!(crate::metrics::PLACEMENTS_REFUSED_BUSY).increment(1);
+        return Err(
+            ApiError::unavailable("too many orders are in progress; retry shortly")
+                .coded("overloaded"),
+        );
+    }
+    Ok(orders)
+}
+
+/// An id in a partition owned here: the saga runs where the order arrived.
+fn new_order_id(state: &AppState) -> Result<OrderId, ApiError> {
+    state
+        .cluster
+        .orders
+        .as_ref()
+        .and_then(|o| o.new_order_id())
+        .ok_or_else(|| {
+            ApiError::unavailable(
+                "this instance owns no order partition yet (it is joining or leaving the cluster); retry, here or at another instance",
+            )
+            .coded("not_owner")
+        })
 }
 
 /// Prices each requested line from the catalog, in the order's currency; the lines and the total.

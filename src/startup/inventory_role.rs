@@ -87,12 +87,37 @@ pub(crate) async fn start(
         }),
     );
 
+    start_sweeper(wiring, &shards, ledger, ownership);
+
+    if !settings.runs(Role::Order) {
+        for spec in [bus::INVENTORY_ORDERS, bus::INVENTORY_COMMANDS] {
+            let shards = shards.clone();
+            let handler = answering(&wiring.postman, move |envelope, _| {
+                let shards = shards.clone();
+                async move { shards.answer(&envelope).await }
+            });
+            wiring
+                .consume(spec, settings.retry_policy_inventory, handler)
+                .await?;
+        }
+    }
+    Ok(InventoryRole { shards, mailbox })
+}
+
+/// Settles, every sweep interval, the reservations of this instance's SKUs that expired or
+/// whose order finished without settling them, and tells each order's saga its stock is back.
+fn start_sweeper(
+    wiring: &mut Wiring<'_>,
+    shards: &InventoryShards,
+    ledger: Arc<dyn ReservationLedger>,
+    ownership: Ownership,
+) {
     let (sweeper, token, postman) = (
         shards.clone(),
         wiring.shutdown.clone(),
         wiring.postman.clone(),
     );
-    let interval = Duration::from_millis(settings.reservation_sweep_interval_ms);
+    let interval = Duration::from_millis(wiring.settings.reservation_sweep_interval_ms);
     wiring.spawn("reservation sweeper", async move {
         loop {
             tokio::select! {
@@ -117,18 +142,4 @@ pub(crate) async fn start(
             }
         }
     });
-
-    if !settings.runs(Role::Order) {
-        for spec in [bus::INVENTORY_ORDERS, bus::INVENTORY_COMMANDS] {
-            let shards = shards.clone();
-            let handler = answering(&wiring.postman, move |envelope, _| {
-                let shards = shards.clone();
-                async move { shards.answer(&envelope).await }
-            });
-            wiring
-                .consume(spec, settings.retry_policy_inventory, handler)
-                .await?;
-        }
-    }
-    Ok(InventoryRole { shards, mailbox })
 }

@@ -310,29 +310,8 @@ impl OrderSagaState {
                 .await
             {
                 Ok(()) => {
-                    let status = transition.next.status;
-                    debug!(
-                        order_id = %self.order_id,
-                        correlation_id = %transition.next.correlation_id,
-                        event = event.name(),
-                        status = status.as_str(),
-                        version = transition.next.version,
-                        "transition committed"
-                    );
-                    Self::record_metrics(self.snapshot.as_ref(), &transition.next);
-                    self.publish_status(&transition.next);
-                    if transition.next.deadline != current_deadline {
-                        self.arm(&transition.next);
-                    } else if transition.next.status == OrderStatus::PaymentProcessing
-                        && previous_status != OrderStatus::PaymentProcessing
-                    {
-                        // The charge was accepted: its outcome comes by webhook, not by asking.
-                        self.answered();
-                    }
-                    self.deps
-                        .postman
-                        .dispatch(outbox.iter().chain(&direct), true);
-                    self.snapshot = Some(transition.next);
+                    let before = (current_deadline, previous_status);
+                    let status = self.committed(event, transition.next, before, &outbox, &direct);
                     return Ok(Delivery::Applied(status));
                 }
                 Err(StoreError::VersionConflict { expected }) => {
@@ -351,6 +330,42 @@ impl OrderSagaState {
         Err(SagaError::Store(StoreError::Unavailable(
             "too many concurrent writers for one order".into(),
         )))
+    }
+
+    /// What follows a committed transition, in this order: metrics, status watchers, timers,
+    /// then its messages leave (never before the commit). Returns the new status.
+    fn committed(
+        &mut self,
+        event: &SagaEvent,
+        next: OrderState,
+        (previous_deadline, previous_status): (Option<DateTime<Utc>>, OrderStatus),
+        outbox: &[Envelope],
+        direct: &[Envelope],
+    ) -> OrderStatus {
+        let status = next.status;
+        debug!(
+            order_id = %self.order_id,
+            correlation_id = %next.correlation_id,
+            event = event.name(),
+            status = status.as_str(),
+            version = next.version,
+            "transition committed"
+        );
+        Self::record_metrics(self.snapshot.as_ref(), &next);
+        self.publish_status(&next);
+        if next.deadline != previous_deadline {
+            self.arm(&next);
+        } else if status == OrderStatus::PaymentProcessing
+            && previous_status != OrderStatus::PaymentProcessing
+        {
+            // The charge was accepted: its outcome comes by webhook, not by asking.
+            self.answered();
+        }
+        self.deps
+            .postman
+            .dispatch(outbox.iter().chain(direct), true);
+        self.snapshot = Some(next);
+        status
     }
 
     /// Counts what a committed transition means for the saga metrics.

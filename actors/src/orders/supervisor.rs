@@ -125,23 +125,8 @@ impl Actor for OrderSupervisor {
             SupervisorMessage::LiveOrders(reply) => {
                 let _ = reply.send(state.children.len());
             }
-            SupervisorMessage::Arm(timers) => {
-                let now = state.deps.clock.now();
-                for (order, deadline) in timers {
-                    if state.deadlines.arm(order, deadline) {
-                        state.schedule_resend(order, deadline, now, 1);
-                    }
-                }
-            }
-            SupervisorMessage::Recover(timers) => {
-                let now = state.deps.clock.now();
-                for (order, deadline) in timers {
-                    state.deadlines.arm(order, deadline);
-                    if state.deps.postman.delivers_any_locally() {
-                        state.deadlines.arm_resend(order, deadline, now, 1);
-                    }
-                }
-            }
+            SupervisorMessage::Arm(timers) => state.arm(timers),
+            SupervisorMessage::Recover(timers) => state.recover(timers),
             SupervisorMessage::Disarm(order) => state.deadlines.disarm(order),
             SupervisorMessage::Answered(order) => state.deadlines.answered(order),
             SupervisorMessage::RetryTimer(order, deadline) => {
@@ -151,23 +136,7 @@ impl Actor for OrderSupervisor {
             SupervisorMessage::ArmedTimers(reply) => {
                 let _ = reply.send(state.deadlines.len());
             }
-            SupervisorMessage::InspectOrder(order_id, reply) => match state.children.get(&order_id)
-            {
-                Some(child) => {
-                    child.queued.fetch_add(1, Ordering::Relaxed);
-                    m::mailbox_enqueued(m::ORDER_SAGA);
-                    if let Err(MessagingErr::SendErr(OrderSagaMessage::Inspect(reply))) =
-                        child.actor.send_message(OrderSagaMessage::Inspect(reply))
-                    {
-                        child.queued.fetch_sub(1, Ordering::Relaxed);
-                        m::mailbox_dequeued(m::ORDER_SAGA);
-                        let _ = reply.send(None);
-                    }
-                }
-                None => {
-                    let _ = reply.send(None);
-                }
-            },
+            SupervisorMessage::InspectOrder(order_id, reply) => state.inspect(order_id, reply),
             SupervisorMessage::Overview(reply) => {
                 let _ = reply.send(SupervisorOverview {
                     live_order_actors: state.children.len(),
@@ -180,30 +149,7 @@ impl Actor for OrderSupervisor {
                 let stopped = state.relinquish(gone.as_ref());
                 let _ = reply.send(stopped);
             }
-            SupervisorMessage::Tick => {
-                let now = state.deps.clock.now();
-                for (order_id, deadline) in state.deadlines.take_due(now) {
-                    // Nobody waits for the answer: the saga asks for a retry if it could not
-                    // handle the timer, and ignores a stale one.
-                    let (tx, _rx) = tokio::sync::oneshot::channel();
-                    let event = SagaEvent::DeadlinePassed { deadline };
-                    state
-                        .route(
-                            &myself,
-                            order_id,
-                            OrderSagaMessage::Handle(event, tx.into()),
-                        )
-                        .await;
-                }
-                for (order_id, deadline, nth) in
-                    state.deadlines.take_due_resends(now, RESENDS_PER_TICK)
-                {
-                    state.schedule_resend(order_id, deadline, now, nth + 1);
-                    state
-                        .route(&myself, order_id, OrderSagaMessage::Resend { deadline })
-                        .await;
-                }
-            }
+            SupervisorMessage::Tick => state.tick(&myself).await,
         }
         Ok(())
     }
@@ -233,6 +179,62 @@ impl Actor for OrderSupervisor {
 }
 
 impl SupervisorState {
+    /// Arms the timers of transitions just committed, and the first re-send of each new step.
+    fn arm(&mut self, timers: Vec<(OrderId, DateTime<Utc>)>) {
+        let now = self.deps.clock.now();
+        for (order, deadline) in timers {
+            if self.deadlines.arm(order, deadline) {
+                self.schedule_resend(order, deadline, now, 1);
+            }
+        }
+    }
+
+    /// Arms the timers of recovered sagas, and a re-send of each one's pending command.
+    fn recover(&mut self, timers: Vec<(OrderId, DateTime<Utc>)>) {
+        let now = self.deps.clock.now();
+        for (order, deadline) in timers {
+            self.deadlines.arm(order, deadline);
+            if self.deps.postman.delivers_any_locally() {
+                self.deadlines.arm_resend(order, deadline, now, 1);
+            }
+        }
+    }
+
+    /// Asks a live actor for its state, behind what its mailbox holds; `None` if not live.
+    fn inspect(&self, order_id: OrderId, reply: RpcReplyPort<Option<LiveOrder>>) {
+        let Some(child) = self.children.get(&order_id) else {
+            let _ = reply.send(None);
+            return;
+        };
+        child.queued.fetch_add(1, Ordering::Relaxed);
+        m::mailbox_enqueued(m::ORDER_SAGA);
+        if let Err(MessagingErr::SendErr(OrderSagaMessage::Inspect(reply))) =
+            child.actor.send_message(OrderSagaMessage::Inspect(reply))
+        {
+            child.queued.fetch_sub(1, Ordering::Relaxed);
+            m::mailbox_dequeued(m::ORDER_SAGA);
+            let _ = reply.send(None);
+        }
+    }
+
+    /// Fires the deadlines that are due and the re-sends that are due, a bounded number a tick.
+    async fn tick(&mut self, myself: &ActorRef<SupervisorMessage>) {
+        let now = self.deps.clock.now();
+        for (order_id, deadline) in self.deadlines.take_due(now) {
+            // Nobody waits for the answer: the saga asks for a retry if it could not handle the
+            // timer, and ignores a stale one.
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            let event = SagaEvent::DeadlinePassed { deadline };
+            self.route(myself, order_id, OrderSagaMessage::Handle(event, tx.into()))
+                .await;
+        }
+        for (order_id, deadline, nth) in self.deadlines.take_due_resends(now, RESENDS_PER_TICK) {
+            self.schedule_resend(order_id, deadline, now, nth + 1);
+            self.route(myself, order_id, OrderSagaMessage::Resend { deadline })
+                .await;
+        }
+    }
+
     /// Schedules the `nth` re-send of the order's pending command, when some command of a saga
     /// is handed over in this process (a broker's durable consumer redelivers the others).
     fn schedule_resend(

@@ -146,11 +146,7 @@ pub async fn run_consumer(
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        let messages = match ensure_consumer(&context.js, &spec, &context.policy).await {
-            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut messages = match messages {
+        let mut messages = match subscribe(&context, &spec).await {
             Ok(m) => m,
             Err(e) => {
                 warn!(consumer = spec.durable, error = %e, "consumer not ready; retrying");
@@ -179,45 +175,69 @@ pub async fn run_consumer(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let context = context.clone();
-            // Read once: it parses the reply subject.
-            let delivered = delivered(&message);
-            // The handler is *called* here, in delivery order, and only awaited in the task: a
-            // handler that enqueues synchronously (the saga's) thereby keeps per-order order.
-            match Envelope::from_json(&message.payload) {
-                Ok(envelope) => {
-                    // Every log line of this message's handling carries the order and correlation ids.
-                    let span = info_span!(
-                        "message",
-                        consumer = spec.durable,
-                        subject = %message.subject,
-                        order_id = %envelope.order_id,
-                        correlation_id = %envelope.correlation_id,
-                    );
-                    let delivery = Delivery { count: delivered };
-                    let ids = Ids::of(&envelope);
-                    let work: HandlerFuture = Box::pin(
-                        span.in_scope(|| handler(envelope, delivery))
-                            .instrument(span),
-                    );
-                    tokio::spawn(async move {
-                        let result = work.await;
-                        finish_one(&context, spec, message, delivered, Some(ids), result).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    // Redelivering an undecodable message can never succeed: park it.
-                    let error = HandlerError::Permanent(format!("undecodable message: {e}"));
-                    tokio::spawn(async move {
-                        finish_one(&context, spec, message, delivered, None, Err(error)).await;
-                        drop(permit);
-                    });
-                }
-            }
+            dispatch(&context, spec, &handler, message, permit);
         }
         if sleep_or_shutdown(backoff, &shutdown).await {
             return;
+        }
+    }
+}
+
+/// The durable consumer's message stream, the consumer created or updated first.
+async fn subscribe(
+    context: &ConsumerContext,
+    spec: &ConsumerSpec,
+) -> Result<jetstream::consumer::pull::Stream, String> {
+    let consumer = ensure_consumer(&context.js, spec, &context.policy)
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
+}
+
+/// Hands one message to the handler and finishes it (ack, nak or park) in a task of its own,
+/// which holds one of the consumer's in-flight permits until then.
+///
+/// The handler is *called* here, in delivery order, and only awaited in the task: a handler
+/// that enqueues synchronously (the saga's) thereby keeps per-order order.
+fn dispatch(
+    context: &ConsumerContext,
+    spec: ConsumerSpec,
+    handler: &MessageHandler,
+    message: jetstream::Message,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let context = context.clone();
+    // Read once: it parses the reply subject.
+    let delivered = delivered(&message);
+    match Envelope::from_json(&message.payload) {
+        Ok(envelope) => {
+            // Every log line of this message's handling carries the order and correlation ids.
+            let span = info_span!(
+                "message",
+                consumer = spec.durable,
+                subject = %message.subject,
+                order_id = %envelope.order_id,
+                correlation_id = %envelope.correlation_id,
+            );
+            let delivery = Delivery { count: delivered };
+            let ids = Ids::of(&envelope);
+            let work: HandlerFuture = Box::pin(
+                span.in_scope(|| handler(envelope, delivery))
+                    .instrument(span),
+            );
+            tokio::spawn(async move {
+                let result = work.await;
+                finish_one(&context, spec, message, delivered, Some(ids), result).await;
+                drop(permit);
+            });
+        }
+        Err(e) => {
+            // Redelivering an undecodable message can never succeed: park it.
+            let error = HandlerError::Permanent(format!("undecodable message: {e}"));
+            tokio::spawn(async move {
+                finish_one(&context, spec, message, delivered, None, Err(error)).await;
+                drop(permit);
+            });
         }
     }
 }

@@ -318,48 +318,7 @@ impl PaymentRecords for PgPaymentRecords {
         messages: OutcomeMessages<'_, AppliedUpdate>,
     ) -> Result<Option<AppliedUpdate>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let mut row: Option<(uuid::Uuid, i32, String, String)> = sqlx::query_as(
-            "SELECT order_id, attempt, status, correlation_id FROM payments WHERE reference = $1 FOR UPDATE",
-        )
-        .bind(&update.reference)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if row.is_none() {
-            let Some((order_id, attempt)) = update.order_hint else {
-                return Ok(None);
-            };
-            // Unknown reference: the webhook beat our own record of the charge. Claim the row
-            // (with no status yet worth keeping) so both paths agree on one status.
-            let correlation = update.correlation_hint.clone().unwrap_or_default();
-            let claimed = sqlx::query(
-                "INSERT INTO payments (order_id, attempt, status, reference, correlation_id)
-                 VALUES ($1, $2, 'PROCESSING', $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(order_id.as_uuid())
-            .bind(attempt_column(attempt))
-            .bind(&update.reference)
-            .bind(correlation.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected()
-                == 1;
-            row = sqlx::query_as(
-                "SELECT order_id, attempt, status, correlation_id FROM payments
-                 WHERE order_id = $1 AND attempt = $2 FOR UPDATE",
-            )
-            .bind(order_id.as_uuid())
-            .bind(attempt_column(attempt))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            // A row we just claimed starts below PROCESSING so a first `processing` update still
-            // applies; a row the charge's own record wrote keeps its status.
-            if let Some(r) = row.as_mut().filter(|_| claimed) {
-                r.2 = String::new();
-            }
-        }
+        let row = lock_charge_of(&mut tx, update).await.map_err(unavailable)?;
         let Some((order_id, attempt, current, correlation)) = row else {
             return Ok(None);
         };
@@ -429,6 +388,58 @@ impl PaymentRecords for PgPaymentRecords {
         outbox::commit_with(tx, messages, &self.signal).await?;
         Ok(true)
     }
+}
+
+/// The charge row an update is about, locked: (order, attempt, status, correlation id).
+type ChargeRow = (uuid::Uuid, i32, String, String);
+
+/// Finds and locks the charge row an update is about: by its reference, or, when the webhook
+/// beat our own record of the charge, by the order and attempt the update names, claiming the
+/// row first (with no status yet worth keeping) so both paths agree on one status. `None`: the
+/// update names no charge of ours.
+async fn lock_charge_of(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    update: &PaymentUpdate,
+) -> Result<Option<ChargeRow>, sqlx::Error> {
+    let row: Option<ChargeRow> = sqlx::query_as(
+        "SELECT order_id, attempt, status, correlation_id FROM payments WHERE reference = $1 FOR UPDATE",
+    )
+    .bind(&update.reference)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if row.is_some() {
+        return Ok(row);
+    }
+    let Some((order_id, attempt)) = update.order_hint else {
+        return Ok(None);
+    };
+    let correlation = update.correlation_hint.clone().unwrap_or_default();
+    let claimed = sqlx::query(
+        "INSERT INTO payments (order_id, attempt, status, reference, correlation_id)
+         VALUES ($1, $2, 'PROCESSING', $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(order_id.as_uuid())
+    .bind(attempt_column(attempt))
+    .bind(&update.reference)
+    .bind(correlation.as_str())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let mut row: Option<ChargeRow> = sqlx::query_as(
+        "SELECT order_id, attempt, status, correlation_id FROM payments
+         WHERE order_id = $1 AND attempt = $2 FOR UPDATE",
+    )
+    .bind(order_id.as_uuid())
+    .bind(attempt_column(attempt))
+    .fetch_optional(&mut **tx)
+    .await?;
+    // A row we just claimed starts below PROCESSING so a first `processing` update still
+    // applies; a row the charge's own record wrote keeps its status.
+    if let Some(r) = row.as_mut().filter(|_| claimed) {
+        r.2 = String::new();
+    }
+    Ok(row)
 }
 
 #[cfg(test)]

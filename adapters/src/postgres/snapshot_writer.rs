@@ -215,90 +215,63 @@ async fn write_batch(
     pool: &PgPool,
     batch: &mut [Request],
 ) -> Result<(HashSet<Uuid>, Vec<OutboxMessage>, HashSet<(i32, i64)>), sqlx::Error> {
+    let (owners, messages) = outbox_rows(batch);
+    let columns = outbox::Columns::of(&messages);
     let mut creates: Vec<&mut Request> = Vec::new();
-    let mut updates: Vec<(&mut Request, i64)> = Vec::new();
+    let mut updates: Vec<&mut Request> = Vec::new();
     for request in batch.iter_mut() {
         match request.expect {
             Expect::Absent => creates.push(request),
-            Expect::Version(expected) => updates.push((request, expected)),
+            Expect::Version(_) => updates.push(request),
         }
     }
-    // Every message is encoded before the statement (the ones of a transition that does not
-    // apply are dropped by its `WHERE`, and here afterwards).
-    let mut owners = Vec::new();
-    let mut messages = Vec::new();
-    let requests = creates.iter().map(|r| &**r);
-    for request in requests.chain(updates.iter().map(|(r, _)| &**r)) {
-        for envelope in &request.messages {
-            owners.push(request.order_id);
-            messages.push(OutboxMessage::of(envelope));
-        }
-    }
-    let columns = outbox::Columns::of(&messages);
     // -1: not fenced (a process that owns every order).
-    let fence = |r: &Request| r.fence.map_or((-1, 0), |(p, e)| (p.as_i32(), e.get()));
+    let fence = |r: &&mut Request| r.fence.map_or((-1, 0), |(p, e)| (p.as_i32(), e.get()));
     let (create_partitions, create_epochs): (Vec<i32>, Vec<i64>) =
-        creates.iter().map(|r| fence(r)).unzip();
+        creates.iter().map(fence).unzip();
     let (update_partitions, update_epochs): (Vec<i32>, Vec<i64>) =
-        updates.iter().map(|(r, _)| fence(r)).unzip();
-    let rows: Vec<(Option<Uuid>, Option<i32>, Option<i64>)> = sqlx::query_as(
-        "WITH fence AS (
-             SELECT l.partition, l.epoch FROM partition_leases l
-             WHERE l.key_space = 'orders' AND l.owner IS NOT NULL
-               AND (l.partition, l.epoch) IN (
-                   SELECT * FROM unnest($21::int[] || $23::int[], $22::bigint[] || $24::bigint[]))),
-         created AS (
-             INSERT INTO order_snapshots (order_id, version, status, state, created_at, updated_at, deadline)
-             SELECT o, v, st, j::jsonb, c, u, d
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $21::int[], $22::bigint[])
-                  AS x(o, v, st, j, c, u, d, fp, fe)
-             WHERE x.fp < 0 OR (x.fp, x.fe) IN (SELECT partition, epoch FROM fence)
-             ON CONFLICT (order_id) DO NOTHING RETURNING order_id),
-         updated AS (
-             UPDATE order_snapshots s
-             SET version = u.version, status = u.status, state = u.state::jsonb, updated_at = u.updated_at, deadline = u.deadline
-             FROM unnest($8::uuid[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[], $23::int[], $24::bigint[])
-                  AS u(order_id, expected, version, status, state, updated_at, deadline, fp, fe)
-             WHERE s.order_id = u.order_id AND s.version = u.expected
-               AND (u.fp < 0 OR (u.fp, u.fe) IN (SELECT partition, epoch FROM fence))
-             RETURNING s.order_id),
-         written AS (SELECT order_id FROM created UNION ALL SELECT order_id FROM updated),
-         sent AS (
-             INSERT INTO outbox (message_id, subject, order_id, correlation_id, payload)
-             SELECT m.message_id, m.subject, m.order_id, m.correlation_id, m.payload
-             FROM unnest($15::uuid[], $16::uuid[], $17::text[], $18::uuid[], $19::text[], $20::bytea[])
-                  WITH ORDINALITY AS m(owner, message_id, subject, order_id, correlation_id, payload, n)
-             WHERE m.owner IN (SELECT order_id FROM written)
-             ORDER BY m.n)
-         SELECT order_id, NULL::int, NULL::bigint FROM written
-         UNION ALL SELECT NULL::uuid, partition, epoch FROM fence",
-    )
-    .bind(creates.iter().map(|r| r.order_id).collect::<Vec<_>>())
-    .bind(creates.iter().map(|r| r.version).collect::<Vec<_>>())
-    .bind(creates.iter().map(|r| r.status).collect::<Vec<_>>())
-    .bind(creates.iter_mut().map(|r| std::mem::take(&mut r.state)).collect::<Vec<_>>())
-    .bind(creates.iter().map(|r| r.created_at).collect::<Vec<_>>())
-    .bind(creates.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .bind(creates.iter().map(|r| r.deadline).collect::<Vec<_>>())
-    .bind(updates.iter().map(|(r, _)| r.order_id).collect::<Vec<_>>())
-    .bind(updates.iter().map(|(_, expected)| *expected).collect::<Vec<_>>())
-    .bind(updates.iter().map(|(r, _)| r.version).collect::<Vec<_>>())
-    .bind(updates.iter().map(|(r, _)| r.status).collect::<Vec<_>>())
-    .bind(updates.iter_mut().map(|(r, _)| std::mem::take(&mut r.state)).collect::<Vec<_>>())
-    .bind(updates.iter().map(|(r, _)| r.updated_at).collect::<Vec<_>>())
-    .bind(updates.iter().map(|(r, _)| r.deadline).collect::<Vec<_>>())
-    .bind(&owners)
-    .bind(columns.message_ids)
-    .bind(columns.subjects)
-    .bind(columns.order_ids)
-    .bind(columns.correlation_ids)
-    .bind(columns.payloads)
-    .bind(create_partitions)
-    .bind(create_epochs)
-    .bind(update_partitions)
-    .bind(update_epochs)
-    .fetch_all(pool)
-    .await?;
+        updates.iter().map(fence).unzip();
+    let expected = |r: &&mut Request| match r.expect {
+        Expect::Version(expected) => expected,
+        Expect::Absent => 0,
+    };
+    let rows: Vec<(Option<Uuid>, Option<i32>, Option<i64>)> = sqlx::query_as(WRITE_BATCH)
+        .bind(creates.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(
+            creates
+                .iter_mut()
+                .map(|r| std::mem::take(&mut r.state))
+                .collect::<Vec<_>>(),
+        )
+        .bind(creates.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(creates.iter().map(|r| r.deadline).collect::<Vec<_>>())
+        .bind(updates.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(updates.iter().map(expected).collect::<Vec<_>>())
+        .bind(updates.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(updates.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(
+            updates
+                .iter_mut()
+                .map(|r| std::mem::take(&mut r.state))
+                .collect::<Vec<_>>(),
+        )
+        .bind(updates.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(updates.iter().map(|r| r.deadline).collect::<Vec<_>>())
+        .bind(&owners)
+        .bind(columns.message_ids)
+        .bind(columns.subjects)
+        .bind(columns.order_ids)
+        .bind(columns.correlation_ids)
+        .bind(columns.payloads)
+        .bind(create_partitions)
+        .bind(create_epochs)
+        .bind(update_partitions)
+        .bind(update_epochs)
+        .fetch_all(pool)
+        .await?;
     let mut written = HashSet::with_capacity(rows.len());
     let mut fenced_in = HashSet::new();
     for row in rows {
@@ -320,3 +293,52 @@ async fn write_batch(
         .collect();
     Ok((written, committed, fenced_in))
 }
+
+/// Every message of the batch, encoded before the statement, with the order it belongs to (the
+/// ones of a transition that does not apply are dropped by the statement's `WHERE`, and by
+/// `write_batch` afterwards).
+fn outbox_rows(batch: &[Request]) -> (Vec<Uuid>, Vec<OutboxMessage>) {
+    batch
+        .iter()
+        .flat_map(|request| {
+            request
+                .messages
+                .iter()
+                .map(|envelope| (request.order_id, OutboxMessage::of(envelope)))
+        })
+        .unzip()
+}
+
+/// `write_batch`'s statement. Parameters: the creates ($1-$7), the updates ($8-$14), the outbox
+/// rows with the order each belongs to ($15-$20), the fences of the creates ($21, $22) and of
+/// the updates ($23, $24).
+const WRITE_BATCH: &str = "WITH fence AS (
+         SELECT l.partition, l.epoch FROM partition_leases l
+         WHERE l.key_space = 'orders' AND l.owner IS NOT NULL
+           AND (l.partition, l.epoch) IN (
+               SELECT * FROM unnest($21::int[] || $23::int[], $22::bigint[] || $24::bigint[]))),
+     created AS (
+         INSERT INTO order_snapshots (order_id, version, status, state, created_at, updated_at, deadline)
+         SELECT o, v, st, j::jsonb, c, u, d
+         FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $21::int[], $22::bigint[])
+              AS x(o, v, st, j, c, u, d, fp, fe)
+         WHERE x.fp < 0 OR (x.fp, x.fe) IN (SELECT partition, epoch FROM fence)
+         ON CONFLICT (order_id) DO NOTHING RETURNING order_id),
+     updated AS (
+         UPDATE order_snapshots s
+         SET version = u.version, status = u.status, state = u.state::jsonb, updated_at = u.updated_at, deadline = u.deadline
+         FROM unnest($8::uuid[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[], $23::int[], $24::bigint[])
+              AS u(order_id, expected, version, status, state, updated_at, deadline, fp, fe)
+         WHERE s.order_id = u.order_id AND s.version = u.expected
+           AND (u.fp < 0 OR (u.fp, u.fe) IN (SELECT partition, epoch FROM fence))
+         RETURNING s.order_id),
+     written AS (SELECT order_id FROM created UNION ALL SELECT order_id FROM updated),
+     sent AS (
+         INSERT INTO outbox (message_id, subject, order_id, correlation_id, payload)
+         SELECT m.message_id, m.subject, m.order_id, m.correlation_id, m.payload
+         FROM unnest($15::uuid[], $16::uuid[], $17::text[], $18::uuid[], $19::text[], $20::bytea[])
+              WITH ORDINALITY AS m(owner, message_id, subject, order_id, correlation_id, payload, n)
+         WHERE m.owner IN (SELECT order_id FROM written)
+         ORDER BY m.n)
+     SELECT order_id, NULL::int, NULL::bigint FROM written
+     UNION ALL SELECT NULL::uuid, partition, epoch FROM fence";
