@@ -145,10 +145,7 @@ async fn create_intent(State(state): State<Shared>, headers: HeaderMap, body: St
         Ok(f) => f,
         Err(r) => return r,
     };
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let key = idempotency_key(&headers);
     let print = fingerprint("/v1/payment_intents", &form);
     if let Some(replayed) = replay(&state, key.as_deref(), &print) {
         record_create(&state, &key, replayed.status().as_u16(), true);
@@ -405,10 +402,7 @@ async fn cancel_intent(
     if let Err(r) = authorised(&headers) {
         return r;
     }
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let key = idempotency_key(&headers);
     let print = fingerprint(&format!("/v1/payment_intents/{id}/cancel"), &[]);
     if let Some(replayed) = replay(&state, key.as_deref(), &print) {
         return replayed;
@@ -449,6 +443,15 @@ async fn cancel_intent(
     }
 }
 
+/// The request's `Idempotency-Key`, as Stripe reads it: a retry with the same key (and the
+/// same parameters) gets the first answer again.
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 async fn create_refund(State(state): State<Shared>, headers: HeaderMap, body: String) -> Response {
     if let Err(r) = authorised(&headers) {
         return r;
@@ -457,10 +460,7 @@ async fn create_refund(State(state): State<Shared>, headers: HeaderMap, body: St
         Ok(f) => f,
         Err(r) => return r,
     };
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let key = idempotency_key(&headers);
     let print = fingerprint("/v1/refunds", &form);
     if let Some(replayed) = replay(&state, key.as_deref(), &print) {
         return replayed;

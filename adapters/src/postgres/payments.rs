@@ -467,13 +467,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_webhook_that_overtakes_the_answer_waits_for_its_record() {
-        let charges = RecordedCharges::default();
-        let (order_id, attempt) = order();
-        let in_flight = charges.charging(order_id, attempt);
+    /// A `succeeded` webhook for the charge, asking whether the records cover it.
+    fn succeeded_webhook(
+        charges: &RecordedCharges,
+        order_id: OrderId,
+        attempt: u32,
+    ) -> tokio::task::JoinHandle<bool> {
         let asking = charges.clone();
-        let webhook = tokio::spawn(async move {
+        tokio::spawn(async move {
             asking
                 .covers_once_answered(
                     "pi_1",
@@ -481,7 +482,15 @@ mod tests {
                     Some((order_id, attempt)),
                 )
                 .await
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn a_webhook_that_overtakes_the_answer_waits_for_its_record() {
+        let charges = RecordedCharges::default();
+        let (order_id, attempt) = order();
+        let in_flight = charges.charging(order_id, attempt);
+        let webhook = succeeded_webhook(&charges, order_id, attempt);
         // Only once the webhook is waiting: the answer is recorded, then the call ends.
         waiting(&charges, order_id, attempt).await;
         charges.remember("pi_1", "SUCCEEDED");
@@ -494,16 +503,7 @@ mod tests {
         let charges = RecordedCharges::default();
         let (order_id, attempt) = order();
         let in_flight = charges.charging(order_id, attempt);
-        let asking = charges.clone();
-        let webhook = tokio::spawn(async move {
-            asking
-                .covers_once_answered(
-                    "pi_1",
-                    &ProviderStatus::Succeeded,
-                    Some((order_id, attempt)),
-                )
-                .await
-        });
+        let webhook = succeeded_webhook(&charges, order_id, attempt);
         waiting(&charges, order_id, attempt).await;
         drop(in_flight);
         assert!(matches!(webhook.await, Ok(false)));
