@@ -495,7 +495,7 @@ mod tests {
             "--http-max-requests-in-flight",
             "7",
         ])
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(set.http_limits.body_timeout(), Duration::from_millis(1500));
         assert_eq!(set.http_limits.http_max_requests_in_flight, 7);
         for flag in [

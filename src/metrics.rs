@@ -230,7 +230,7 @@ fn describe() {
 mod tests {
     #[test]
     fn the_streak_alert_counter_is_rendered_for_prometheus() {
-        let handle = super::handle().unwrap_or_else(|| panic!("recorder"));
+        let handle = super::handle().expect("recorder");
         metrics::counter!(actors::payments::FAILURE_STREAK_ALERTS).increment(1);
         let text = handle.render();
         assert!(
@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn seconds_metrics_are_histograms_with_buckets() {
-        let handle = super::handle().unwrap_or_else(|| panic!("recorder"));
+        let handle = super::handle().expect("recorder");
         metrics::histogram!("test_probe_duration_seconds").record(0.003);
         let text = handle.render();
         assert!(

@@ -331,13 +331,12 @@ mod tests {
                 "payment_reference": "pi_1"
             }
         }"#;
-        let env = Envelope::from_json(old).unwrap_or_else(|e| panic!("{e}"));
+        let env = Envelope::from_json(old).unwrap();
         let EventBody::OrderConfirmed(confirmed) = &env.body else {
             panic!("not order.confirmed.v1: {:?}", env.body);
         };
         assert!(confirmed.skus.is_empty());
-        let json: serde_json::Value =
-            serde_json::from_slice(&env.to_json()).unwrap_or_else(|e| panic!("{e}"));
+        let json: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
         assert!(
             json["data"].get("skus").is_none(),
             "no empty list is written"
@@ -352,16 +351,15 @@ mod tests {
             Utc::now(),
             EventBody::OrderCancelled(OrderCancelled {
                 reason: "out_of_stock".into(),
-                skus: vec![Sku::parse("SKU-1").unwrap_or_else(|e| panic!("{e}"))],
+                skus: vec![Sku::parse("SKU-1").unwrap()],
             }),
         );
-        let json: serde_json::Value =
-            serde_json::from_slice(&env.to_json()).unwrap_or_else(|e| panic!("{e}"));
+        let json: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
         assert_eq!(json["type"], "order.cancelled.v1");
         assert_eq!(json["data"]["reason"], "out_of_stock");
         assert_eq!(json["data"]["skus"], serde_json::json!(["SKU-1"]));
         assert_eq!(json["order_id"], env.order_id.to_string());
-        let back = Envelope::from_json(&env.to_json()).unwrap_or_else(|e| panic!("{e}"));
+        let back = Envelope::from_json(&env.to_json()).unwrap();
         assert_eq!(back, env);
         assert_eq!(back.subject(), "order.cancelled.v1");
     }

@@ -1,6 +1,10 @@
 //! The inventory shards against an in-memory ledger: reservations, releases, commits, outages,
 //! and concurrent reservations of one SKU.
 
+// A panic in a test or its helpers is the test failing, with its location: unwrap freely here
+// (clippy.toml allows it inside test functions; this extends it to the helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[allow(dead_code)]
 mod common;
 
@@ -23,7 +27,7 @@ const TTL: Duration = Duration::from_secs(15 * 60);
 async fn spawn_shards(count: usize, ledger: &Arc<InMemoryLedger>) -> InventoryShards {
     InventoryShards::spawn(count, ledger.clone(), Arc::new(FixedClock(t0())), TTL)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
 }
 
 fn order_cancelled(order_id: OrderId) -> Envelope {
@@ -50,10 +54,7 @@ fn release_requested(order_id: OrderId) -> Envelope {
 }
 
 async fn on_message(shards: &InventoryShards, envelope: &Envelope) {
-    shards
-        .on_message(envelope)
-        .await
-        .unwrap_or_else(|e| panic!("inventory failed: {e}"));
+    shards.on_message(envelope).await.expect("inventory failed");
 }
 
 /// One shard actor on its own (no `InventoryShards` in front), for tests that talk to it
@@ -68,7 +69,7 @@ async fn spawn_bare_shard(
         (0, dyn_ledger, Arc::new(FixedClock(t0())) as _),
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     shard
 }
 
@@ -318,7 +319,7 @@ async fn concurrent_reservations_of_one_sku_through_the_shards_never_exceed_the_
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        let result = joined.unwrap_or_else(|e| panic!("{e}"));
+        let result = joined.unwrap();
         assert!(result.is_ok(), "{result:?}");
     }
 
@@ -343,17 +344,11 @@ async fn the_sweeper_releases_expired_reservations_once_and_says_so() {
     let shards = spawn_shards(2, &ledger).await;
     let order_id = OrderId::new();
     let created = order_created(order_id, &[("SKU-1", 2)]);
-    shards
-        .on_message(&created)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    shards.on_message(&created).await.unwrap();
     assert_eq!(ledger.stock("SKU-1").reserved, 2);
 
     // Not yet due: nothing happens.
-    let now = shards
-        .sweep_expired(ledger.as_ref(), 100)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let now = shards.sweep_expired(ledger.as_ref(), 100).await.unwrap();
     assert_eq!(now, 0);
     // Sixteen minutes later (TTL 15 min) the reservation is released and announced.
     let later = InventoryShards::spawn(
@@ -363,14 +358,8 @@ async fn the_sweeper_releases_expired_reservations_once_and_says_so() {
         TTL,
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        later
-            .sweep_expired(ledger.as_ref(), 100)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        1
-    );
+    .unwrap();
+    assert_eq!(later.sweep_expired(ledger.as_ref(), 100).await.unwrap(), 1);
     assert_eq!(ledger.stock("SKU-1").reserved, 0);
     assert_eq!(
         ledger.subjects(order_id).last().copied(),
@@ -386,13 +375,7 @@ async fn the_sweeper_releases_expired_reservations_once_and_says_so() {
         other => panic!("expected inventory.released.v1, got {other:?}"),
     }
     // A second sweep finds nothing left to release.
-    assert_eq!(
-        later
-            .sweep_expired(ledger.as_ref(), 100)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        0
-    );
+    assert_eq!(later.sweep_expired(ledger.as_ref(), 100).await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -469,13 +452,10 @@ async fn releases_queued_together_are_one_batch_and_a_later_reservation_still_fi
     let tail = release(OrderId::new());
 
     for rx in released {
-        let outcome = rx.await.unwrap_or_else(|e| panic!("{e}"));
+        let outcome = rx.await.unwrap();
         assert!(outcome.is_ok(), "{outcome:?}");
     }
-    assert_eq!(
-        late.await.unwrap_or_else(|e| panic!("{e}")),
-        Ok(ReservationOutcome::AlreadyDecided)
-    );
+    assert_eq!(late.await.unwrap(), Ok(ReservationOutcome::AlreadyDecided));
     assert!(tail.await.is_ok());
     assert_eq!(
         ledger.release_batches(),
@@ -543,14 +523,14 @@ async fn commits_arriving_within_the_linger_share_one_batch_and_a_lone_one_is_st
     );
     let second = commit(orders[1]);
     for rx in [first, second] {
-        let outcome = rx.await.unwrap_or_else(|e| panic!("{e}"));
+        let outcome = rx.await.unwrap();
         assert!(outcome.is_ok(), "{outcome:?}");
     }
     assert_eq!(ledger.commit_batches(), [2], "both commits in one call");
 
     // Alone, a commit is decided when its linger runs out.
     let lone = commit(orders[2]);
-    assert!(lone.await.unwrap_or_else(|e| panic!("{e}")).is_ok());
+    assert!(lone.await.unwrap().is_ok());
     assert_eq!(ledger.commit_batches(), [2, 1]);
     assert_eq!(
         ledger.stock("SKU-A").reserved,

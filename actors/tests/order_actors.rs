@@ -2,6 +2,10 @@
 //! in-memory snapshot store: placement, event delivery, late payments and status waiters.
 //! Conflicts, outages and crashes are in `order_recovery.rs`.
 
+// A panic in a test or its helpers is the test failing, with its location: unwrap freely here
+// (clippy.toml allows it inside test functions; this extends it to the helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[allow(dead_code)]
 mod common;
 
@@ -278,7 +282,7 @@ async fn a_refund_of_a_late_payment_is_recorded_once_on_the_cancelled_order() {
         .store
         .stored(id)
         .late_payment
-        .unwrap_or_else(|| panic!("no late payment"));
+        .expect("no late payment");
     assert_eq!(late.refund_id.as_deref(), Some("re_1"));
     assert_eq!(late.refunded_at, Some(t0()));
     assert_eq!(
@@ -343,7 +347,7 @@ async fn each_order_gets_its_own_actor() {
         tasks.spawn(async move { handle.place(order).await });
     }
     while let Some(joined) = tasks.join_next().await {
-        let placed = joined.unwrap_or_else(|e| panic!("{e}"));
+        let placed = joined.unwrap();
         assert!(placed.is_ok(), "{placed:?}");
     }
 
@@ -453,14 +457,9 @@ async fn the_supervisor_fires_a_deadline_retries_it_through_an_outage_and_the_sa
         resend: actors::orders::ResendPolicy::default(),
         ownership: None,
     };
-    let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (supervisor, _) = Actor::spawn(None, OrderSupervisor, deps).await.unwrap();
     let orders = OrderSupervisorHandle::new(supervisor, std::time::Duration::from_secs(5));
-    let order = orders
-        .place(common::new_order())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let order = orders.place(common::new_order()).await.unwrap();
     assert_eq!(
         order.deadline,
         Some(common::t0() + chrono::Duration::seconds(1))

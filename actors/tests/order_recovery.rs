@@ -1,6 +1,10 @@
 //! How the order actors recover: unknown orders, version conflicts with other processes, store
 //! outages, commits of unknown outcome and crashed actors.
 
+// A panic in a test or its helpers is the test failing, with its location: unwrap freely here
+// (clippy.toml allows it inside test functions; this extends it to the helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[allow(dead_code)]
 mod common;
 

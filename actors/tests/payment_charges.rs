@@ -2,6 +2,10 @@
 //! recorded with the messages it implies, and the failure-streak alert raised by declines.
 //! Provider updates are in `payment_updates.rs`, refunds in `payment_refunds.rs`.
 
+// A panic in a test or its helpers is the test failing, with its location: unwrap freely here
+// (clippy.toml allows it inside test functions; this extends it to the helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[allow(dead_code)]
 mod common;
 
@@ -444,7 +448,7 @@ async fn the_third_failure_reported_by_the_provider_raises_the_alert_on_its_orde
         .outbox()
         .into_iter()
         .find(|e| e.subject() == subjects::PAYMENT_FAILURE_STREAK)
-        .unwrap_or_else(|| panic!("no alert"));
+        .expect("no alert");
     assert_eq!(alert.correlation_id, correlation);
 }
 

@@ -284,28 +284,17 @@ mod tests {
         let call = |uri: &'static str| {
             let app = app.clone();
             async move {
-                app.oneshot(
-                    Request::builder()
-                        .uri(uri)
-                        .body(Body::empty())
-                        .unwrap_or_else(|e| panic!("{e}")),
-                )
-                .await
-                .unwrap_or_else(|e| match e {})
+                app.oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap_or_else(|e| match e {})
             }
         };
 
         let cut = call("/slow").await;
         assert_eq!(cut.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(cut.headers().contains_key(header::RETRY_AFTER));
-        let body = cut
-            .into_body()
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .to_bytes();
-        let json: serde_json::Value =
-            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+        let body = cut.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"]["code"], "timed_out");
 
         let long_poll = call("/slow?wait=20s").await;
@@ -320,11 +309,7 @@ mod tests {
             Instant::now(),
             timed_out.clone(),
         );
-        let bytes = body
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .to_bytes();
+        let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"{\"whole\":true}");
         assert!(!timed_out.load(Ordering::Acquire));
     }

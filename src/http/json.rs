@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn a_wrong_type_names_the_field_path() {
         let err = parse::<Body>(br#"{"items":[{"quantity":"two"}]}"#).err();
-        let err = err.unwrap_or_else(|| panic!("should fail"));
+        let err = err.expect("should fail");
         assert_eq!(err.field.as_deref(), Some("items[0].quantity"));
         assert_eq!(err.code, "invalid_field");
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
@@ -123,18 +123,14 @@ mod tests {
 
     #[test]
     fn malformed_json_is_a_400_without_a_field() {
-        let err = parse::<Body>(br#"{"items":["#)
-            .err()
-            .unwrap_or_else(|| panic!("should fail"));
+        let err = parse::<Body>(br#"{"items":["#).expect_err("should fail");
         assert_eq!(err.code, "malformed_json");
         assert_eq!(err.field, None);
     }
 
     #[test]
     fn unknown_fields_are_named() {
-        let err = parse::<Body>(br#"{"items":[],"itemz":1}"#)
-            .err()
-            .unwrap_or_else(|| panic!("should fail"));
+        let err = parse::<Body>(br#"{"items":[],"itemz":1}"#).expect_err("should fail");
         assert!(err.message.contains("itemz"), "{}", err.message);
     }
 }

@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_allowed_then_the_client_waits_and_other_clients_are_unaffected() {
-        let limit = OrderRateLimit::new(1, 3).unwrap_or_else(|| panic!("limit"));
+        let limit = OrderRateLimit::new(1, 3).expect("limit");
         for _ in 0..3 {
             assert!(limit.check("a").is_ok());
         }

@@ -481,7 +481,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(100)).await;
         drop(clock.request_started());
         let idle_since = Instant::now();
-        let closed = watchdog.await.unwrap_or_else(|e| panic!("{e}"));
+        let closed = watchdog.await.unwrap();
         assert_eq!(closed, Closed::IdleTimeout);
         assert_eq!(idle_since.elapsed(), Duration::from_secs(1));
     }

@@ -82,7 +82,7 @@ async fn cluster_at(app: &TestApp, base: &str) -> Value {
         .bearer_auth(TOKEN)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET /cluster: {e}"));
+        .expect("GET /cluster");
     assert_eq!(response.status().as_u16(), 200);
     ok(response.json().await)
 }
@@ -292,7 +292,7 @@ async fn place_at(app: &TestApp, base: &str, payment_method: &str) -> String {
         .json(&order_body(&[("MUG", 1)], payment_method))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("POST /orders: {e}"));
+        .expect("POST /orders");
     assert_eq!(response.status().as_u16(), 202);
     let body: Value = ok(response.json().await);
     body["order_id"].as_str().unwrap_or_default().to_owned()

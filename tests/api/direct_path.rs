@@ -255,7 +255,7 @@ async fn with_every_role_in_one_process_orders_complete_while_nats_is_down_and_e
             .json(&order_body(&[("SKU-A", 1)], "pm_card_visa"))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("POST /orders: {e}"));
+            .expect("POST /orders");
         assert_eq!(response.status(), 200);
         let order: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!(order["status"], "COMPLETED", "{order}");

@@ -69,7 +69,7 @@ async fn read_response(stream: &mut TcpStream) -> String {
         let n = tokio::time::timeout(GRACE, stream.read(&mut chunk))
             .await
             .unwrap_or_else(|_| panic!("no whole response; got {text:?}"))
-            .unwrap_or_else(|e| panic!("read: {e}"));
+            .expect("read");
         assert!(n > 0, "closed before a whole response; got {text:?}");
         received.extend_from_slice(&chunk[..n]);
     }

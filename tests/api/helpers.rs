@@ -41,7 +41,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+        .expect("no free port")
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
@@ -239,7 +239,7 @@ impl TestDb {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await
-            .unwrap_or_else(|e| panic!("create database: {e}"));
+            .expect("create database");
         let _ = conn.close().await;
         let base = admin
             .rsplit_once('/')
@@ -367,7 +367,7 @@ type Started = (
 async fn start(settings: Settings) -> Started {
     let app = Application::build(settings)
         .await
-        .unwrap_or_else(|e| panic!("app failed to start: {e}"));
+        .expect("app failed to start");
     let base = format!("http://{}", app.address());
     let pool = app.pool().clone();
     let shutdown = app.shutdown_token();
@@ -428,12 +428,9 @@ impl TestApp {
             .json(&json!({"name": format!("Product {sku}"), "unit_price_cents": unit_price_cents, "currency": "EUR", "on_hand": on_hand}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("PUT product: {e}"));
+            .expect("PUT product");
         assert_eq!(response.status(), 200, "PUT product {sku}");
-        response
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("product json: {e}"))
+        response.json().await.expect("product json")
     }
 
     pub async fn product(&self, sku: &str) -> Value {
@@ -470,7 +467,7 @@ impl TestApp {
             .json(body)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("POST /orders: {e}"))
+            .expect("POST /orders")
     }
 
     /// The Stripe fake's ledger (intents, charges, refunds, creates, webhook deliveries).
@@ -479,10 +476,10 @@ impl TestApp {
             .get(format!("{}/_fake/ledger", self.stripe))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("ledger: {e}"))
+            .expect("ledger")
             .json()
             .await
-            .unwrap_or_else(|e| panic!("ledger json: {e}"))
+            .expect("ledger json")
     }
 
     /// Charges the fake made for one PaymentIntent.
@@ -580,16 +577,12 @@ impl ChildProcess {
         for (key, value) in env {
             command.env(key, value);
         }
-        Self(
-            command
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start ordersaga: {e}")),
-        )
+        Self(command.spawn().expect("cannot start ordersaga"))
     }
 
     /// Runs `ordersaga <args>` with `env`, its log lines (stdout) written to `log`.
     pub fn ordersaga_logging(args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Self {
-        let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("log file: {e}"));
+        let file = std::fs::File::create(log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_ordersaga"));
         command
             .args(args)
@@ -598,11 +591,7 @@ impl ChildProcess {
         for (key, value) in env {
             command.env(key, value);
         }
-        Self(
-            command
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start ordersaga: {e}")),
-        )
+        Self(command.spawn().expect("cannot start ordersaga"))
     }
 
     /// SIGKILL: no shutdown, no draining, nothing flushed.

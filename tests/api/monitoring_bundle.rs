@@ -141,7 +141,7 @@ fn promtool(args: &[&str]) -> Output {
         .args(args)
         .current_dir(repo())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run promtool: {e}"));
+        .expect("cannot run promtool");
     assert!(
         output.status.success(),
         "promtool {} failed ({}):\n{}\n{}",
@@ -634,8 +634,7 @@ impl TestPrometheus {
             ),
         )
         .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
-        let log = std::fs::File::create(dir.0.join("prometheus.log"))
-            .unwrap_or_else(|e| panic!("prometheus log: {e}"));
+        let log = std::fs::File::create(dir.0.join("prometheus.log")).expect("prometheus log");
         let port = free_port();
         let child = Command::new(tool("prometheus"))
             .arg(format!("--config.file={}", config.display()))
@@ -648,7 +647,7 @@ impl TestPrometheus {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start prometheus: {e}"));
+            .expect("cannot start prometheus");
         Self {
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),

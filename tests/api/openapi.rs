@@ -74,7 +74,7 @@ fn router_routes() -> BTreeSet<Route> {
                 }
                 (depth == 0).then_some(i)
             })
-            .unwrap_or_else(|| panic!("unbalanced .route( call in src/http/mod.rs"));
+            .expect("unbalanced .route( call in src/http/mod.rs");
         let call = &source[open..open + len];
         from = open + len;
         let path = call
@@ -118,7 +118,7 @@ async fn fetch_spec(app: &TestApp) -> Value {
         .get(format!("{}/openapi.json", app.base))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET /openapi.json: {e}"));
+        .expect("GET /openapi.json");
     assert_eq!(response.status(), 200, "GET /openapi.json");
     let content_type = response
         .headers()
@@ -130,10 +130,7 @@ async fn fetch_spec(app: &TestApp) -> Value {
         content_type.starts_with("application/json"),
         "content type {content_type}"
     );
-    response
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("/openapi.json is not JSON: {e}"))
+    response.json().await.expect("/openapi.json is not JSON")
 }
 
 fn error_body_ref() -> Value {
@@ -278,7 +275,7 @@ async fn swagger_ui_is_served_at_docs() {
         .get(format!("{}/docs", app.base))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET /docs: {e}"));
+        .expect("GET /docs");
     assert!(response.status().is_redirection(), "{}", response.status());
     assert_eq!(
         response
@@ -293,7 +290,7 @@ async fn swagger_ui_is_served_at_docs() {
         .get(format!("{}/docs", app.base))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET /docs (followed): {e}"));
+        .expect("GET /docs (followed)");
     assert_eq!(response.status(), 200);
     assert!(
         response

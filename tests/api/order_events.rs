@@ -20,11 +20,8 @@ async fn publish(client: &async_nats::Client, subject: &'static str, order: Opti
     client
         .publish_with_headers(subject, headers, "{}".into())
         .await
-        .unwrap_or_else(|e| panic!("publish: {e}"));
-    client
-        .flush()
-        .await
-        .unwrap_or_else(|e| panic!("flush: {e}"));
+        .expect("publish");
+    client.flush().await.expect("flush");
 }
 
 /// Publishes until the watch reports a change made elsewhere (the forwarder subscribes in the
@@ -87,7 +84,7 @@ async fn finished_order_events_wake_the_waiters_of_that_order_only() {
     client
         .publish_with_headers(subjects::ORDER_CANCELLED, garbled, "{}".into())
         .await
-        .unwrap_or_else(|e| panic!("publish: {e}"));
+        .expect("publish");
     assert!(
         tokio::time::timeout(Duration::from_millis(50), other_watch.changed())
             .await

@@ -106,7 +106,7 @@ fn signal(process: &ChildProcess, name: &str) {
     let sent = std::process::Command::new("kill")
         .args([&format!("-{name}"), &process.0.id().to_string()])
         .status()
-        .unwrap_or_else(|e| panic!("kill: {e}"));
+        .expect("kill");
     assert!(sent.success(), "kill -{name}");
 }
 
@@ -285,7 +285,7 @@ async fn a_flash_sale_across_three_instances_is_exact_and_decided_by_the_hot_sku
         .json(&product)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("PUT: {e}"));
+        .expect("PUT");
     assert!(put.status().is_success());
     // 300 orders of one unit for 100 units, spread over the three instances, each waited for
     // where it was placed.
@@ -299,7 +299,7 @@ async fn a_flash_sale_across_three_instances_is_exact_and_decided_by_the_hot_sku
                 .json(&order)
                 .send()
                 .await
-                .unwrap_or_else(|e| panic!("POST /orders: {e}"));
+                .expect("POST /orders");
             let body: Value = response.json().await.unwrap_or(Value::Null);
             body["status"].as_str().unwrap_or_default().to_owned()
         }
@@ -483,7 +483,7 @@ async fn an_instance_killed_a_third_of_the_way_through_leaves_its_orders_to_the_
     let orders = 300;
     let load = load_tests::run(spread_load(&ports, orders, 30));
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let mut third = instances.pop().unwrap_or_else(|| panic!("three instances"));
+    let mut third = instances.pop().expect("three instances");
     let kill = async {
         wait_orders_placed(&pool, orders as i64 / 3).await;
         third.kill();
@@ -579,7 +579,7 @@ async fn an_owner_stopped_past_its_lease_is_refused_when_it_wakes_and_nothing_is
         let answers = answers.await.unwrap();
         let mut refused = 0;
         for answer in answers {
-            let answer = answer.unwrap_or_else(|e| panic!("a woken instance must answer: {e}"));
+            let answer = answer.expect("a woken instance must answer");
             if answer.status().as_u16() == 503 {
                 let body: Value = answer.json().await.unwrap_or(Value::Null);
                 assert_eq!(body["error"]["code"], "not_owner", "{body}");
@@ -636,7 +636,7 @@ async fn an_instance_joining_and_another_draining_under_load_fail_no_request() {
         let terminated = std::process::Command::new("kill")
             .args(["-TERM", &leaving.0.id().to_string()])
             .status()
-            .unwrap_or_else(|e| panic!("kill: {e}"));
+            .expect("kill");
         assert!(terminated.success());
         let _ = leaving.0.wait();
         joined

@@ -97,7 +97,7 @@ async fn a_transition_and_its_messages_commit_together_and_a_stale_version_write
         outbox_subjects(&pool).await,
         ["order.created.v1", "payment.requested.v1"]
     );
-    let loaded = ok(store.load(start.next.order_id).await).unwrap_or_else(|| panic!("snapshot"));
+    let loaded = ok(store.load(start.next.order_id).await).expect("snapshot");
     assert_eq!(
         (loaded.version, loaded.status.as_str()),
         (2, "STOCK_RESERVED")
@@ -202,7 +202,7 @@ async fn concurrent_writes_batched_together_apply_once_each_with_only_their_own_
             Some(subjects),
             "only the messages of the write that applied, in order"
         );
-        let loaded = ok(store.load(*order_id).await).unwrap_or_else(|| panic!("snapshot"));
+        let loaded = ok(store.load(*order_id).await).expect("snapshot");
         assert_eq!((loaded.version, loaded.status.as_str()), (2, *status));
     }
 }

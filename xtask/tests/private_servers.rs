@@ -3,6 +3,10 @@
 //! by a second command while they run, and stopped. Fake listeners stand in only for servers that
 //! refuse (one wanting a password, one without JetStream), which the machine does not run.
 
+// A panic in a test or its helpers is the test failing, with its location: unwrap freely here
+// (clippy.toml allows it inside test functions; this extends it to the helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -21,9 +25,9 @@ impl ServicesDir {
         let dir = std::env::temp_dir().join(format!(
             "xtask-{name}-{}-{}",
             std::process::id(),
-            free_port().unwrap_or_else(|e| panic!("{e}"))
+            free_port().unwrap()
         ));
-        create_reachable_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        create_reachable_dir(&dir).unwrap();
         Self(dir)
     }
 }
@@ -38,13 +42,10 @@ impl Drop for ServicesDir {
 fn fake_server(
     respond: impl FnOnce(TcpStream) + Send + 'static,
 ) -> (u16, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .port();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
-        let (socket, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        let (socket, _) = listener.accept().unwrap();
         respond(socket);
     });
     (port, server)
@@ -57,7 +58,7 @@ fn a_private_postgres_lets_postgres_in_without_a_password_is_found_again_while_i
     });
     let services = ServicesDir::new("pg");
 
-    let mut first = PrivatePostgres::start(&services.0, &bin_dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut first = PrivatePostgres::start(&services.0, &bin_dir).unwrap();
     assert!(first.started_here());
     assert_eq!(
         probe("127.0.0.1", first.port, "postgres", "postgres"),
@@ -68,7 +69,7 @@ fn a_private_postgres_lets_postgres_in_without_a_password_is_found_again_while_i
         Answer::Refuses(reason) if reason.contains("no_such_database")
     ));
 
-    let second = PrivatePostgres::start(&services.0, &bin_dir).unwrap_or_else(|e| panic!("{e}"));
+    let second = PrivatePostgres::start(&services.0, &bin_dir).unwrap();
     assert!(!second.started_here(), "a second server on the same data");
     assert_eq!(second.port, first.port);
     drop(second);
@@ -89,13 +90,9 @@ fn a_private_postgres_lets_postgres_in_without_a_password_is_found_again_while_i
 fn a_server_that_wants_a_password_is_told_apart_from_one_that_lets_postgres_in() {
     let (port, server) = fake_server(|mut socket| {
         let mut length = [0u8; 4];
-        socket
-            .read_exact(&mut length)
-            .unwrap_or_else(|e| panic!("{e}"));
+        socket.read_exact(&mut length).unwrap();
         let mut rest = vec![0u8; u32::from_be_bytes(length) as usize - 4];
-        socket
-            .read_exact(&mut rest)
-            .unwrap_or_else(|e| panic!("{e}"));
+        socket.read_exact(&mut rest).unwrap();
         // AuthenticationSASL, as Debian's PostgreSQL answers over TCP by default.
         let _ = socket.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 10]);
     });
@@ -107,7 +104,7 @@ fn a_server_that_wants_a_password_is_told_apart_from_one_that_lets_postgres_in()
         .join()
         .unwrap_or_else(|_| panic!("fake server panicked"));
 
-    let closed = free_port().unwrap_or_else(|e| panic!("{e}"));
+    let closed = free_port().unwrap();
     assert_eq!(
         probe("127.0.0.1", closed, "postgres", "postgres"),
         Answer::Silent
@@ -116,18 +113,18 @@ fn a_server_that_wants_a_password_is_told_apart_from_one_that_lets_postgres_in()
 
 #[test]
 fn a_private_nats_server_has_jetstream_is_found_again_while_it_runs_and_stops() {
-    let binary = find_program("nats-server")
-        .unwrap_or_else(|| panic!("nats-server is needed (apt-get install nats-server)"));
+    let binary =
+        find_program("nats-server").expect("nats-server is needed (apt-get install nats-server)");
     let services = ServicesDir::new("nats");
 
-    let mut first = PrivateNats::start(&services.0, &binary).unwrap_or_else(|e| panic!("{e}"));
+    let mut first = PrivateNats::start(&services.0, &binary).unwrap();
     assert_eq!(probe_jetstream("127.0.0.1", first.port), Answer::Accepts);
     assert!(
         services.0.join("nats").is_dir(),
         "the store is in the services folder"
     );
 
-    let second = PrivateNats::start(&services.0, &binary).unwrap_or_else(|e| panic!("{e}"));
+    let second = PrivateNats::start(&services.0, &binary).unwrap();
     assert_eq!(second.port, first.port, "a second server on the same store");
     drop(second);
     assert_eq!(probe_jetstream("127.0.0.1", first.port), Answer::Accepts);

@@ -149,7 +149,7 @@ mod tests {
     use super::*;
 
     fn eur() -> Currency {
-        Currency::parse("eur").unwrap_or_else(|e| panic!("{e}"))
+        Currency::parse("eur").unwrap()
     }
 
     #[test]
@@ -182,12 +182,12 @@ mod tests {
 
     #[test]
     fn adding_money_checks_currency_and_overflow() {
-        let usd = Currency::parse("USD").unwrap_or_else(|e| panic!("{e}"));
-        let a = Money::new(150, eur()).unwrap_or_else(|e| panic!("{e}"));
-        let b = Money::new(250, eur()).unwrap_or_else(|e| panic!("{e}"));
+        let usd = Currency::parse("USD").unwrap();
+        let a = Money::new(150, eur()).unwrap();
+        let b = Money::new(250, eur()).unwrap();
         assert_eq!(a.checked_add(b).map(|m| m.amount_cents()), Ok(400));
         assert!(a.checked_add(Money::zero(usd)).is_err());
-        let big = Money::new(Money::MAX_CENTS, eur()).unwrap_or_else(|e| panic!("{e}"));
+        let big = Money::new(Money::MAX_CENTS, eur()).unwrap();
         assert_eq!(big.checked_add(a), Err(MoneyError::Overflow));
         assert_eq!(a.checked_mul(3).map(|m| m.amount_cents()), Ok(450));
     }

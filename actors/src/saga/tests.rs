@@ -15,18 +15,18 @@ fn t(sec: i64) -> DateTime<Utc> {
 }
 
 fn placed() -> OrderState {
-    let eur = Currency::parse("EUR").unwrap_or_else(|e| panic!("{e}"));
+    let eur = Currency::parse("EUR").unwrap();
     let order = NewOrder {
         order_id: OrderId::new(),
         correlation_id: CorrelationId::new(),
-        customer_id: CustomerId::parse("c-1").unwrap_or_else(|e| panic!("{e}")),
+        customer_id: CustomerId::parse("c-1").unwrap(),
         lines: vec![PricedLine {
-            sku: Sku::parse("SKU-1").unwrap_or_else(|e| panic!("{e}")),
-            quantity: Quantity::try_from(2).unwrap_or_else(|e| panic!("{e}")),
-            unit_price: Money::new(500, eur).unwrap_or_else(|e| panic!("{e}")),
+            sku: Sku::parse("SKU-1").unwrap(),
+            quantity: Quantity::try_from(2).unwrap(),
+            unit_price: Money::new(500, eur).unwrap(),
         }],
-        amount: Money::new(1000, eur).unwrap_or_else(|e| panic!("{e}")),
-        payment_method: PaymentMethod::parse("pm_card_visa").unwrap_or_else(|e| panic!("{e}")),
+        amount: Money::new(1000, eur).unwrap(),
+        payment_method: PaymentMethod::parse("pm_card_visa").unwrap(),
     };
     start(order, t(0)).next
 }
@@ -37,7 +37,7 @@ fn reserved() -> SagaEvent {
 fn out_of_stock() -> SagaEvent {
     SagaEvent::OutOfStock {
         shortages: vec![Shortage {
-            sku: Sku::parse("SKU-1").unwrap_or_else(|e| panic!("{e}")),
+            sku: Sku::parse("SKU-1").unwrap(),
             requested: 2,
             available: 1,
         }],
@@ -325,7 +325,7 @@ fn the_happy_path_walks_every_status_in_order() {
         statuses(&state),
         vec![Pending, StockReserved, PaymentProcessing, Completed]
     );
-    let payment = state.payment.unwrap_or_else(|| panic!("payment info"));
+    let payment = state.payment.expect("payment info");
     assert_eq!(payment.status, PaymentStatus::Succeeded);
     assert_eq!(payment.reference.as_deref(), Some("pi_1"));
 }
@@ -337,10 +337,7 @@ fn a_decline_keeps_the_providers_code_and_message_as_the_cancel_reason() {
         state.cancel_reason.as_deref(),
         Some("payment failed: card_declined: Your card was declined.")
     );
-    let failure = state
-        .payment
-        .and_then(|p| p.failure)
-        .unwrap_or_else(|| panic!("failure"));
+    let failure = state.payment.and_then(|p| p.failure).expect("failure");
     assert_eq!(failure.code, "card_declined");
 }
 
@@ -388,10 +385,7 @@ fn payment_success_during_compensation_is_recorded_for_refund() {
 fn a_canceled_payment_compensates_with_the_payment_canceled_code() {
     let (compensating, _) = run(&[reserved(), pending(), canceled()]);
     assert_eq!(compensating.status, OrderStatus::PaymentProcessing);
-    let payment = compensating
-        .payment
-        .clone()
-        .unwrap_or_else(|| panic!("payment info"));
+    let payment = compensating.payment.clone().expect("payment info");
     assert_eq!(payment.status, PaymentStatus::Failed);
     assert_eq!(payment.reference.as_deref(), Some("pi_1"));
     assert_eq!(
@@ -456,11 +450,7 @@ fn a_refund_is_recorded_once_on_the_late_payment() {
     };
     assert!(tr.effects.is_empty(), "{:?}", tr.effects);
     assert_eq!(tr.next.status, OrderStatus::Cancelled);
-    let late = tr
-        .next
-        .late_payment
-        .clone()
-        .unwrap_or_else(|| panic!("late payment"));
+    let late = tr.next.late_payment.clone().expect("late payment");
     assert_eq!(late.reference, "pi_1");
     assert_eq!(late.refund_id.as_deref(), Some("re_1"));
     assert_eq!(late.refunded_at, Some(t(5)));
@@ -501,7 +491,7 @@ fn a_refund_of_another_payment_is_ignored() {
         succeeded(),
         refunded("pi_other", "re_1"),
     ]);
-    let late = state.late_payment.unwrap_or_else(|| panic!("late payment"));
+    let late = state.late_payment.expect("late payment");
     assert_eq!((late.refund_id, late.refunded_at), (None, None));
 }
 
@@ -511,10 +501,7 @@ fn a_refund_arriving_while_compensating_is_recorded_and_the_order_still_cancels(
         run(&[reserved(), failed(), succeeded(), refunded("pi_1", "re_1")]);
     assert_eq!(compensating.status, OrderStatus::StockReserved);
     assert!(compensating.compensation.is_some());
-    let late = compensating
-        .late_payment
-        .clone()
-        .unwrap_or_else(|| panic!("late payment"));
+    let late = compensating.late_payment.clone().expect("late payment");
     assert_eq!(late.refund_id.as_deref(), Some("re_1"));
     assert_eq!(late.refunded_at, Some(t(4)));
     assert_eq!(
@@ -590,9 +577,7 @@ fn every_event_body_the_saga_consumes_maps_to_a_saga_event() {
 
 /// Fires the timer armed in `state` at its deadline (or at `at`).
 fn fire(state: &OrderState, at: Option<DateTime<Utc>>) -> Decision {
-    let deadline = state
-        .deadline
-        .unwrap_or_else(|| panic!("no deadline armed"));
+    let deadline = state.deadline.expect("no deadline armed");
     decide(
         state,
         &SagaEvent::DeadlinePassed { deadline },
@@ -664,10 +649,7 @@ fn a_payment_timeout_cancels_the_charge_releases_stock_and_then_cancels() {
         OrderStatus::PaymentProcessing,
         "not cancelled until the stock is back"
     );
-    let payment = compensating
-        .payment
-        .clone()
-        .unwrap_or_else(|| panic!("payment"));
+    let payment = compensating.payment.clone().expect("payment");
     assert_eq!(
         payment.failure.map(|f| f.code),
         Some("payment_timeout".to_owned())
@@ -948,7 +930,7 @@ fn a_paused_saga_holds_events_and_decides_them_in_order_on_resume() {
 #[test]
 fn a_pause_holds_the_step_clock_and_a_resume_gives_back_the_time_left() {
     let (reserved_state, _) = run(&[reserved()]);
-    let deadline = reserved_state.deadline.unwrap_or_else(|| panic!("armed"));
+    let deadline = reserved_state.deadline.expect("armed");
     let paused_at = t(10);
     let left = deadline - paused_at;
     let (paused, _) = applied(decide(&reserved_state, &pause(), paused_at));
@@ -1007,15 +989,14 @@ fn while_paused_other_operator_actions_wait_and_pause_resume_are_not_repeated() 
 fn a_paused_snapshot_round_trips_through_json_with_its_held_events() {
     let (paused, _) = applied(decide(&placed(), &pause(), t(1)));
     let (held, _) = run_from(paused, 2, &[out_of_stock(), refunded("pi_9", "re_1")]);
-    let json = serde_json::to_string(&held).unwrap_or_else(|e| panic!("{e}"));
-    let back: OrderState = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+    let json = serde_json::to_string(&held).unwrap();
+    let back: OrderState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, held);
     // A snapshot written before pausing existed has no `paused` field.
-    let mut old: serde_json::Value =
-        serde_json::to_value(placed()).unwrap_or_else(|e| panic!("{e}"));
+    let mut old: serde_json::Value = serde_json::to_value(placed()).unwrap();
     assert!(old.get("paused").is_none());
     old.as_object_mut().map(|o| o.remove("paused"));
-    let parsed: OrderState = serde_json::from_value(old).unwrap_or_else(|e| panic!("{e}"));
+    let parsed: OrderState = serde_json::from_value(old).unwrap();
     assert_eq!(parsed.paused, None);
 }
 
@@ -1057,7 +1038,7 @@ fn bodies_of(mut state: OrderState, events: &[SagaEvent]) -> Vec<EventBody> {
 fn every_commit_and_release_the_saga_sends_names_the_orders_skus_sorted() {
     let mut state = placed();
     let line = state.lines[0].clone();
-    let sku = |raw: &str| Sku::parse(raw).unwrap_or_else(|e| panic!("{e}"));
+    let sku = |raw: &str| Sku::parse(raw).unwrap();
     // Out of order and repeated on purpose: inventory routes by the smallest.
     state.lines = vec![
         PricedLine {

@@ -45,7 +45,7 @@ impl Clock for FixedClock {
 pub fn t0() -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000, 0)
         .single()
-        .unwrap_or_else(|| panic!("valid timestamp"))
+        .expect("valid timestamp")
 }
 
 /// Polls `check` until it holds, failing the test after a deadline.
@@ -69,24 +69,24 @@ where
 // ------------------------------------------------------------------------------------------------
 
 pub fn sku(raw: &str) -> Sku {
-    Sku::parse(raw).unwrap_or_else(|e| panic!("{e}"))
+    Sku::parse(raw).unwrap()
 }
 
 pub fn quantity(n: i64) -> Quantity {
-    Quantity::try_from(n).unwrap_or_else(|e| panic!("{e}"))
+    Quantity::try_from(n).unwrap()
 }
 
 pub fn eur(cents: i64) -> Money {
-    let eur = Currency::parse("EUR").unwrap_or_else(|e| panic!("{e}"));
-    Money::new(cents, eur).unwrap_or_else(|e| panic!("{e}"))
+    let eur = Currency::parse("EUR").unwrap();
+    Money::new(cents, eur).unwrap()
 }
 
 pub fn card() -> PaymentMethod {
-    PaymentMethod::parse("pm_card_visa").unwrap_or_else(|e| panic!("{e}"))
+    PaymentMethod::parse("pm_card_visa").unwrap()
 }
 
 pub fn customer(raw: &str) -> CustomerId {
-    CustomerId::parse(raw).unwrap_or_else(|e| panic!("{e}"))
+    CustomerId::parse(raw).unwrap()
 }
 
 pub fn priced(lines: &[(&str, i64)]) -> Vec<PricedLine> {

@@ -30,9 +30,7 @@ pub async fn spawn_orders() -> Orders {
         resend: actors::orders::ResendPolicy::default(),
         ownership: None,
     };
-    let (supervisor, _join) = Actor::spawn(None, OrderSupervisor, deps)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (supervisor, _join) = Actor::spawn(None, OrderSupervisor, deps).await.unwrap();
     Orders {
         handle: OrderSupervisorHandle::new(supervisor, TIMEOUT),
         store,
@@ -42,24 +40,18 @@ pub async fn spawn_orders() -> Orders {
 
 impl Orders {
     pub async fn place(&self, order: NewOrder) -> OrderState {
-        self.handle
-            .place(order)
-            .await
-            .unwrap_or_else(|e| panic!("placing failed: {e}"))
+        self.handle.place(order).await.expect("placing failed")
     }
 
     pub async fn deliver(&self, order_id: OrderId, event: SagaEvent) -> Delivery {
         self.handle
             .deliver(order_id, event)
             .await
-            .unwrap_or_else(|e| panic!("delivery failed: {e}"))
+            .expect("delivery failed")
     }
 
     pub async fn live_orders(&self) -> usize {
-        self.handle
-            .live_orders()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
+        self.handle.live_orders().await.unwrap()
     }
 
     /// Waits (with a deadline) until no order actor is alive any more.
@@ -103,5 +95,5 @@ pub async fn advance_elsewhere(
     store
         .commit(current.version, &transition.next, &outbox)
         .await
-        .unwrap_or_else(|e| panic!("the other process could not commit: {e}"));
+        .expect("the other process could not commit");
 }

@@ -440,7 +440,7 @@ impl Payments {
         self.service
             .on_message(envelope)
             .await
-            .unwrap_or_else(|e| panic!("payment failed: {e}"));
+            .expect("payment failed");
     }
 
     /// One delivery from the bus, which says whether it is the message's first.
@@ -448,14 +448,14 @@ impl Payments {
         self.service
             .on_delivery(envelope, first_delivery)
             .await
-            .unwrap_or_else(|e| panic!("payment failed: {e}"));
+            .expect("payment failed");
     }
 
     pub async fn on_update(&self, update: &PaymentUpdate) -> Option<AppliedUpdate> {
         self.service
             .on_provider_update(update)
             .await
-            .unwrap_or_else(|e| panic!("provider update failed: {e}"))
+            .expect("provider update failed")
     }
 }
 

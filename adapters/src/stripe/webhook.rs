@@ -115,8 +115,8 @@ mod tests {
     #[test]
     fn a_failure_keeps_stripes_code_and_message() {
         let object = serde_json::json!({"id": "pi_1", "last_payment_error": {"code": "card_declined", "message": "Your card was declined."}});
-        let update = payment_update(&event("payment_intent.payment_failed", object))
-            .unwrap_or_else(|| panic!("update"));
+        let update =
+            payment_update(&event("payment_intent.payment_failed", object)).expect("update");
         assert_eq!(
             update.status,
             ProviderStatus::Failed {
