@@ -47,6 +47,13 @@ struct Item<'a> {
     quantity: i64,
 }
 
+/// One placement, the same whichever instance ends up taking it.
+struct PlaceRequest<'a> {
+    body: PlaceOrder<'a>,
+    client_key: Option<&'a HeaderValue>,
+    wait: Option<Duration>,
+}
+
 /// A 202 (`PlacedOrder`, or with `?wait=` the order as it stands) or a 200 (the finished
 /// order): both carry these two fields.
 #[derive(Deserialize)]
@@ -188,6 +195,7 @@ impl Api {
             .with_context(|| format!("reading {sku}"))
     }
 
+    /// Places an order, trying the next instance (same `Idempotency-Key`) while none takes it.
     pub async fn place(
         &self,
         sku: &str,
@@ -196,16 +204,23 @@ impl Api {
         client_key: Option<&HeaderValue>,
         wait: Option<Duration>,
     ) -> Placement {
-        let one = |target, key| {
-            self.place_at(target, key, sku, quantity, payment_method, client_key, wait)
+        let request = PlaceRequest {
+            body: PlaceOrder {
+                customer_id: "load-test",
+                items: [Item { sku, quantity }],
+                currency: "EUR",
+                payment_method,
+            },
+            client_key,
+            wait,
         };
         if self.targets.len() == 1 {
-            return one(&self.targets[0], None).await;
+            return self.place_at(&self.targets[0], None, &request).await;
         }
         let key = HeaderValue::from_str(&Uuid::new_v4().to_string()).ok();
         let deadline = tokio::time::Instant::now() + PLACEMENT_RETRY_WINDOW;
         loop {
-            match one(self.target(), key.as_ref()).await {
+            match self.place_at(self.target(), key.as_ref(), &request).await {
                 Placement::Failed | Placement::Rejected(503)
                     if tokio::time::Instant::now() < deadline =>
                 {
@@ -216,71 +231,37 @@ impl Api {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One attempt of `request` at one instance.
     async fn place_at(
         &self,
         target: &Target,
         idempotency_key: Option<&HeaderValue>,
-        sku: &str,
-        quantity: i64,
-        payment_method: &str,
-        client_key: Option<&HeaderValue>,
-        wait: Option<Duration>,
+        request: &PlaceRequest<'_>,
     ) -> Placement {
-        let body = PlaceOrder {
-            customer_id: "load-test",
-            items: [Item { sku, quantity }],
-            currency: "EUR",
-            payment_method,
-        };
-        let url = match wait {
+        let url = match request.wait {
             None => target.orders_url.clone(),
             Some(wait) => {
                 let mut url = target.orders_url.clone();
-                url.set_query(Some(&format!(
-                    "wait={}ms",
-                    wait.as_millis().clamp(1, 30_000)
-                )));
+                url.set_query(Some(&wait_query(wait)));
                 url
             }
         };
-        let mut request = self.client.post(url).json(&body);
-        if let Some(key) = client_key {
-            request = request.header("x-client-key", key.clone());
+        let mut post = self.client.post(url).json(&request.body);
+        if let Some(key) = request.client_key {
+            post = post.header("x-client-key", key.clone());
         }
         if let Some(key) = idempotency_key {
-            request = request.header("idempotency-key", key.clone());
+            post = post.header("idempotency-key", key.clone());
         }
-        let Ok(response) = request.send().await else {
+        let Ok(response) = post.send().await else {
             return Placement::Failed;
         };
         match response.status() {
             status @ (StatusCode::ACCEPTED | StatusCode::OK) => match response.bytes().await {
-                Ok(bytes) => match serde_json::from_slice::<Placed>(&bytes) {
-                    Ok(placed) => {
-                        match status_of(&placed.status, placed.cancel_reason.as_deref()) {
-                            // A 200 only comes with `?wait=`, for a terminal order.
-                            done @ (Status::Completed | Status::Cancelled(_))
-                                if status == StatusCode::OK =>
-                            {
-                                Placement::Finished(done)
-                            }
-                            _ => Placement::Placed(placed.order_id),
-                        }
-                    }
-                    Err(_) => Placement::Failed,
-                },
+                Ok(bytes) => placement_of(status, &bytes),
                 Err(_) => Placement::Failed,
             },
-            StatusCode::TOO_MANY_REQUESTS => {
-                let seconds = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(1);
-                Placement::RateLimited(Duration::from_secs(seconds.clamp(1, 60)))
-            }
+            StatusCode::TOO_MANY_REQUESTS => Placement::RateLimited(retry_after(&response)),
             status => Placement::Rejected(status.as_u16()),
         }
     }
@@ -305,11 +286,7 @@ impl Api {
         wait: Option<Duration>,
     ) -> anyhow::Result<Read> {
         let url = match wait {
-            Some(wait) => format!(
-                "{}/orders/{id}?wait={}ms",
-                target.base,
-                wait.as_millis().clamp(1, 30_000)
-            ),
+            Some(wait) => format!("{}/orders/{id}?{}", target.base, wait_query(wait)),
             None => format!("{}/orders/{id}", target.base),
         };
         let response = self.client.get(url).send().await?;
@@ -425,7 +402,6 @@ pub(crate) fn classify(reason: Option<&str>) -> String {
     kind.into()
 }
 
-/// The value of an unlabelled sample `name value` in Prometheus text.
 /// What one process sent through JetStream and received from it, summed over streams,
 /// consumers and outcomes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -492,12 +468,42 @@ fn sum_of(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The value of an unlabelled sample `name value` in Prometheus text.
 pub(crate) fn parse_gauge(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         let value = rest.strip_prefix(' ')?;
         value.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// The `wait=` query that asks the server to hold its answer (bounded as the server bounds it).
+fn wait_query(wait: Duration) -> String {
+    format!("wait={}ms", wait.as_millis().clamp(1, 30_000))
+}
+
+/// A 202 or 200 body as a placement: a 200 only comes with `?wait=`, for a terminal order.
+fn placement_of(status: StatusCode, body: &[u8]) -> Placement {
+    let Ok(placed) = serde_json::from_slice::<Placed>(body) else {
+        return Placement::Failed;
+    };
+    match status_of(&placed.status, placed.cancel_reason.as_deref()) {
+        done @ (Status::Completed | Status::Cancelled(_)) if status == StatusCode::OK => {
+            Placement::Finished(done)
+        }
+        _ => Placement::Placed(placed.order_id),
+    }
+}
+
+/// The `Retry-After` of a 429 in whole seconds, kept within 1..=60 (1 when absent or unreadable).
+fn retry_after(response: &reqwest::Response) -> Duration {
+    let seconds = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(seconds.clamp(1, 60))
 }
 
 /// An order's status as the client classifies it.

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::report::{LatencyBucket, LoadReport, Sample};
+use crate::report::{
+    LatencyBucket, LoadReport, Percentiles, RecoveryReport, Sample, SoakSummary, mib, secs,
+    signed_percent, whole,
+};
 
 /// `<dir>/<scenario>-<UTC timestamp>.json`.
 pub fn default_json_path(dir: &Path, scenario: &str) -> PathBuf {
@@ -50,6 +53,17 @@ fn ms_label(ms: f64) -> String {
 /// The whole page.
 pub fn html(report: &LoadReport) -> String {
     let mut page = String::with_capacity(32 * 1024);
+    write_head(&mut page, report);
+    write_summary(&mut page, &summary_rows(report));
+    write_invariants(&mut page, report);
+    write_warnings(&mut page, report);
+    write_charts(&mut page, report);
+    page.push_str("</body></html>\n");
+    page
+}
+
+/// The document head (title, inline style) and the page heading.
+fn write_head(page: &mut String, report: &LoadReport) {
     let title = format!(
         "ordersaga load test: {} ({})",
         report.scenario, report.started_at
@@ -60,8 +74,31 @@ pub fn html(report: &LoadReport) -> String {
         escape(&title),
         escape(&title)
     );
-    let l = &report.latency;
-    let mut rows = vec![
+}
+
+/// The summary table's rows: the run and its figures, then what the scenario adds.
+fn summary_rows(report: &LoadReport) -> Vec<(&'static str, String)> {
+    let mut rows = run_rows(report);
+    rows.push(("throughput", report.throughput()));
+    rows.push((
+        "latency",
+        format!("{}: {}", report.latency_measured, report.latency.summary()),
+    ));
+    for t in &report.targets {
+        rows.push(("target", format!("{}: {}", t.what, t.verdict())));
+    }
+    if let Some(r) = &report.recovery {
+        rows.push(("recovery", recovery_row(r)));
+    }
+    if let Some(s) = &report.soak {
+        rows.push(("server RSS", soak_row(s)));
+    }
+    rows
+}
+
+/// Where the load went, what it was, and how the orders ended.
+fn run_rows(report: &LoadReport) -> Vec<(&'static str, String)> {
+    vec![
         ("server", report.base_url.clone()),
         (
             "orders",
@@ -98,81 +135,53 @@ pub fn html(report: &LoadReport) -> String {
                 report.failed_requests
             ),
         ),
-        (
-            "throughput",
-            format!(
-                "{:.1} orders/s over {:.2} s{}",
-                report.orders_per_s,
-                report.elapsed_s,
-                report
-                    .sustained_orders_per_s
-                    .map(|s| format!(" ({s:.1} orders/s sustained within the duration)"))
-                    .unwrap_or_default()
-            ),
-        ),
-        (
-            "latency",
-            format!(
-                "{}: p50 {:.1} ms, p90 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                report.latency_measured, l.p50_ms, l.p90_ms, l.p95_ms, l.p99_ms, l.max_ms
-            ),
-        ),
-    ];
-    for t in &report.targets {
-        rows.push((
-            "target",
-            format!("{}: {}", t.what, if t.met { "met" } else { "MISSED" }),
-        ));
-    }
-    if let Some(r) = &report.recovery {
-        let secs =
-            |v: Option<f64>| v.map_or_else(|| "not measured".into(), |s| format!("{s:.2} s"));
-        rows.push((
-            "recovery",
-            format!(
-                "{} ({} orders in flight): ready after {}, timers re-armed after {}, {} lost",
-                r.restart_mode,
-                r.orders_in_flight,
-                secs(r.time_to_ready_s),
-                secs(r.time_to_timers_rearmed_s),
-                r.lost_orders
-            ),
-        ));
-    }
-    if let Some(s) = &report.soak {
-        let mib = |b: Option<u64>| {
-            b.map_or_else(
-                || "-".into(),
-                |b| format!("{:.1} MiB", b as f64 / 1048576.0),
-            )
-        };
-        rows.push((
-            "server RSS",
-            format!(
-                "idle {}, after warm-up {}, middle {}, end {}, peak {}, after drain {}; {} bytes per live actor; growth after warm-up {}{}",
-                mib(s.rss_idle_bytes),
-                mib(s.rss_after_warmup_bytes),
-                mib(s.rss_middle_bytes),
-                mib(s.rss_end_bytes),
-                mib(s.rss_peak_bytes),
-                mib(s.rss_after_drain_bytes),
-                s.bytes_per_live_actor.map_or_else(|| "-".into(), |b| format!("{b:.0}")),
-                s.rss_growth_after_warmup.map_or_else(|| "-".into(), |g| format!("{:+.1} %", g * 100.0)),
-                if s.growth_flagged { " (FLAGGED)" } else { "" }
-            ),
-        ));
-    }
+    ]
+}
+
+/// The restart's timings in one row.
+fn recovery_row(r: &RecoveryReport) -> String {
+    format!(
+        "{} ({} orders in flight): ready after {}, timers re-armed after {}, {} lost",
+        r.restart_mode,
+        r.orders_in_flight,
+        secs(r.time_to_ready_s),
+        secs(r.time_to_timers_rearmed_s),
+        r.lost_orders
+    )
+}
+
+/// The server's memory over a soak in one row.
+fn soak_row(s: &SoakSummary) -> String {
+    format!(
+        "idle {}, after warm-up {}, middle {}, end {}, peak {}, after drain {}; {} bytes per live actor; growth after warm-up {}{}",
+        mib(s.rss_idle_bytes),
+        mib(s.rss_after_warmup_bytes),
+        mib(s.rss_middle_bytes),
+        mib(s.rss_end_bytes),
+        mib(s.rss_peak_bytes),
+        mib(s.rss_after_drain_bytes),
+        whole(s.bytes_per_live_actor),
+        signed_percent(s.rss_growth_after_warmup),
+        if s.growth_flagged { " (FLAGGED)" } else { "" }
+    )
+}
+
+/// The summary as a two-column table.
+fn write_summary(page: &mut String, rows: &[(&str, String)]) {
     page.push_str("<table>\n");
     for (k, v) in rows {
         let _ = writeln!(
             page,
             "<tr><th>{}</th><td>{}</td></tr>",
             escape(k),
-            escape(&v)
+            escape(v)
         );
     }
     page.push_str("</table>\n");
+}
 
+/// The invariants checked when all held, else every violation.
+fn write_invariants(page: &mut String, report: &LoadReport) {
     page.push_str("<h2>Invariants</h2>\n");
     if report.violations.is_empty() {
         let _ = writeln!(
@@ -187,6 +196,10 @@ pub fn html(report: &LoadReport) -> String {
         }
         page.push_str("</ul>\n");
     }
+}
+
+/// The warnings, when there are any.
+fn write_warnings(page: &mut String, report: &LoadReport) {
     if !report.warnings.is_empty() {
         page.push_str("<h2>Warnings</h2>\n<ul>\n");
         for w in &report.warnings {
@@ -194,7 +207,10 @@ pub fn html(report: &LoadReport) -> String {
         }
         page.push_str("</ul>\n");
     }
+}
 
+/// The latency histogram, and the server's RSS and live order actors when they were sampled.
+fn write_charts(page: &mut String, report: &LoadReport) {
     let _ = writeln!(
         page,
         "<h2>Latency histogram ({})</h2>",
@@ -211,8 +227,6 @@ pub fn html(report: &LoadReport) -> String {
         page.push_str("<h2>Live order actors over time</h2>\n");
         page.push_str(&line_svg(&report.samples, |s| s.order_actors_live));
     }
-    page.push_str("</body></html>\n");
-    page
 }
 
 const W: f64 = 900.0;
@@ -220,41 +234,60 @@ const H: f64 = 300.0;
 const LEFT: f64 = 60.0;
 const BOTTOM: f64 = 40.0;
 const TOP: f64 = 30.0;
+/// The plotting area inside the axes.
+const PLOT_W: f64 = W - LEFT - 30.0;
+const PLOT_H: f64 = H - BOTTOM - TOP;
 
+/// The x and y axes around the plotting area.
+fn axes() -> String {
+    format!(
+        "<line x1=\"{LEFT}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"#999\"/><line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{y}\" stroke=\"#999\"/>",
+        y = TOP + PLOT_H,
+        x2 = LEFT + PLOT_W
+    )
+}
+
+/// Orders per latency bucket as bars on a log scale, with the percentiles marked.
 fn histogram_svg(buckets: &[LatencyBucket], report: &LoadReport) -> String {
     if buckets.is_empty() {
         return "<p>No latency recorded.</p>\n".into();
     }
     let mut svg = String::new();
     let max = buckets.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
-    let plot_w = W - LEFT - 30.0;
-    let plot_h = H - BOTTOM - TOP;
-    let bar_w = plot_w / buckets.len() as f64;
+    let bar_w = PLOT_W / buckets.len() as f64;
     let _ = writeln!(
         svg,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"latency histogram\">"
     );
-    let _ = writeln!(
-        svg,
-        "<line x1=\"{LEFT}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"#999\"/><line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{y}\" stroke=\"#999\"/>",
-        y = TOP + plot_h,
-        x2 = LEFT + plot_w
-    );
+    let _ = writeln!(svg, "{}", axes());
     let _ = writeln!(
         svg,
         "<text x=\"4\" y=\"{}\">{}</text><text x=\"4\" y=\"{}\">0</text><text x=\"4\" y=\"14\">orders</text>",
         TOP + 10.0,
         max as u64,
-        TOP + plot_h
+        TOP + PLOT_H
     );
+    write_bars(&mut svg, buckets, max, bar_w);
+    write_percentile_markers(&mut svg, buckets, &report.latency, bar_w);
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\">latency (log scale)</text></svg>",
+        LEFT + PLOT_W / 2.0 - 50.0,
+        H - 4.0
+    );
+    svg
+}
+
+/// One bar per bucket, scaled to the fullest, with a latency label under every few.
+fn write_bars(svg: &mut String, buckets: &[LatencyBucket], max: f64, bar_w: f64) {
     let label_every = (buckets.len() / 12).max(1);
     for (i, b) in buckets.iter().enumerate() {
-        let h = b.count as f64 / max * plot_h;
+        let h = b.count as f64 / max * PLOT_H;
         let x = LEFT + i as f64 * bar_w;
         let _ = writeln!(
             svg,
             "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#4a7ab5\"><title>{} to {}: {} orders</title></rect>",
-            TOP + plot_h - h,
+            TOP + PLOT_H - h,
             (bar_w - 1.0).max(1.0),
             ms_label(b.from_ms),
             ms_label(b.to_ms),
@@ -264,15 +297,22 @@ fn histogram_svg(buckets: &[LatencyBucket], report: &LoadReport) -> String {
             let _ = writeln!(
                 svg,
                 "<text x=\"{x:.1}\" y=\"{:.1}\">{}</text>",
-                TOP + plot_h + 14.0,
+                TOP + PLOT_H + 14.0,
                 ms_label(b.from_ms)
             );
         }
     }
-    // Percentile markers, placed on the same log scale as the bars, with a legend above.
+}
+
+/// Percentile markers, placed on the same log scale as the bars, with a legend above.
+fn write_percentile_markers(
+    svg: &mut String,
+    buckets: &[LatencyBucket],
+    l: &Percentiles,
+    bar_w: f64,
+) {
     let first = buckets[0].from_ms.max(1e-6);
     let factor = (buckets[0].to_ms / first).max(1.000_001);
-    let l = &report.latency;
     let mut legend_x = LEFT + 60.0;
     for (name, ms, colour) in [
         ("p50", l.p50_ms, "#1b7a1b"),
@@ -284,25 +324,19 @@ fn histogram_svg(buckets: &[LatencyBucket], report: &LoadReport) -> String {
         if ms <= 0.0 {
             continue;
         }
-        let x = (LEFT + (ms / first).ln() / factor.ln() * bar_w).clamp(LEFT, LEFT + plot_w);
+        let x = (LEFT + (ms / first).ln() / factor.ln() * bar_w).clamp(LEFT, LEFT + PLOT_W);
         let _ = writeln!(
             svg,
             "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-dasharray=\"4 3\"><title>{name} {}</title></line><text x=\"{legend_x:.1}\" y=\"14\" style=\"fill:{colour}\">- - {name} {}</text>",
-            TOP + plot_h,
+            TOP + PLOT_H,
             ms_label(ms),
             ms_label(ms)
         );
         legend_x += 120.0;
     }
-    let _ = writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\">latency (log scale)</text></svg>",
-        LEFT + plot_w / 2.0 - 50.0,
-        H - 4.0
-    );
-    svg
 }
 
+/// One value of the samples over time as a line, scaled to its largest.
 fn line_svg(samples: &[Sample], value: impl Fn(&Sample) -> Option<f64>) -> String {
     let points: Vec<(f64, f64)> = samples
         .iter()
@@ -319,34 +353,31 @@ fn line_svg(samples: &[Sample], value: impl Fn(&Sample) -> Option<f64>) -> Strin
         .map(|(_, v)| *v)
         .fold(0.0f64, f64::max)
         .max(1.0);
-    let plot_w = W - LEFT - 30.0;
-    let plot_h = H - BOTTOM - TOP;
     let span = (t_max - t_min).max(1e-9);
     let coords: Vec<String> = points
         .iter()
         .map(|(t, v)| {
             format!(
                 "{:.1},{:.1}",
-                LEFT + (t - t_min) / span * plot_w,
-                TOP + plot_h - v / v_max * plot_h
+                LEFT + (t - t_min) / span * PLOT_W,
+                TOP + PLOT_H - v / v_max * PLOT_H
             )
         })
         .collect();
     format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" role=\"img\"><line x1=\"{LEFT}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"#999\"/><line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{y}\" stroke=\"#999\"/><text x=\"4\" y=\"{top_label}\">{v_max:.0}</text><text x=\"4\" y=\"{y}\">0</text><text x=\"{LEFT}\" y=\"{t_label}\">{t_min:.0} s</text><text x=\"{x_end}\" y=\"{t_label}\">{t_max:.0} s</text><polyline fill=\"none\" stroke=\"#4a7ab5\" stroke-width=\"1.5\" points=\"{}\"/></svg>\n",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" role=\"img\">{axes}<text x=\"4\" y=\"{top_label}\">{v_max:.0}</text><text x=\"4\" y=\"{y}\">0</text><text x=\"{LEFT}\" y=\"{t_label}\">{t_min:.0} s</text><text x=\"{x_end}\" y=\"{t_label}\">{t_max:.0} s</text><polyline fill=\"none\" stroke=\"#4a7ab5\" stroke-width=\"1.5\" points=\"{}\"/></svg>\n",
         coords.join(" "),
-        y = TOP + plot_h,
-        x2 = LEFT + plot_w,
+        axes = axes(),
+        y = TOP + PLOT_H,
         top_label = TOP + 10.0,
-        t_label = TOP + plot_h + 14.0,
-        x_end = LEFT + plot_w - 40.0,
+        t_label = TOP + PLOT_H + 14.0,
+        x_end = LEFT + PLOT_W - 40.0,
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Percentiles, Sample};
 
     #[test]
     fn the_page_is_self_contained_and_escaped() {

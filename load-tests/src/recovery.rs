@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use uuid::Uuid;
 
-use crate::api::{Api, Read};
+use crate::api::{Api, Placement, Read};
 use crate::report::{LoadReport, RecoveryReport};
 use crate::resources::process_gone;
 use crate::run::execute;
@@ -53,6 +53,7 @@ impl Default for RecoveryOptions {
     }
 }
 
+/// How the server is restarted, from the flags given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     RestartCmd,
@@ -61,296 +62,436 @@ enum Mode {
     Operator,
 }
 
-const PROBE: Duration = Duration::from_millis(50);
-
-pub async fn run(config: &ScenarioConfig) -> anyhow::Result<LoadReport> {
-    let r = &config.recovery;
-    let mode = match (&r.restart_cmd, config.pid, &r.start_cmd) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            bail!("--restart-cmd restarts the server by itself: leave out --pid and --start-cmd")
-        }
-        (Some(_), None, None) => Mode::RestartCmd,
-        (None, Some(_), Some(_)) => Mode::KillAndStart,
-        (None, Some(_), None) => Mode::Kill,
-        (None, None, Some(_)) => bail!("--start-cmd needs --pid: the process to kill first"),
-        (None, None, None) => Mode::Operator,
-    };
-    let probe_api = Api::new(&config.base_url, 4)?;
-    if let Some(token) = &r.admin_token {
-        probe_api
-            .armed_timers(token)
-            .await
-            .context("GET /actors with --admin-token (is ADMIN_TOKEN set on the server?)")?;
+impl Mode {
+    /// The mode the flags ask for, or why they do not fit together.
+    fn of(config: &ScenarioConfig) -> anyhow::Result<Self> {
+        let r = &config.recovery;
+        Ok(match (&r.restart_cmd, config.pid, &r.start_cmd) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                bail!(
+                    "--restart-cmd restarts the server by itself: leave out --pid and --start-cmd"
+                )
+            }
+            (Some(_), None, None) => Mode::RestartCmd,
+            (None, Some(_), Some(_)) => Mode::KillAndStart,
+            (None, Some(_), None) => Mode::Kill,
+            (None, None, Some(_)) => bail!("--start-cmd needs --pid: the process to kill first"),
+            (None, None, None) => Mode::Operator,
+        })
     }
 
-    let (load, mut options) = config.resolve();
-    let concurrency = load.concurrency;
-    if !r.spread {
-        options.payment_method = Some("pm_fake_no_webhook".into());
-    }
-    options.wait_for_terminal = false;
-    // `--pid` is the process to kill here, not one to sample.
-    options.sampling = None;
-    let executed = execute(load, options).await?;
-    let mut report = executed.report;
-    let api = executed.api;
-    let ids = executed.placed;
-    report
-        .invariants_checked
-        .push("no order lost across the restart: every placed order still exists".into());
-    let mut rec = RecoveryReport {
-        restart_mode: match mode {
+    /// The name the report gives the mode.
+    fn name(self) -> &'static str {
+        match self {
             Mode::RestartCmd => "restart-cmd",
             Mode::Kill => "kill-pid",
             Mode::KillAndStart => "kill-pid+start-cmd",
             Mode::Operator => "operator",
         }
-        .into(),
-        orders_in_flight: ids.len(),
-        ..Default::default()
-    };
+    }
+}
 
-    // Before the restart: every saga waiting for its payment (its timer armed), or with
-    // `spread` past its reservation, most with their charge in flight.
-    let accepted: &[&str] = if r.spread {
-        &[
-            "STOCK_RESERVED",
-            "PAYMENT_PROCESSING",
-            "COMPLETED",
-            "CANCELLED",
-        ]
+const PROBE: Duration = Duration::from_millis(50);
+
+/// Runs the recovery scenario: place, restart, wait for ready and re-armed timers, check.
+pub async fn run(config: &ScenarioConfig) -> anyhow::Result<LoadReport> {
+    let mode = Mode::of(config)?;
+    let probe = Api::new(&config.base_url, 4)?;
+    if let Some(token) = &config.recovery.admin_token {
+        probe
+            .armed_timers(token)
+            .await
+            .context("GET /actors with --admin-token (is ADMIN_TOKEN set on the server?)")?;
+    }
+    let mut run = Recovery::place_orders(config, mode, probe).await?;
+    run.record_before_restart().await;
+    let restart = run.restart().await?;
+    let (t0, until) = (restart.t0, restart.t0 + run.options.timeout);
+    if !run.wait_until_ready(restart).await {
+        run.report.violations.push(format!(
+            "the server was not ready within {:?} of the restart: no order could be checked",
+            run.options.timeout
+        ));
+        return Ok(run.finish());
+    }
+    run.wait_for_timers(t0, until).await;
+    run.check_none_lost().await;
+    if run.options.spread {
+        run.finish_spread(t0, until).await;
     } else {
-        &["PAYMENT_PROCESSING", "COMPLETED", "CANCELLED"]
-    };
-    let before = wait_for_statuses(&api, &ids, concurrency, r.timeout, accepted).await;
-    rec.status_before_restart = before.by_status;
-    if before.unreadable > 0 || before.lost > 0 {
-        rec.notes.push(format!(
-            "before the restart, {} orders could not be read and {} were not found",
-            before.unreadable, before.lost
-        ));
-    }
-    let waiting = rec
-        .status_before_restart
-        .get("PAYMENT_PROCESSING")
-        .copied()
-        .unwrap_or(0);
-    if !r.spread && waiting < ids.len() as u64 {
-        report.warnings.push(format!(
-            "only {waiting} of {} orders were waiting for their payment at the restart ({:?}); a short PAYMENT_STEP_TIMEOUT_MS may have cancelled them",
-            ids.len(),
-            rec.status_before_restart
-        ));
-    }
-    if let Some(token) = &r.admin_token {
-        rec.armed_timers_before_restart = api.armed_timers(token).await.ok();
-    }
-
-    // The restart.
-    let t0;
-    let mut command: Option<tokio::process::Child> = None;
-    let mut down_seen = false;
-    match mode {
-        Mode::RestartCmd => {
-            let cmd = r.restart_cmd.as_deref().unwrap_or_default();
-            eprintln!("recovery: running the restart command: {cmd}");
-            t0 = Instant::now();
-            command = Some(shell(cmd, r.command_log.as_ref())?);
-        }
-        Mode::Kill | Mode::KillAndStart => {
-            let pid = config.pid.unwrap_or_default();
-            eprintln!("recovery: SIGKILL to pid {pid}");
-            t0 = Instant::now();
-            let status = tokio::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status()
-                .await
-                .context("running kill")?;
-            if !status.success() {
-                bail!("kill -KILL {pid} failed ({status}): is it the server's pid?");
-            }
-            let gone_by = Instant::now() + Duration::from_secs(10);
-            while !process_gone(pid) {
-                if Instant::now() > gone_by {
-                    bail!("pid {pid} still runs 10 s after SIGKILL");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            down_seen = true;
-            if let Some(cmd) = &r.start_cmd {
-                eprintln!("recovery: starting the server: {cmd}");
-                // Left running: it may be the server itself, in the foreground.
-                shell(cmd, r.command_log.as_ref())?;
-            } else {
-                eprintln!(
-                    "recovery: waiting for the server to be started again (by its supervisor)"
-                );
-            }
-        }
-        Mode::Operator => {
-            eprintln!(
-                "recovery: {} orders are waiting for their payment. Restart the server now; waiting up to {:?} for it to go down.",
-                ids.len(),
-                r.timeout
-            );
-            let until = Instant::now() + r.timeout;
-            loop {
-                if !probe_api.ready(Duration::from_secs(1)).await {
-                    break;
-                }
-                if Instant::now() > until {
-                    bail!("the server did not go down within {:?}", r.timeout);
-                }
-                tokio::time::sleep(PROBE).await;
-            }
-            t0 = Instant::now();
-            down_seen = true;
-            rec.notes.push(
-                "operator mode: times are from the first failed /health/ready probe (50 ms polling), not from the moment the server stopped".into(),
-            );
-        }
-    }
-
-    // Ready: a 200 from /health/ready once the old process is known gone (seen down, or the
-    // restart command finished).
-    let until = t0 + r.timeout;
-    let mut command_done = command.is_none() && mode != Mode::RestartCmd;
-    loop {
-        if let Some(child) = command.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            command = None;
-            command_done = true;
-            if !status.success() {
-                report
-                    .violations
-                    .push(format!("the restart command failed: {status}"));
-            }
-        }
-        let ready = probe_api.ready(Duration::from_secs(1)).await;
-        if !ready {
-            down_seen = true;
-        } else if down_seen || command_done {
-            rec.time_to_ready_s = Some(t0.elapsed().as_secs_f64());
-            break;
-        }
-        if Instant::now() > until {
-            break;
-        }
-        tokio::time::sleep(PROBE).await;
-    }
-    rec.server_down_observed = down_seen;
-    if !down_seen {
-        rec.notes.push(
-            "the server was never seen down: either it restarted between two 50 ms probes, or it did not restart".into(),
+        run.rec.notes.push(
+            "the orders were not waited for: they finish when their payment step times out (PAYMENT_STEP_TIMEOUT_MS)".into(),
         );
     }
-    if let Some(mut child) = command {
-        // A restart command still running after the timeout: not ours to leave behind.
-        let _ = child.kill().await;
-    }
-    if rec.time_to_ready_s.is_none() {
-        report.violations.push(format!(
-            "the server was not ready within {:?} of the restart: no order could be checked",
-            r.timeout
-        ));
-        report.recovery = Some(rec);
-        return Ok(report);
+    Ok(run.finish())
+}
+
+/// What the phases of one recovery run share: how the server is restarted and reached, the
+/// orders in flight, and the report being filled in.
+struct Recovery<'a> {
+    options: &'a RecoveryOptions,
+    pid: Option<u32>,
+    mode: Mode,
+    /// Probes readiness and timers on a small pool of its own.
+    probe: Api,
+    /// The load run's client, to read its orders.
+    api: Api,
+    ids: Vec<Uuid>,
+    concurrency: usize,
+    report: LoadReport,
+    rec: RecoveryReport,
+}
+
+/// The restart as begun: from when it is timed, the restart command while it runs, and whether
+/// the old server was already seen gone.
+struct Restart {
+    t0: Instant,
+    command: Option<tokio::process::Child>,
+    down_seen: bool,
+}
+
+impl<'a> Recovery<'a> {
+    /// Places the scenario's orders without waiting for them: they are what the restart catches.
+    async fn place_orders(
+        config: &'a ScenarioConfig,
+        mode: Mode,
+        probe: Api,
+    ) -> anyhow::Result<Self> {
+        let options = &config.recovery;
+        let (load, mut run_options) = config.resolve();
+        let concurrency = load.concurrency;
+        if !options.spread {
+            run_options.payment_method = Some("pm_fake_no_webhook".into());
+        }
+        run_options.wait_for_terminal = false;
+        // `--pid` is the process to kill here, not one to sample.
+        run_options.sampling = None;
+        let executed = execute(load, run_options).await?;
+        let mut report = executed.report;
+        report
+            .invariants_checked
+            .push("no order lost across the restart: every placed order still exists".into());
+        let rec = RecoveryReport {
+            restart_mode: mode.name().into(),
+            orders_in_flight: executed.placed.len(),
+            ..Default::default()
+        };
+        Ok(Self {
+            options,
+            pid: config.pid,
+            mode,
+            probe,
+            api: executed.api,
+            ids: executed.placed,
+            concurrency,
+            report,
+            rec,
+        })
     }
 
-    // Recovered and progressing: the supervisor holds a timer for every order in flight.
-    let finished_before: u64 = ["COMPLETED", "CANCELLED"]
-        .iter()
-        .filter_map(|s| rec.status_before_restart.get(*s))
-        .sum();
-    match &r.admin_token {
-        // Spread orders finish (and disarm) while their timers are counted: not a measure.
-        _ if r.spread => rec.notes.push(
-            "timers re-armed: not measured with --spread (the orders finish meanwhile)".into(),
-        ),
-        None => rec
-            .notes
-            .push("timers re-armed: not measured (pass --admin-token to read GET /actors)".into()),
-        Some(token) => {
-            let target = (ids.len() as u64).saturating_sub(finished_before);
-            loop {
-                if let Ok(armed) = probe_api.armed_timers(token).await {
-                    rec.armed_timers_after_restart = Some(armed);
-                    if armed >= target {
-                        rec.time_to_timers_rearmed_s = Some(t0.elapsed().as_secs_f64());
-                        break;
-                    }
+    /// Waits until every saga awaits its payment (with `spread`: is past its reservation).
+    async fn record_before_restart(&mut self) {
+        let r = self.options;
+        let accepted: &[&str] = if r.spread {
+            &[
+                "STOCK_RESERVED",
+                "PAYMENT_PROCESSING",
+                "COMPLETED",
+                "CANCELLED",
+            ]
+        } else {
+            &["PAYMENT_PROCESSING", "COMPLETED", "CANCELLED"]
+        };
+        let before =
+            wait_for_statuses(&self.api, &self.ids, self.concurrency, r.timeout, accepted).await;
+        self.rec.status_before_restart = before.by_status;
+        if before.unreadable > 0 || before.lost > 0 {
+            self.rec.notes.push(format!(
+                "before the restart, {} orders could not be read and {} were not found",
+                before.unreadable, before.lost
+            ));
+        }
+        let waiting = self
+            .rec
+            .status_before_restart
+            .get("PAYMENT_PROCESSING")
+            .copied()
+            .unwrap_or(0);
+        if !r.spread && waiting < self.ids.len() as u64 {
+            self.report.warnings.push(format!(
+                "only {waiting} of {} orders were waiting for their payment at the restart ({:?}); a short PAYMENT_STEP_TIMEOUT_MS may have cancelled them",
+                self.ids.len(),
+                self.rec.status_before_restart
+            ));
+        }
+        if let Some(token) = &r.admin_token {
+            self.rec.armed_timers_before_restart = self.api.armed_timers(token).await.ok();
+        }
+    }
+
+    /// Begins the restart the mode asks for.
+    async fn restart(&mut self) -> anyhow::Result<Restart> {
+        match self.mode {
+            Mode::RestartCmd => {
+                let cmd = self.options.restart_cmd.as_deref().unwrap_or_default();
+                eprintln!("recovery: running the restart command: {cmd}");
+                let t0 = Instant::now();
+                let command = Some(shell(cmd, self.options.command_log.as_ref())?);
+                Ok(Restart {
+                    t0,
+                    command,
+                    down_seen: false,
+                })
+            }
+            Mode::Kill | Mode::KillAndStart => self.kill_and_start().await,
+            Mode::Operator => self.wait_for_operator().await,
+        }
+    }
+
+    /// SIGKILLs `--pid` and, once it is gone, starts the server unless a supervisor will.
+    async fn kill_and_start(&self) -> anyhow::Result<Restart> {
+        let pid = self.pid.unwrap_or_default();
+        eprintln!("recovery: SIGKILL to pid {pid}");
+        let t0 = Instant::now();
+        let status = tokio::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .await
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -KILL {pid} failed ({status}): is it the server's pid?");
+        }
+        let gone_by = Instant::now() + Duration::from_secs(10);
+        while !process_gone(pid) {
+            if Instant::now() > gone_by {
+                bail!("pid {pid} still runs 10 s after SIGKILL");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(cmd) = &self.options.start_cmd {
+            eprintln!("recovery: starting the server: {cmd}");
+            // Left running: it may be the server itself, in the foreground.
+            shell(cmd, self.options.command_log.as_ref())?;
+        } else {
+            eprintln!("recovery: waiting for the server to be started again (by its supervisor)");
+        }
+        Ok(Restart {
+            t0,
+            command: None,
+            down_seen: true,
+        })
+    }
+
+    /// Operator mode: asks for a restart and times it from the first failed readiness probe.
+    async fn wait_for_operator(&mut self) -> anyhow::Result<Restart> {
+        let r = self.options;
+        eprintln!(
+            "recovery: {} orders are waiting for their payment. Restart the server now; waiting up to {:?} for it to go down.",
+            self.ids.len(),
+            r.timeout
+        );
+        let until = Instant::now() + r.timeout;
+        loop {
+            if !self.probe.ready(Duration::from_secs(1)).await {
+                break;
+            }
+            if Instant::now() > until {
+                bail!("the server did not go down within {:?}", r.timeout);
+            }
+            tokio::time::sleep(PROBE).await;
+        }
+        let t0 = Instant::now();
+        self.rec.notes.push(
+            "operator mode: times are from the first failed /health/ready probe (50 ms polling), not from the moment the server stopped".into(),
+        );
+        Ok(Restart {
+            t0,
+            command: None,
+            down_seen: true,
+        })
+    }
+
+    /// Whether /health/ready answered 200 in time, once the old process was known gone.
+    async fn wait_until_ready(&mut self, restart: Restart) -> bool {
+        let Restart {
+            t0,
+            mut command,
+            mut down_seen,
+        } = restart;
+        let until = t0 + self.options.timeout;
+        let mut command_done = command.is_none() && self.mode != Mode::RestartCmd;
+        loop {
+            if let Some(child) = command.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                command = None;
+                command_done = true;
+                if !status.success() {
+                    self.report
+                        .violations
+                        .push(format!("the restart command failed: {status}"));
                 }
-                if Instant::now() > until {
-                    report.warnings.push(format!(
-                        "armed timers did not reach {target} within {:?} of the restart (last seen {:?}); timers that fired in the meantime are not counted",
-                        r.timeout, rec.armed_timers_after_restart
-                    ));
+            }
+            let ready = self.probe.ready(Duration::from_secs(1)).await;
+            if !ready {
+                down_seen = true;
+            } else if down_seen || command_done {
+                self.rec.time_to_ready_s = Some(t0.elapsed().as_secs_f64());
+                break;
+            }
+            if Instant::now() > until {
+                break;
+            }
+            tokio::time::sleep(PROBE).await;
+        }
+        self.rec.server_down_observed = down_seen;
+        if !down_seen {
+            self.rec.notes.push(
+                "the server was never seen down: either it restarted between two 50 ms probes, or it did not restart".into(),
+            );
+        }
+        if let Some(mut child) = command {
+            // A restart command still running after the timeout: not ours to leave behind.
+            let _ = child.kill().await;
+        }
+        self.rec.time_to_ready_s.is_some()
+    }
+
+    /// Recovered and progressing: the supervisor holds a timer for every order in flight.
+    async fn wait_for_timers(&mut self, t0: Instant, until: Instant) {
+        match &self.options.admin_token {
+            // Spread orders finish (and disarm) while their timers are counted: not a measure.
+            _ if self.options.spread => self.rec.notes.push(
+                "timers re-armed: not measured with --spread (the orders finish meanwhile)".into(),
+            ),
+            None => self.rec.notes.push(
+                "timers re-armed: not measured (pass --admin-token to read GET /actors)".into(),
+            ),
+            Some(token) => self.count_armed_timers(token, t0, until).await,
+        }
+    }
+
+    /// Reads the armed timers until they cover this run's orders still in flight, or `until`.
+    async fn count_armed_timers(&mut self, token: &str, t0: Instant, until: Instant) {
+        let finished_before: u64 = ["COMPLETED", "CANCELLED"]
+            .iter()
+            .filter_map(|s| self.rec.status_before_restart.get(*s))
+            .sum();
+        let target = (self.ids.len() as u64).saturating_sub(finished_before);
+        loop {
+            if let Ok(armed) = self.probe.armed_timers(token).await {
+                self.rec.armed_timers_after_restart = Some(armed);
+                if armed >= target {
+                    self.rec.time_to_timers_rearmed_s = Some(t0.elapsed().as_secs_f64());
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            rec.notes.push(format!(
-                "timers re-armed = order_supervisor.armed_timers >= {target} (this run's orders); the count includes any other live saga of the server"
+            if Instant::now() > until {
+                self.report.warnings.push(format!(
+                    "armed timers did not reach {target} within {:?} of the restart (last seen {:?}); timers that fired in the meantime are not counted",
+                    self.options.timeout, self.rec.armed_timers_after_restart
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.rec.notes.push(format!(
+            "timers re-armed = order_supervisor.armed_timers >= {target} (this run's orders); the count includes any other live saga of the server"
+        ));
+    }
+
+    /// No order lost: every order placed before the restart can still be read.
+    async fn check_none_lost(&mut self) {
+        let after = read_all(&self.api, &self.ids, self.concurrency).await;
+        self.rec.status_after_restart = after.by_status;
+        self.rec.lost_orders = after.lost;
+        if after.lost > 0 {
+            self.report.violations.push(format!(
+                "{} of {} orders placed before the restart no longer exist",
+                after.lost,
+                self.ids.len()
+            ));
+        }
+        if after.unreadable > 0 {
+            self.report.violations.push(format!(
+                "{} orders could not be read after the restart: not verified",
+                after.unreadable
             ));
         }
     }
 
-    // No order lost.
-    let after = read_all(&api, &ids, concurrency).await;
-    rec.status_after_restart = after.by_status;
-    rec.lost_orders = after.lost;
-    if after.lost > 0 {
-        report.violations.push(format!(
-            "{} of {} orders placed before the restart no longer exist",
-            after.lost,
-            ids.len()
-        ));
+    /// `spread`: times new placements, then waits until every order of the run is terminal.
+    async fn finish_spread(&mut self, t0: Instant, until: Instant) {
+        self.place_during_recovery().await;
+        self.wait_all_terminal(t0, until).await;
     }
-    if after.unreadable > 0 {
-        report.violations.push(format!(
-            "{} orders could not be read after the restart: not verified",
-            after.unreadable
-        ));
+
+    /// Places `PROBES` orders of a fresh SKU at once and records how long their placements took.
+    async fn place_during_recovery(&mut self) {
+        let sku = format!("LT-PROBE-{}", &Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
+        if let Err(e) = self.api.put_product(&sku, PROBES as i64).await {
+            self.report
+                .warnings
+                .push(format!("no placements during recovery: {e:#}"));
+        }
+        let placing = placement_times_ms(&self.api, &sku).await;
+        self.rec.placements_during_recovery = placing.len();
+        self.rec.placement_p99_during_recovery_ms = placing
+            .get((placing.len() * 99 / 100).min(placing.len().saturating_sub(1)))
+            .copied();
+        if placing.len() < PROBES {
+            self.report.warnings.push(format!(
+                "{} of {PROBES} placements during recovery were refused or failed",
+                PROBES - placing.len()
+            ));
+        }
     }
-    if r.spread {
-        finish_spread(&api, &ids, concurrency, t0, until, &mut rec, &mut report).await;
-    } else {
-        rec.notes.push(
-            "the orders were not waited for: they finish when their payment step times out (PAYMENT_STEP_TIMEOUT_MS)".into(),
-        );
+
+    /// Reads the run's orders until none is live, or `until` (a violation).
+    async fn wait_all_terminal(&mut self, t0: Instant, until: Instant) {
+        loop {
+            let now = read_all(&self.api, &self.ids, self.concurrency).await;
+            let live: u64 = now
+                .by_status
+                .iter()
+                .filter(|(status, _)| !matches!(status.as_str(), "COMPLETED" | "CANCELLED"))
+                .map(|(_, n)| n)
+                .sum();
+            if live == 0 && now.lost == 0 && now.unreadable == 0 {
+                self.rec.time_to_all_terminal_s = Some(t0.elapsed().as_secs_f64());
+                self.rec.status_after_restart = now.by_status;
+                return;
+            }
+            if Instant::now() > until {
+                self.report.violations.push(format!(
+                    "{live} orders still live {:?} after the restart; statuses {:?}",
+                    until - t0,
+                    now.by_status
+                ));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
-    report.recovery = Some(rec);
-    Ok(report)
+
+    /// The report with what the recovery measured in it.
+    fn finish(mut self) -> LoadReport {
+        self.report.recovery = Some(self.rec);
+        self.report
+    }
 }
 
 /// Orders placed while the restarted server re-drives the old ones: how long their placement
 /// takes shows whether recovery leaves room for new work.
 const PROBES: usize = 200;
 
-/// `spread`: places `PROBES` new orders at once (time to 202 each), then waits until every
-/// order of the run is terminal, and records both.
-async fn finish_spread(
-    api: &Api,
-    ids: &[Uuid],
-    concurrency: usize,
-    t0: Instant,
-    until: Instant,
-    rec: &mut RecoveryReport,
-    report: &mut LoadReport,
-) {
-    let sku = format!("LT-PROBE-{}", &Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
-    if let Err(e) = api.put_product(&sku, PROBES as i64).await {
-        report
-            .warnings
-            .push(format!("no placements during recovery: {e:#}"));
-    }
-    let sku = &sku;
+/// Milliseconds to 202 of `PROBES` one-unit orders of `sku` placed at once, sorted.
+async fn placement_times_ms(api: &Api, sku: &str) -> Vec<f64> {
     let mut placing: Vec<f64> = futures::stream::iter(0..PROBES)
         .map(|_| async move {
             let started = Instant::now();
             match api.place(sku, 1, "pm_card_visa", None, None).await {
-                crate::api::Placement::Placed(_) | crate::api::Placement::Finished(_) => {
+                Placement::Placed(_) | Placement::Finished(_) => {
                     Some(started.elapsed().as_secs_f64() * 1000.0)
                 }
                 _ => None,
@@ -361,39 +502,7 @@ async fn finish_spread(
         .collect()
         .await;
     placing.sort_by(f64::total_cmp);
-    rec.placements_during_recovery = placing.len();
-    rec.placement_p99_during_recovery_ms = placing
-        .get((placing.len() * 99 / 100).min(placing.len().saturating_sub(1)))
-        .copied();
-    if placing.len() < PROBES {
-        report.warnings.push(format!(
-            "{} of {PROBES} placements during recovery were refused or failed",
-            PROBES - placing.len()
-        ));
-    }
-    loop {
-        let now = read_all(api, ids, concurrency).await;
-        let live: u64 = now
-            .by_status
-            .iter()
-            .filter(|(status, _)| !matches!(status.as_str(), "COMPLETED" | "CANCELLED"))
-            .map(|(_, n)| n)
-            .sum();
-        if live == 0 && now.lost == 0 && now.unreadable == 0 {
-            rec.time_to_all_terminal_s = Some(t0.elapsed().as_secs_f64());
-            rec.status_after_restart = now.by_status;
-            return;
-        }
-        if Instant::now() > until {
-            report.violations.push(format!(
-                "{live} orders still live {:?} after the restart; statuses {:?}",
-                until - t0,
-                now.by_status
-            ));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    placing
 }
 
 /// `sh -c <cmd>` in its own process group (a Ctrl-C of the tool does not reach it).

@@ -248,15 +248,61 @@ impl LoadReport {
     }
 }
 
-fn mib(bytes: Option<u64>) -> String {
+/// Bytes in MiB, or `-` when not measured.
+pub(crate) fn mib(bytes: Option<u64>) -> String {
     bytes.map_or_else(
         || "-".into(),
         |b| format!("{:.1} MiB", b as f64 / 1048576.0),
     )
 }
 
-impl fmt::Display for LoadReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// A duration in seconds, or `not measured`.
+pub(crate) fn secs(seconds: Option<f64>) -> String {
+    seconds.map_or_else(|| "not measured".into(), |s| format!("{s:.2} s"))
+}
+
+/// A whole number, or `-` when not measured.
+pub(crate) fn whole(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+}
+
+/// A share as a signed percentage, or `-` when not measured.
+pub(crate) fn signed_percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "-".into(), |g| format!("{:+.1} %", g * 100.0))
+}
+
+impl Percentiles {
+    /// The percentiles on one line, as both the text report and the page show them.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "p50 {:.1} ms, p90 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.p50_ms, self.p90_ms, self.p95_ms, self.p99_ms, self.max_ms
+        )
+    }
+}
+
+impl Target {
+    /// `met` or, to stand out, `MISSED`.
+    pub(crate) fn verdict(&self) -> &'static str {
+        if self.met { "met" } else { "MISSED" }
+    }
+}
+
+impl LoadReport {
+    /// Orders per second over the run, and sustained within the duration for a run by duration.
+    pub(crate) fn throughput(&self) -> String {
+        format!(
+            "{:.1} orders/s over {:.2} s{}",
+            self.orders_per_s,
+            self.elapsed_s,
+            self.sustained_orders_per_s
+                .map(|s| format!(" ({s:.1} orders/s sustained within the duration)"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// What was run and how the orders ended.
+    fn write_run(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "scenario: {} against {}", self.scenario, self.base_url)?;
         match self.duration_s {
             Some(d) => writeln!(
@@ -294,20 +340,17 @@ impl fmt::Display for LoadReport {
                 self.rate_limited_retries, self.rejected_by_status
             )?;
         }
-        write!(
-            f,
-            "throughput: {:.1} orders/s over {:.2} s",
-            self.orders_per_s, self.elapsed_s
-        )?;
-        match self.sustained_orders_per_s {
-            Some(s) => writeln!(f, " ({s:.1} orders/s sustained within the duration)")?,
-            None => writeln!(f)?,
-        }
-        let l = &self.latency;
+        Ok(())
+    }
+
+    /// Throughput, latency, messages per order and the targets.
+    fn write_figures(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "throughput: {}", self.throughput())?;
         writeln!(
             f,
-            "latency ({}): p50 {:.1} ms, p90 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            self.latency_measured, l.p50_ms, l.p90_ms, l.p95_ms, l.p99_ms, l.max_ms
+            "latency ({}): {}",
+            self.latency_measured,
+            self.latency.summary()
         )?;
         if let Some(m) = &self.messages_per_order {
             writeln!(
@@ -317,70 +360,13 @@ impl fmt::Display for LoadReport {
             )?;
         }
         for target in &self.targets {
-            writeln!(
-                f,
-                "target {}: {}",
-                target.what,
-                if target.met { "met" } else { "MISSED" }
-            )?;
+            writeln!(f, "target {}: {}", target.what, target.verdict())?;
         }
-        if let Some(s) = &self.soak {
-            writeln!(
-                f,
-                "server RSS (pid {}): idle {}, after warm-up {}, middle {}, end {}, peak {}, after drain {}",
-                s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
-                mib(s.rss_idle_bytes),
-                mib(s.rss_after_warmup_bytes),
-                mib(s.rss_middle_bytes),
-                mib(s.rss_end_bytes),
-                mib(s.rss_peak_bytes),
-                mib(s.rss_after_drain_bytes)
-            )?;
-            writeln!(
-                f,
-                "live order actors: max {}; bytes per live actor: {}; RSS growth after warm-up: {}{}",
-                s.max_order_actors_live
-                    .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
-                s.bytes_per_live_actor
-                    .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
-                s.rss_growth_after_warmup
-                    .map_or_else(|| "-".into(), |g| format!("{:+.1} %", g * 100.0)),
-                if s.growth_flagged {
-                    format!(" (FLAGGED: above {:.0} %)", s.growth_threshold * 100.0)
-                } else {
-                    String::new()
-                }
-            )?;
-        }
-        if let Some(r) = &self.recovery {
-            let secs =
-                |v: Option<f64>| v.map_or_else(|| "not measured".into(), |s| format!("{s:.2} s"));
-            writeln!(
-                f,
-                "recovery ({}): {} orders in flight; server seen down: {}; ready after {}; timers re-armed for all after {}",
-                r.restart_mode,
-                r.orders_in_flight,
-                r.server_down_observed,
-                secs(r.time_to_ready_s),
-                secs(r.time_to_timers_rearmed_s)
-            )?;
-            writeln!(
-                f,
-                "orders before restart {:?}, after {:?}, lost {}",
-                r.status_before_restart, r.status_after_restart, r.lost_orders
-            )?;
-            if let Some(all) = r.time_to_all_terminal_s {
-                writeln!(
-                    f,
-                    "every order terminal {all:.2} s after the restart; {} orders placed meanwhile, p99 to 202 {:.1} ms",
-                    r.placements_during_recovery,
-                    r.placement_p99_during_recovery_ms.unwrap_or_default()
-                )?;
-            }
-            for note in &r.notes {
-                writeln!(f, "  note: {note}")?;
-            }
-        }
+        Ok(())
+    }
+
+    /// The warnings, then whether the invariants held (no newline after a clean verdict).
+    fn write_verdict(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for warning in &self.warnings {
             writeln!(f, "warning: {warning}")?;
         }
@@ -397,6 +383,77 @@ impl fmt::Display for LoadReport {
             }
             Ok(())
         }
+    }
+}
+
+/// The server's memory over a soak.
+fn write_soak(f: &mut fmt::Formatter<'_>, s: &SoakSummary) -> fmt::Result {
+    writeln!(
+        f,
+        "server RSS (pid {}): idle {}, after warm-up {}, middle {}, end {}, peak {}, after drain {}",
+        s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+        mib(s.rss_idle_bytes),
+        mib(s.rss_after_warmup_bytes),
+        mib(s.rss_middle_bytes),
+        mib(s.rss_end_bytes),
+        mib(s.rss_peak_bytes),
+        mib(s.rss_after_drain_bytes)
+    )?;
+    writeln!(
+        f,
+        "live order actors: max {}; bytes per live actor: {}; RSS growth after warm-up: {}{}",
+        whole(s.max_order_actors_live),
+        whole(s.bytes_per_live_actor),
+        signed_percent(s.rss_growth_after_warmup),
+        if s.growth_flagged {
+            format!(" (FLAGGED: above {:.0} %)", s.growth_threshold * 100.0)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// The restart's timings, the orders around it, and the notes that qualify them.
+fn write_recovery(f: &mut fmt::Formatter<'_>, r: &RecoveryReport) -> fmt::Result {
+    writeln!(
+        f,
+        "recovery ({}): {} orders in flight; server seen down: {}; ready after {}; timers re-armed for all after {}",
+        r.restart_mode,
+        r.orders_in_flight,
+        r.server_down_observed,
+        secs(r.time_to_ready_s),
+        secs(r.time_to_timers_rearmed_s)
+    )?;
+    writeln!(
+        f,
+        "orders before restart {:?}, after {:?}, lost {}",
+        r.status_before_restart, r.status_after_restart, r.lost_orders
+    )?;
+    if let Some(all) = r.time_to_all_terminal_s {
+        writeln!(
+            f,
+            "every order terminal {all:.2} s after the restart; {} orders placed meanwhile, p99 to 202 {:.1} ms",
+            r.placements_during_recovery,
+            r.placement_p99_during_recovery_ms.unwrap_or_default()
+        )?;
+    }
+    for note in &r.notes {
+        writeln!(f, "  note: {note}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_run(f)?;
+        self.write_figures(f)?;
+        if let Some(s) = &self.soak {
+            write_soak(f, s)?;
+        }
+        if let Some(r) = &self.recovery {
+            write_recovery(f, r)?;
+        }
+        self.write_verdict(f)
     }
 }
 

@@ -13,7 +13,7 @@ use rand::Rng;
 use reqwest::header::HeaderValue;
 use uuid::Uuid;
 
-use crate::api::{Api, Placement, Read, Status};
+use crate::api::{Api, MessageCounts, Placement, ProductStock, Read, Status};
 use crate::report::{LoadReport, Percentiles, Sample, SkuStock, latency_buckets};
 use crate::resources;
 
@@ -162,6 +162,29 @@ struct Tally {
     placed: Vec<Uuid>,
 }
 
+impl Tally {
+    /// Nothing counted yet, for a run over `skus` SKUs.
+    fn new(skus: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            completed: 0,
+            cancelled: 0,
+            not_terminal: 0,
+            left_running: 0,
+            failed_requests: 0,
+            placement_failures: 0,
+            rate_limited: 0,
+            rejected: BTreeMap::new(),
+            cancel_reasons: BTreeMap::new(),
+            sold: vec![0; skus],
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .context("latency histogram")?,
+            finished_within_duration: 0,
+            last_finished: None,
+            placed: Vec::new(),
+        })
+    }
+}
+
 /// How one order ended, as the client saw it.
 enum Fate {
     Completed,
@@ -182,6 +205,27 @@ struct Outcome {
     rejected: Option<u16>,
 }
 
+impl Outcome {
+    /// An order not placed yet: what it stays if no placement gets through.
+    fn not_placed(sku: usize, quantity: i64) -> Self {
+        Self {
+            sku,
+            quantity,
+            fate: Fate::NotPlaced,
+            latency: None,
+            failed_requests: 0,
+            rate_limited: 0,
+            rejected: None,
+        }
+    }
+
+    /// The order's end as the client saw it, timed from its placement.
+    fn end(&mut self, placed_at: Instant, fate: Fate) {
+        self.latency = Some(placed_at.elapsed());
+        self.fate = fate;
+    }
+}
+
 struct Ctx {
     api: Api,
     config: LoadConfig,
@@ -196,6 +240,92 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The run about to start: its clock starts now.
+    fn new(
+        api: Api,
+        config: LoadConfig,
+        options: RunOptions,
+        skus: Vec<String>,
+        client_keys: Vec<HeaderValue>,
+    ) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        Ok(Self {
+            api,
+            deadline: options.duration.map(|d| started + d),
+            started,
+            tally: Mutex::new(Tally::new(config.skus)?),
+            config,
+            options,
+            skus,
+            client_keys,
+            next: AtomicUsize::new(0),
+            finished: AtomicU64::new(0),
+        })
+    }
+
+    /// The finished run's figures (checks come later), units sold per SKU, orders left running.
+    fn report(
+        &self,
+        started_at: chrono::DateTime<chrono::Utc>,
+        samples: Vec<Sample>,
+    ) -> (LoadReport, Vec<i64>, Vec<Uuid>) {
+        let orders_started = self.next.load(Ordering::Relaxed).min(self.config.orders);
+        let mut t = self.tally();
+        let elapsed = t
+            .last_finished
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(self.started);
+        let c = &self.config;
+        let o = &self.options;
+        let report = LoadReport {
+            scenario: o.scenario.clone(),
+            started_at: started_at.to_rfc3339(),
+            base_url: self.api.base().to_owned(),
+            orders: orders_started,
+            concurrency: c.concurrency,
+            skus: c.skus,
+            stock_per_sku: c.stock_per_sku,
+            hot_share: c.hot_share,
+            decline_share: c.decline_share,
+            max_quantity: c.max_quantity,
+            duration_s: o.duration.map(|d| d.as_secs_f64()),
+            completed: t.completed,
+            cancelled: t.cancelled,
+            not_terminal: t.not_terminal,
+            left_running: t.left_running,
+            failed_requests: t.failed_requests,
+            placement_failures: t.placement_failures,
+            rejected_by_status: t.rejected.clone(),
+            rate_limited_retries: t.rate_limited,
+            cancel_reasons: t.cancel_reasons.clone(),
+            elapsed_s: elapsed.as_secs_f64(),
+            orders_per_s: orders_started as f64 / elapsed.as_secs_f64().max(1e-9),
+            sustained_orders_per_s: o
+                .duration
+                .map(|d| t.finished_within_duration as f64 / d.as_secs_f64()),
+            latency_measured: self.latency_measured().into(),
+            latency: Percentiles::of_histogram(&t.latency),
+            latency_histogram: latency_buckets(&t.latency),
+            samples,
+            ..Default::default()
+        };
+        let sold = std::mem::take(&mut t.sold);
+        let placed = std::mem::take(&mut t.placed);
+        (report, sold, placed)
+    }
+
+    /// What the latency figures time, which depends on how orders are placed and waited for.
+    fn latency_measured(&self) -> &'static str {
+        let o = &self.options;
+        if o.wait_for_terminal && o.place_then_poll {
+            "placed -> terminal, client-side (POST, then GET ?wait=)"
+        } else if o.wait_for_terminal {
+            "placed -> terminal, client-side (POST ?wait=)"
+        } else {
+            "POST /orders -> 202, client-side"
+        }
+    }
+
     fn tally(&self) -> MutexGuard<'_, Tally> {
         // A worker never panics while holding the lock; if one did, the figures are still usable.
         self.tally.lock().unwrap_or_else(|e| e.into_inner())
@@ -275,6 +405,7 @@ impl Ctx {
     }
 }
 
+/// One run, set-up to checks; also hands back the client and the orders left running.
 pub(crate) async fn execute(config: LoadConfig, options: RunOptions) -> anyhow::Result<Executed> {
     validate(&config, &options)?;
     let pid = options.sampling.as_ref().and_then(|s| s.pid);
@@ -282,6 +413,41 @@ pub(crate) async fn execute(config: LoadConfig, options: RunOptions) -> anyhow::
         resources::rss_bytes(pid).with_context(|| format!("reading the RSS of pid {pid}"))?;
     }
     let api = Api::new(&config.base_url, config.concurrency + 16)?;
+    let skus = create_skus(&api, &config).await?;
+    let client_keys = client_key_headers(options.client_keys)?;
+
+    let started_at = chrono::Utc::now();
+    let mut samples = Vec::new();
+    if options.sampling.is_some() {
+        // Idle: the catalog is set up, no order placed yet.
+        samples.push(sample_server(&api, pid, 0.0, 0.0, 0).await);
+    }
+    let messages_before = api.message_counts().await;
+    let ctx = Arc::new(Ctx::new(api.clone(), config, options, skus, client_keys)?);
+    samples.append(&mut drive(&ctx).await?);
+
+    let (mut report, sold, placed) = ctx.report(started_at, samples);
+    count_messages(&api, messages_before, &mut report).await;
+    warn_about_placements(&mut report);
+    if ctx.options.wait_for_terminal {
+        check_terminal_and_stock(&ctx, &sold, &mut report).await?;
+        if ctx.options.sampling.is_some() {
+            let t_s = ctx.started.elapsed().as_secs_f64();
+            let finished = ctx.finished.load(Ordering::Relaxed);
+            report
+                .samples
+                .push(sample_server(&api, pid, t_s, 1.0, finished).await);
+        }
+    }
+    Ok(Executed {
+        report,
+        placed,
+        api,
+    })
+}
+
+/// Creates the run's SKUs, named after a fresh run id so runs never share stock.
+async fn create_skus(api: &Api, config: &LoadConfig) -> anyhow::Result<Vec<String>> {
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_uppercase();
     let skus: Vec<String> = (0..config.skus)
         .map(|i| format!("LT-{run_id}-{i}"))
@@ -289,55 +455,37 @@ pub(crate) async fn execute(config: LoadConfig, options: RunOptions) -> anyhow::
     for sku in &skus {
         api.put_product(sku, config.stock_per_sku).await?;
     }
-    let client_keys = (0..options.client_keys)
+    Ok(skus)
+}
+
+/// The `X-Client-Key` values orders are spread over (none: no header).
+fn client_key_headers(count: usize) -> anyhow::Result<Vec<HeaderValue>> {
+    (0..count)
         .map(|i| HeaderValue::from_str(&format!("load-test-{i}")))
         .collect::<Result<Vec<_>, _>>()
-        .context("client key")?;
+        .context("client key")
+}
 
-    let started_at = chrono::Utc::now();
-    let mut samples = Vec::new();
-    if options.sampling.is_some() {
-        // Idle: the catalog is set up, no order placed yet.
-        samples.push(Sample {
-            t_s: 0.0,
-            progress: 0.0,
-            orders_finished: 0,
-            rss_bytes: pid.and_then(|p| resources::rss_bytes(p).ok()),
-            order_actors_live: api.order_actors_live().await,
-        });
+/// The server's RSS and live order actors now, for a sample outside the sampler's ticks.
+async fn sample_server(
+    api: &Api,
+    pid: Option<u32>,
+    t_s: f64,
+    progress: f64,
+    orders_finished: u64,
+) -> Sample {
+    Sample {
+        t_s,
+        progress,
+        orders_finished,
+        rss_bytes: pid.and_then(|p| resources::rss_bytes(p).ok()),
+        order_actors_live: api.order_actors_live().await,
     }
-    let messages_before = api.message_counts().await;
-    let started = Instant::now();
-    let ctx = Arc::new(Ctx {
-        api: api.clone(),
-        deadline: options.duration.map(|d| started + d),
-        started,
-        tally: Mutex::new(Tally {
-            completed: 0,
-            cancelled: 0,
-            not_terminal: 0,
-            left_running: 0,
-            failed_requests: 0,
-            placement_failures: 0,
-            rate_limited: 0,
-            rejected: BTreeMap::new(),
-            cancel_reasons: BTreeMap::new(),
-            sold: vec![0; config.skus],
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .context("latency histogram")?,
-            finished_within_duration: 0,
-            last_finished: None,
-            placed: Vec::new(),
-        }),
-        config,
-        options,
-        skus,
-        client_keys,
-        next: AtomicUsize::new(0),
-        finished: AtomicU64::new(0),
-    });
+}
 
-    let bar = progress_bar(&ctx);
+/// Runs the workers to the end beside the progress bar and the sampler; returns the samples.
+async fn drive(ctx: &Arc<Ctx>) -> anyhow::Result<Vec<Sample>> {
+    let bar = progress_bar(ctx);
     let ticker = tokio::spawn(tick(ctx.clone(), bar.clone()));
     let sampler = ctx.options.sampling.clone().map(|s| {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -350,72 +498,26 @@ pub(crate) async fn execute(config: LoadConfig, options: RunOptions) -> anyhow::
         w.await.context("a load worker panicked")?;
     }
     ticker.abort();
+    let mut samples = Vec::new();
     if let Some((stop, sampler)) = sampler {
         let _ = stop.send(());
-        samples.append(&mut sampler.await.context("the sampler panicked")?);
+        samples = sampler.await.context("the sampler panicked")?;
     }
     bar.finish_and_clear();
+    Ok(samples)
+}
 
-    let orders_started = ctx.next.load(Ordering::Relaxed).min(ctx.config.orders);
-    let (mut report, sold, placed) = {
-        let mut t = ctx.tally();
-        let elapsed = t
-            .last_finished
-            .unwrap_or_else(Instant::now)
-            .saturating_duration_since(started);
-        let c = &ctx.config;
-        let o = &ctx.options;
-        let report = LoadReport {
-            scenario: o.scenario.clone(),
-            started_at: started_at.to_rfc3339(),
-            base_url: api.base().to_owned(),
-            orders: orders_started,
-            concurrency: c.concurrency,
-            skus: c.skus,
-            stock_per_sku: c.stock_per_sku,
-            hot_share: c.hot_share,
-            decline_share: c.decline_share,
-            max_quantity: c.max_quantity,
-            duration_s: o.duration.map(|d| d.as_secs_f64()),
-            completed: t.completed,
-            cancelled: t.cancelled,
-            not_terminal: t.not_terminal,
-            left_running: t.left_running,
-            failed_requests: t.failed_requests,
-            placement_failures: t.placement_failures,
-            rejected_by_status: t.rejected.clone(),
-            rate_limited_retries: t.rate_limited,
-            cancel_reasons: t.cancel_reasons.clone(),
-            elapsed_s: elapsed.as_secs_f64(),
-            orders_per_s: orders_started as f64 / elapsed.as_secs_f64().max(1e-9),
-            sustained_orders_per_s: o
-                .duration
-                .map(|d| t.finished_within_duration as f64 / d.as_secs_f64()),
-            latency_measured: if o.wait_for_terminal && o.place_then_poll {
-                "placed -> terminal, client-side (POST, then GET ?wait=)".into()
-            } else if o.wait_for_terminal {
-                "placed -> terminal, client-side (POST ?wait=)".into()
-            } else {
-                "POST /orders -> 202, client-side".into()
-            },
-            latency: Percentiles::of_histogram(&t.latency),
-            latency_histogram: latency_buckets(&t.latency),
-            samples,
-            ..Default::default()
-        };
-        (
-            report,
-            std::mem::take(&mut t.sold),
-            std::mem::take(&mut t.placed),
-        )
-    };
-
+/// Messages per finished order, when the server's metrics were readable before and after.
+async fn count_messages(api: &Api, before: Option<MessageCounts>, report: &mut LoadReport) {
     let finished = (report.completed + report.cancelled) as f64;
-    if let (Some(before), Some(after), true) =
-        (messages_before, api.message_counts().await, finished > 0.0)
+    if let (Some(before), Some(after), true) = (before, api.message_counts().await, finished > 0.0)
     {
         report.messages_per_order = Some(after.since(&before).per(finished));
     }
+}
+
+/// Placements the server limited or refused skew the figures: say so beside them.
+fn warn_about_placements(report: &mut LoadReport) {
     if report.rate_limited_retries > 0 {
         report.warnings.push(format!(
             "the server rate-limited {} placements (429, retried): throughput is capped by ORDER_RATE_LIMIT_PER_SEC; run the server with it at 0, or pass --client-keys",
@@ -428,25 +530,9 @@ pub(crate) async fn execute(config: LoadConfig, options: RunOptions) -> anyhow::
             report.placement_failures, report.rejected_by_status
         ));
     }
-    if ctx.options.wait_for_terminal {
-        check_terminal_and_stock(&ctx, &sold, &mut report).await?;
-        if ctx.options.sampling.is_some() {
-            report.samples.push(Sample {
-                t_s: started.elapsed().as_secs_f64(),
-                progress: 1.0,
-                orders_finished: ctx.finished.load(Ordering::Relaxed),
-                rss_bytes: pid.and_then(|p| resources::rss_bytes(p).ok()),
-                order_actors_live: api.order_actors_live().await,
-            });
-        }
-    }
-    Ok(Executed {
-        report,
-        placed,
-        api,
-    })
 }
 
+/// Every order terminal, and per SKU no oversell, stock conserved and nothing left reserved.
 async fn check_terminal_and_stock(
     ctx: &Ctx,
     sold: &[i64],
@@ -467,46 +553,65 @@ async fn check_terminal_and_stock(
     // Completion commits stock asynchronously (inventory reacts to order.confirmed.v1): wait,
     // with a deadline, for every SKU to be at rest before judging conservation.
     let settle_deadline = Instant::now() + ctx.options.settle_timeout;
-    let initial = ctx.config.stock_per_sku;
     for (i, sku) in ctx.skus.iter().enumerate() {
-        let product = loop {
-            let product = ctx.api.product(sku).await?;
-            if product.reserved == 0 || report.not_terminal > 0 || Instant::now() > settle_deadline
-            {
-                break product;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let product = settled_product(ctx, sku, settle_deadline, report.not_terminal > 0).await?;
         let sold = sold.get(i).copied().unwrap_or(0);
-        if sold > initial || product.on_hand < 0 {
-            report.violations.push(format!(
-                "{sku}: oversold: {sold} units sold of {initial}, {} on hand",
-                product.on_hand
-            ));
-        }
-        // Orders still running hold or take units the client has not seen: conservation cannot
-        // be judged then (the missing terminal statuses are a violation already).
-        let judged = report.not_terminal == 0;
-        if judged && product.reserved != 0 {
-            report.violations.push(format!(
-                "{sku}: {} units still reserved at rest",
-                product.reserved
-            ));
-        } else if judged && product.on_hand + sold != initial {
-            report.violations.push(format!(
-                "{sku}: stock not conserved: on_hand {} + sold {sold} != initial {initial}",
-                product.on_hand
-            ));
-        }
-        report.stock.push(SkuStock {
-            sku: sku.clone(),
-            initial,
-            sold,
-            on_hand: product.on_hand,
-            reserved: product.reserved,
-        });
+        check_stock(report, sku, ctx.config.stock_per_sku, sold, &product);
     }
     Ok(())
+}
+
+/// Reads `sku` until nothing of it is reserved, unless orders still run or the deadline passed.
+async fn settled_product(
+    ctx: &Ctx,
+    sku: &str,
+    deadline: Instant,
+    orders_running: bool,
+) -> anyhow::Result<ProductStock> {
+    loop {
+        let product = ctx.api.product(sku).await?;
+        if product.reserved == 0 || orders_running || Instant::now() > deadline {
+            return Ok(product);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Judges one SKU's stock against the units the client saw sold, and records it.
+fn check_stock(
+    report: &mut LoadReport,
+    sku: &str,
+    initial: i64,
+    sold: i64,
+    product: &ProductStock,
+) {
+    if sold > initial || product.on_hand < 0 {
+        report.violations.push(format!(
+            "{sku}: oversold: {sold} units sold of {initial}, {} on hand",
+            product.on_hand
+        ));
+    }
+    // Orders still running hold or take units the client has not seen: conservation cannot
+    // be judged then (the missing terminal statuses are a violation already).
+    let judged = report.not_terminal == 0;
+    if judged && product.reserved != 0 {
+        report.violations.push(format!(
+            "{sku}: {} units still reserved at rest",
+            product.reserved
+        ));
+    } else if judged && product.on_hand + sold != initial {
+        report.violations.push(format!(
+            "{sku}: stock not conserved: on_hand {} + sold {sold} != initial {initial}",
+            product.on_hand
+        ));
+    }
+    report.stock.push(SkuStock {
+        sku: sku.to_owned(),
+        initial,
+        sold,
+        on_hand: product.on_hand,
+        reserved: product.reserved,
+    });
 }
 
 async fn worker(ctx: Arc<Ctx>) {
@@ -529,6 +634,7 @@ async fn worker(ctx: Arc<Ctx>) {
 /// How long a placement waits for its order's outcome before the client long-polls instead.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 
+/// Places one order and, unless told not to, waits for it to end.
 async fn one_order(
     ctx: &Ctx,
     sku: usize,
@@ -536,40 +642,52 @@ async fn one_order(
     declined: bool,
     client_key: Option<&HeaderValue>,
 ) -> Outcome {
-    let mut outcome = Outcome {
-        sku,
-        quantity,
-        fate: Fate::NotPlaced,
-        latency: None,
-        failed_requests: 0,
-        rate_limited: 0,
-        rejected: None,
-    };
+    let mut outcome = Outcome::not_placed(sku, quantity);
     let method = match &ctx.options.payment_method {
         Some(m) => m.as_str(),
         None if declined => "pm_card_chargeDeclined",
         None => "pm_card_visa",
     };
+    let Some((order_id, placed_at)) = place(ctx, method, client_key, &mut outcome).await else {
+        return outcome;
+    };
+    if !ctx.options.wait_for_terminal {
+        outcome.end(placed_at, Fate::Placed(order_id));
+        return outcome;
+    }
+    outcome.fate = Fate::NotTerminal;
+    wait_until_terminal(ctx, order_id, placed_at, &mut outcome).await;
+    outcome
+}
+
+/// Places the order, riding out 429s: its id and start, or `None` once `outcome` is settled.
+async fn place(
+    ctx: &Ctx,
+    method: &str,
+    client_key: Option<&HeaderValue>,
+    outcome: &mut Outcome,
+) -> Option<(Uuid, Instant)> {
     let give_up = Instant::now() + ctx.config.order_timeout;
     // The placement itself waits for the outcome unless told not to (or not waiting at all).
     let wait_in_post = (ctx.options.wait_for_terminal && !ctx.options.place_then_poll)
         .then(|| ctx.config.order_timeout.min(PLACEMENT_WAIT));
-    let (order_id, placed_at) = loop {
+    let sku = &ctx.skus[outcome.sku];
+    loop {
         let placed_at = Instant::now();
         match ctx
             .api
-            .place(&ctx.skus[sku], quantity, method, client_key, wait_in_post)
+            .place(sku, outcome.quantity, method, client_key, wait_in_post)
             .await
         {
             Placement::Finished(status) => {
-                outcome.latency = Some(placed_at.elapsed());
-                outcome.fate = match status {
+                let fate = match status {
                     Status::Cancelled(reason) => Fate::Cancelled(reason),
                     _ => Fate::Completed,
                 };
-                return outcome;
+                outcome.end(placed_at, fate);
+                return None;
             }
-            Placement::Placed(id) => break (id, placed_at),
+            Placement::Placed(id) => return Some((id, placed_at)),
             Placement::RateLimited(wait) if Instant::now() + wait < give_up => {
                 outcome.rate_limited += 1;
                 tokio::time::sleep(wait).await;
@@ -578,30 +696,28 @@ async fn one_order(
                 // No time left to try again: not placed.
                 outcome.failed_requests += 1;
                 outcome.rejected = Some(429);
-                return outcome;
+                return None;
             }
             Placement::Rejected(status) => {
                 outcome.failed_requests += 1;
                 outcome.rejected = Some(status);
-                return outcome;
+                return None;
             }
             Placement::Failed => {
                 outcome.failed_requests += 1;
-                return outcome;
+                return None;
             }
         }
-    };
-    if !ctx.options.wait_for_terminal {
-        outcome.latency = Some(placed_at.elapsed());
-        outcome.fate = Fate::Placed(order_id);
-        return outcome;
     }
-    outcome.fate = Fate::NotTerminal;
+}
+
+/// Long-polls a placed order until it is terminal or its time is up.
+async fn wait_until_terminal(ctx: &Ctx, order_id: Uuid, placed_at: Instant, outcome: &mut Outcome) {
     let deadline = placed_at + ctx.config.order_timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return outcome;
+            return;
         }
         match ctx
             .api
@@ -609,14 +725,10 @@ async fn one_order(
             .await
         {
             Ok(Read::Found(Status::Completed)) => {
-                outcome.latency = Some(placed_at.elapsed());
-                outcome.fate = Fate::Completed;
-                return outcome;
+                return outcome.end(placed_at, Fate::Completed);
             }
             Ok(Read::Found(Status::Cancelled(reason))) => {
-                outcome.latency = Some(placed_at.elapsed());
-                outcome.fate = Fate::Cancelled(reason);
-                return outcome;
+                return outcome.end(placed_at, Fate::Cancelled(reason));
             }
             Ok(Read::Found(Status::Running(_))) => {}
             Ok(Read::NotFound) | Err(_) => {
