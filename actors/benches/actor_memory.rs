@@ -23,7 +23,7 @@ use actors::domain::{
 };
 use actors::events::Envelope;
 use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps, StatusWatchers};
-use actors::ports::{Clock, OrderSnapshotStore, StoreError};
+use actors::ports::{ManualClock, OrderSnapshotStore, StoreError};
 use actors::saga::{NewOrder, OrderState, OrderStatus, SagaEvent, StepTimeouts};
 
 #[global_allocator]
@@ -53,14 +53,6 @@ impl OrderSnapshotStore for ForgetfulSnapshotStore {
 
     async fn live_deadlines(&self) -> Result<Vec<(OrderId, Option<DateTime<Utc>>)>, StoreError> {
         Ok(Vec::new())
-    }
-}
-
-struct FixedClock(DateTime<Utc>);
-
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0
     }
 }
 
@@ -155,7 +147,7 @@ async fn run(n: usize) {
         .unwrap_or_else(|| panic!("valid timestamp"));
     let deps = SagaDeps {
         store: Arc::new(ForgetfulSnapshotStore),
-        clock: Arc::new(FixedClock(t0)),
+        clock: Arc::new(ManualClock::at(t0)),
         status_watchers: StatusWatchers::default(),
         // Long enough that no deadline fires while the orders wait.
         timeouts: StepTimeouts {

@@ -406,3 +406,25 @@ impl Clock for SystemClock {
 }
 
 pub type SharedClock = Arc<dyn Clock>;
+
+/// A clock that stands still until told to move: for tests and benchmarks, where "now" must be
+/// exact and a deadline must pass only when the test says so.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn at(now: DateTime<Utc>) -> Self {
+        Self(std::sync::Mutex::new(now))
+    }
+
+    /// Moves the clock to `now` (forwards or back).
+    pub fn set(&self, now: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

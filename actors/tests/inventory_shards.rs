@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod common;
 
+use actors::ports::ManualClock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +21,12 @@ use actors::inventory::{InventoryError, InventoryShards};
 use actors::ports::{ExpiredReservation, StoreError};
 
 use common::ledger::InMemoryLedger;
-use common::{FixedClock, envelope, eur, order_created, quantity, sku, t0};
+use common::{envelope, eur, order_created, quantity, sku, t0};
 
 const TTL: Duration = Duration::from_secs(15 * 60);
 
 async fn spawn_shards(count: usize, ledger: &Arc<InMemoryLedger>) -> InventoryShards {
-    InventoryShards::spawn(count, ledger.clone(), Arc::new(FixedClock(t0())), TTL)
+    InventoryShards::spawn(count, ledger.clone(), Arc::new(ManualClock::at(t0())), TTL)
         .await
         .unwrap()
 }
@@ -66,7 +67,7 @@ async fn spawn_bare_shard(
     let (shard, _) = ractor::Actor::spawn(
         None,
         actors::inventory::InventoryShard,
-        (0, dyn_ledger, Arc::new(FixedClock(t0())) as _),
+        (0, dyn_ledger, Arc::new(ManualClock::at(t0())) as _),
     )
     .await
     .unwrap();
@@ -354,7 +355,7 @@ async fn the_sweeper_releases_expired_reservations_once_and_says_so() {
     let later = InventoryShards::spawn(
         2,
         ledger.clone(),
-        Arc::new(FixedClock(t0() + chrono::Duration::minutes(16))),
+        Arc::new(ManualClock::at(t0() + chrono::Duration::minutes(16))),
         TTL,
     )
     .await

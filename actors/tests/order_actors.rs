@@ -429,22 +429,15 @@ async fn a_change_made_elsewhere_wakes_that_orders_waiters_only() {
     assert_eq!(watchers.watched_orders(), 2);
 }
 
-/// A clock the test moves forward.
-struct MovableClock(std::sync::Mutex<chrono::DateTime<chrono::Utc>>);
-
-impl actors::ports::Clock for MovableClock {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-#[tokio::test]
+/// The supervisor's timer queue runs on tokio's clock, paused here: its ticks come as soon as
+/// the test waits, and the saga's own clock moves only when the test moves it.
+#[tokio::test(start_paused = true)]
 async fn the_supervisor_fires_a_deadline_retries_it_through_an_outage_and_the_saga_times_out() {
     use actors::orders::{OrderSupervisor, OrderSupervisorHandle, SagaDeps};
     use ractor::Actor;
 
     let store = std::sync::Arc::new(common::snapshots::InMemorySnapshotStore::default());
-    let clock = std::sync::Arc::new(MovableClock(std::sync::Mutex::new(common::t0())));
+    let clock = std::sync::Arc::new(actors::ports::ManualClock::at(common::t0()));
     let deps = SagaDeps {
         store: store.clone(),
         clock: clock.clone(),
@@ -464,28 +457,17 @@ async fn the_supervisor_fires_a_deadline_retries_it_through_an_outage_and_the_sa
         order.deadline,
         Some(common::t0() + chrono::Duration::seconds(1))
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while orders.armed_timers().await.unwrap_or(0) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the placement armed no timer"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    common::eventually("the placement to arm a timer", || async {
+        orders.armed_timers().await.unwrap_or(0) > 0
+    })
+    .await;
     // Inventory never answers; time passes the deadline.
-    *clock.0.lock().unwrap_or_else(|p| p.into_inner()) =
-        common::t0() + chrono::Duration::seconds(2);
-    let cancelled = loop {
-        let state = store.get(order.order_id);
-        if let Some(s) = state.filter(|s| s.is_terminal()) {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the deadline never fired"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    clock.set(common::t0() + chrono::Duration::seconds(2));
+    common::eventually("the deadline to fire", || async {
+        store.get(order.order_id).is_some_and(|s| s.is_terminal())
+    })
+    .await;
+    let cancelled = store.get(order.order_id).unwrap();
     assert_eq!(
         cancelled.cancel_reason.as_deref(),
         Some("inventory step timed out after 1s")

@@ -8,9 +8,9 @@
 #[allow(dead_code)]
 mod common;
 
+use actors::ports::ManualClock;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use actors::domain::OrderId;
 use actors::payments::PaymentService;
@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use common::payments::{InMemoryPaymentRecords, payment_requested};
-use common::{FixedClock, t0};
+use common::{eventually, t0};
 
 /// A provider whose charges wait until the test lets them through, counting how many it holds
 /// at once.
@@ -54,14 +54,6 @@ impl PaymentGateway for HeldGateway {
     }
 }
 
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test]
 async fn charges_go_to_the_payment_role_a_bounded_number_at_once_and_each_command_once() {
     let gateway = Arc::new(HeldGateway {
@@ -73,7 +65,7 @@ async fn charges_go_to_the_payment_role_a_bounded_number_at_once_and_each_comman
     let service = PaymentService::new(
         gateway.clone(),
         Arc::new(InMemoryPaymentRecords::default()),
-        Arc::new(FixedClock(t0())),
+        Arc::new(ManualClock::at(t0())),
     );
     let postman = Postman::new(3, 2);
     postman.serve_payments(service);
@@ -85,15 +77,18 @@ async fn charges_go_to_the_payment_role_a_bounded_number_at_once_and_each_comman
     // A re-send that overtakes the first answer is not handed over again.
     postman.dispatch(&commands[..1], false);
 
-    until("two charges held by the provider", || {
-        gateway.holding.load(Ordering::SeqCst) == 2
+    eventually("two charges held by the provider", || {
+        std::future::ready(gateway.holding.load(Ordering::SeqCst) == 2)
     })
     .await;
     assert_eq!(postman.in_flight(), 5, "waiting charges count as in flight");
     assert!(postman.saturated(), "5 in flight is over the bound of 3");
 
     gateway.release.add_permits(5);
-    until("every charge answered", || postman.in_flight() == 0).await;
+    eventually("every charge answered", || {
+        std::future::ready(postman.in_flight() == 0)
+    })
+    .await;
     assert_eq!(gateway.most_held.load(Ordering::SeqCst), 2);
     assert_eq!(
         gateway.calls.load(Ordering::SeqCst),

@@ -17,7 +17,7 @@ use actors::domain::{
     CorrelationId, Currency, CustomerId, Money, OrderId, PaymentMethod, PricedLine, Quantity, Sku,
 };
 use actors::events::{Envelope, EventBody, OrderCreated, Shortage};
-use actors::ports::{Clock, StoreError};
+use actors::ports::StoreError;
 use actors::saga::{NewOrder, SagaEvent};
 use chrono::{DateTime, TimeZone, Utc};
 use tokio::time::Instant;
@@ -31,15 +31,6 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub fn unavailable() -> StoreError {
     StoreError::Unavailable("the fake store is switched off".into())
-}
-
-/// A clock that always answers the same instant.
-pub struct FixedClock(pub DateTime<Utc>);
-
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0
-    }
 }
 
 pub fn t0() -> DateTime<Utc> {

@@ -1,5 +1,6 @@
 //! The order supervisor wired to an in-memory snapshot store, and ways to drive it.
 
+use actors::ports::ManualClock;
 use std::sync::Arc;
 
 use actors::domain::OrderId;
@@ -10,7 +11,7 @@ use actors::saga::{self, Decision, Effect, NewOrder, OrderState, OrderStatus, Sa
 use ractor::Actor;
 
 use super::snapshots::InMemorySnapshotStore;
-use super::{FixedClock, TIMEOUT, eventually, new_order, pending, succeeded, t0};
+use super::{TIMEOUT, eventually, new_order, pending, succeeded, t0};
 
 pub struct Orders {
     pub handle: OrderSupervisorHandle,
@@ -23,7 +24,7 @@ pub async fn spawn_orders() -> Orders {
     let status_watchers = StatusWatchers::default();
     let deps = SagaDeps {
         store: store.clone(),
-        clock: Arc::new(FixedClock(t0())),
+        clock: Arc::new(ManualClock::at(t0())),
         status_watchers: status_watchers.clone(),
         timeouts: actors::saga::StepTimeouts::default(),
         postman: actors::postman::Postman::default(),

@@ -1,6 +1,7 @@
 //! The payment role's ports in memory: a scripted provider and the charge/refund records, plus
 //! the `Payments` harness and builders for payment messages and provider updates.
 
+use actors::ports::ManualClock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +16,7 @@ use actors::ports::{
 };
 use async_trait::async_trait;
 
-use super::{FixedClock, card, envelope, eur, lock, t0, unavailable};
+use super::{card, envelope, eur, lock, t0, unavailable};
 
 // ------------------------------------------------------------------------------------------------
 // Provider
@@ -410,7 +411,11 @@ pub struct Payments {
 pub fn payments(script: Vec<Result<ChargeOutcome, GatewayError>>) -> Payments {
     let gateway = Arc::new(FakeGateway::scripted(script));
     let records = Arc::new(InMemoryPaymentRecords::default());
-    let service = PaymentService::new(gateway.clone(), records.clone(), Arc::new(FixedClock(t0())));
+    let service = PaymentService::new(
+        gateway.clone(),
+        records.clone(),
+        Arc::new(ManualClock::at(t0())),
+    );
     Payments {
         service,
         gateway,
@@ -425,7 +430,7 @@ pub fn payments_with_streak(gateway: FakeGateway, threshold: u32) -> Payments {
     let service = PaymentService::with_streak(
         gateway.clone(),
         records.clone(),
-        Arc::new(FixedClock(t0())),
+        Arc::new(ManualClock::at(t0())),
         Arc::new(FailureStreak::new(threshold)),
     );
     Payments {
