@@ -342,6 +342,7 @@ impl PaymentService {
         Ok(applied)
     }
 
+    #[tracing::instrument(skip_all, fields(order_id = %envelope.order_id, correlation_id = %envelope.correlation_id))]
     async fn refund(
         &self,
         envelope: &Envelope,
@@ -393,6 +394,7 @@ impl PaymentService {
 
     /// Cancels a charge the saga gave up on. A charge that already succeeded cannot be canceled;
     /// its success reaches the saga as a late payment and is refunded.
+    #[tracing::instrument(skip_all, fields(order_id = %envelope.order_id, correlation_id = %envelope.correlation_id))]
     async fn cancel(
         &self,
         envelope: &Envelope,

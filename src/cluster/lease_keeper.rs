@@ -115,6 +115,7 @@ impl LeaseKeeper {
 
     /// One round: heartbeat, then renew and rebalance each key space. `draining` gives
     /// everything away.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn round(&mut self, draining: bool) -> Result<(), KeeperError> {
         let started = Instant::now();
         let spaces: Vec<KeySpace> = self.spaces.iter().map(Ownership::space).collect();

@@ -136,6 +136,7 @@ impl OrderRole {
 /// gets its timer back and its pending command re-sent (when its receiver runs here; a broker's
 /// consumer redelivers the others). Only ids and deadlines are held, not actors: a saga is
 /// rehydrated from its snapshot when something happens.
+#[tracing::instrument(skip_all, fields(partitions = partitions.len()))]
 async fn recover(
     handle: &OrderSupervisorHandle,
     store: &dyn OrderSnapshotStore,

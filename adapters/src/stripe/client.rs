@@ -258,6 +258,9 @@ impl StripeClient {
             .await
     }
 
+    // A span per call, so the retries it logs say what they retried; nothing of the form (the
+    // customer's payment method) or of the key goes into it.
+    #[tracing::instrument(level = "debug", skip_all, fields(method = %method, path))]
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
