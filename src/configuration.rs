@@ -2,6 +2,7 @@
 //! same names (documented in `.env.example`), with defaults that work on a developer machine where
 //! PostgreSQL and NATS listen on their standard local ports.
 
+use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -41,31 +42,14 @@ pub struct FakeSettings {
     pub webhook_secret: String,
 }
 
-/// A configuration value that must never reach logs: `Debug` prints `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let trimmed = s.trim();
-        if trimmed.is_empty() {
-            Err("must not be empty".into())
-        } else {
-            Ok(Self(trimmed.to_owned()))
-        }
+/// Parses a configuration value that must never reach logs (`SecretString`: redacted in
+/// `Debug`, wiped from memory when dropped), trimmed, and refused when empty.
+fn secret(raw: &str) -> Result<SecretString, String> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(SecretString::from(trimmed))
     }
 }
 
@@ -225,8 +209,8 @@ pub struct Settings {
 
     /// Stripe secret key. When set, payments go to real Stripe at STRIPE_API_BASE; when not, an
     /// in-process Stripe-compatible fake is started and used.
-    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
-    pub stripe_secret_key: Option<Secret>,
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true, value_parser = secret)]
+    pub stripe_secret_key: Option<SecretString>,
 
     /// Stripe API base URL (only used with STRIPE_SECRET_KEY).
     #[arg(
@@ -242,9 +226,10 @@ pub struct Settings {
         long,
         env = "STRIPE_WEBHOOK_SECRET",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub stripe_webhook_secret: Vec<Secret>,
+    pub stripe_webhook_secret: Vec<SecretString>,
 
     /// Oldest webhook signature timestamp accepted, in seconds (replay protection).
     #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
@@ -268,8 +253,8 @@ pub struct Settings {
     pub payment_failure_streak_alert: u32,
 
     /// Bearer token for the operators' inspection API (`/actors/...`); unset closes it.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<Secret>,
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub admin_token: Option<SecretString>,
 
     /// Log output: JSON lines (default) or human-readable.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
@@ -464,6 +449,27 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
         Settings::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn secrets_are_trimmed_refused_when_empty_and_never_printed() {
+        let settings = parse(&[
+            "--stripe-secret-key",
+            " sk_test_hidden ",
+            "--stripe-webhook-secret",
+            "whsec_one,whsec_two",
+            "--admin-token",
+            "token-hidden",
+        ])
+        .unwrap();
+        let key = settings.stripe_secret_key.as_ref().unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(key), "sk_test_hidden");
+        assert_eq!(settings.stripe_webhook_secret.len(), 2);
+        let printed = format!("{settings:?}");
+        for secret in ["sk_test_hidden", "whsec_one", "whsec_two", "token-hidden"] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+        assert!(parse(&["--admin-token", "  "]).is_err());
     }
 
     #[test]

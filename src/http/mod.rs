@@ -70,7 +70,7 @@ pub struct AppParts {
     /// `None` when this process does not run the inventory role.
     pub shards: Option<actors::inventory::InventoryShards>,
     /// The operators' bearer token; `None` closes the admin API.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<secrecy::SecretString>,
     /// This instance's partitions, and the cluster's leases.
     pub cluster: ClusterParts,
     /// `None` when order placement is not rate limited.

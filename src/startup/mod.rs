@@ -358,7 +358,7 @@ impl Application {
             postman: wiring.postman.clone(),
             payments,
             shards: shards.clone(),
-            admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
+            admin_token: settings.admin_token.clone(),
             cluster: parts,
             order_rate_limit: http::rate_limit::OrderRateLimit::new(
                 settings.order_rate_limit_per_sec,

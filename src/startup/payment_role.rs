@@ -5,6 +5,7 @@
 //! `payment-requests` consumer. Refunds and charge cancellations always come through their
 //! consumers: they are rare and no order waits on them to complete.
 
+use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,18 +97,14 @@ struct Payments {
 /// back to this process's `/payments/webhook`.
 async fn payments(settings: &Settings, address: SocketAddr) -> Result<Payments, StartupError> {
     let tolerance = Duration::from_secs(settings.stripe_webhook_tolerance_secs);
-    let secrets: Vec<String> = settings
-        .stripe_webhook_secret
-        .iter()
-        .map(|s| s.expose().to_owned())
-        .collect();
+    let secrets = settings.stripe_webhook_secret.clone();
     if let Some(key) = &settings.stripe_secret_key {
         if secrets.is_empty() {
             return Err(StartupError::Stripe(
                 "STRIPE_WEBHOOK_SECRET is required with STRIPE_SECRET_KEY (comma separate several during a rotation)".into(),
             ));
         }
-        let client = StripeClient::new(StripeConfig::new(&settings.stripe_api_base, key.expose()))
+        let client = StripeClient::new(StripeConfig::new(&settings.stripe_api_base, key.clone()))
             .map_err(|e| StartupError::Stripe(e.to_string()))?;
         return Ok(Payments {
             client,
@@ -115,10 +112,11 @@ async fn payments(settings: &Settings, address: SocketAddr) -> Result<Payments, 
             fake: None,
         });
     }
-    let secret = secrets
-        .first()
-        .cloned()
-        .unwrap_or_else(|| DEV_WEBHOOK_SECRET.to_owned());
+    // The fake signs with it: it is this process's own, not a credential of anyone's.
+    let secret = secrets.first().map_or_else(
+        || DEV_WEBHOOK_SECRET.to_owned(),
+        |s| s.expose_secret().to_owned(),
+    );
     let webhook_host = if address.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], address.port()))
     } else {

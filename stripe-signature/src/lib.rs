@@ -4,6 +4,7 @@
 //! configured secret (secret rotation), in constant time; `v0` and unknown schemes are ignored; a
 //! timestamp older than the tolerance is refused (replay protection). The clock is a parameter.
 
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -27,27 +28,24 @@ pub enum SignatureError {
 }
 
 /// Checks webhook signatures against one or more endpoint secrets.
-#[derive(Clone)]
+/// The secrets are `SecretString`s: redacted in `Debug`, wiped from memory when dropped.
+#[derive(Debug, Clone)]
 pub struct WebhookVerifier {
-    secrets: Vec<String>,
+    secrets: Vec<SecretString>,
     tolerance: Duration,
-}
-
-impl std::fmt::Debug for WebhookVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Secrets never reach logs.
-        f.debug_struct("WebhookVerifier")
-            .field("secrets", &self.secrets.len())
-            .field("tolerance", &self.tolerance)
-            .finish()
-    }
 }
 
 impl WebhookVerifier {
     pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
-    pub fn new(secrets: Vec<String>, tolerance: Duration) -> Self {
-        Self { secrets, tolerance }
+    pub fn new(
+        secrets: impl IntoIterator<Item = impl Into<SecretString>>,
+        tolerance: Duration,
+    ) -> Self {
+        Self {
+            secrets: secrets.into_iter().map(Into::into).collect(),
+            tolerance,
+        }
     }
 
     /// Verifies `header` for `body` at time `now_unix` (seconds).
@@ -81,7 +79,7 @@ impl WebhookVerifier {
             return Err(SignatureError::TooOld);
         }
         let matches = self.secrets.iter().any(|secret| {
-            let expected = mac(secret, timestamp, body);
+            let expected = mac(secret.expose_secret(), timestamp, body);
             signatures
                 .iter()
                 .any(|candidate| bool::from(candidate.as_slice().ct_eq(expected.as_slice())))
@@ -125,7 +123,7 @@ mod tests {
 
     fn verifier(secrets: &[&str]) -> WebhookVerifier {
         WebhookVerifier::new(
-            secrets.iter().map(|s| s.to_string()).collect(),
+            secrets.iter().map(|s| s.to_string()),
             WebhookVerifier::DEFAULT_TOLERANCE,
         )
     }
@@ -207,8 +205,7 @@ mod tests {
             verifier(&["whsec_test_secret"]).verify(Some(&header), body, T + 300),
             Ok(())
         );
-        let lenient =
-            WebhookVerifier::new(vec!["whsec_test_secret".into()], Duration::from_secs(3600));
+        let lenient = WebhookVerifier::new(["whsec_test_secret"], Duration::from_secs(3600));
         assert_eq!(lenient.verify(Some(&header), body, T + 3000), Ok(()));
     }
 

@@ -26,7 +26,7 @@ fn ok<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
 /// quick to wait for.
 async fn quick_cluster_app() -> TestApp {
     spawn_app_with(|s| {
-        s.admin_token = TOKEN.parse().ok();
+        s.admin_token = Some(TOKEN.into());
         s.cluster.partition_lease_ms = 1_000;
         s.cluster.partition_renew_ms = 100;
     })
@@ -314,12 +314,12 @@ fn owner_of(cluster: &Value, order_id: &str) -> String {
 async fn each_instance_runs_the_orders_it_places_and_a_dead_one_s_are_finished_by_the_other() {
     let (_fake, stripe) = standalone_stripe_fake().await;
     let app = spawn_app_with(|s| {
-        s.admin_token = TOKEN.parse().ok();
+        s.admin_token = Some(TOKEN.into());
         s.cluster.partition_lease_ms = 1_000;
         s.cluster.partition_renew_ms = 100;
-        s.stripe_secret_key = "sk_test_cluster".parse().ok();
+        s.stripe_secret_key = Some("sk_test_cluster".into());
         s.stripe_api_base = stripe.clone();
-        s.stripe_webhook_secret = vec![ok("whsec_ordersaga_dev_fake".parse())];
+        s.stripe_webhook_secret = vec!["whsec_ordersaga_dev_fake".into()];
         s.payment_step_timeout_ms = 4_000;
     })
     .await;

@@ -304,9 +304,9 @@ async fn a_charge_made_but_not_recorded_is_asked_again_under_its_key_and_made_on
     // The provider outlives the crash: the fake runs as its own process.
     let (_fake, fake) = standalone_stripe_fake().await;
     let mut app = spawn_app_with(|s| {
-        s.stripe_secret_key = Some(ok("sk_test_direct_path".parse()));
+        s.stripe_secret_key = Some("sk_test_direct_path".into());
         s.stripe_api_base = fake.clone();
-        s.stripe_webhook_secret = vec![ok("whsec_direct_path".parse())];
+        s.stripe_webhook_secret = vec!["whsec_direct_path".into()];
     })
     .await;
     app.put_product("SKU-A", 10, 500).await;

@@ -20,7 +20,7 @@ pub(crate) async fn admin_get(app: &TestApp, path: &str, token: Option<&str>) ->
 
 #[tokio::test]
 async fn inspection_needs_the_admin_token_and_is_closed_without_one() {
-    let open = spawn_app_with(|s| s.admin_token = TOKEN.parse().ok()).await;
+    let open = spawn_app_with(|s| s.admin_token = Some(TOKEN.into())).await;
     for path in [
         "/actors",
         "/actors/stuck",
@@ -52,7 +52,7 @@ async fn inspection_needs_the_admin_token_and_is_closed_without_one() {
 
 #[tokio::test]
 async fn inspection_shows_the_state_a_saga_is_really_in() {
-    let app = spawn_app_with(|s| s.admin_token = TOKEN.parse().ok()).await;
+    let app = spawn_app_with(|s| s.admin_token = Some(TOKEN.into())).await;
     app.put_product("MUG", 10, 100).await;
     // Waits for a payment outcome that never comes (no webhook): a live saga with a timer.
     let waiting = app.place(&[("MUG", 2)], "pm_fake_no_webhook").await;
@@ -173,7 +173,7 @@ pub(crate) async fn admin_post(app: &TestApp, path: &str, body: Value) -> (u16, 
 
 #[tokio::test]
 async fn operators_can_force_cancel_and_retry_a_stuck_order_end_to_end() {
-    let app = spawn_app_with(|s| s.admin_token = TOKEN.parse().ok()).await;
+    let app = spawn_app_with(|s| s.admin_token = Some(TOKEN.into())).await;
     app.put_product("MUG", 10, 100).await;
     let stuck = app.place(&[("MUG", 3)], "pm_fake_no_webhook").await;
     app.wait_status(&stuck, "PAYMENT_PROCESSING").await;

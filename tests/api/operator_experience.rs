@@ -297,7 +297,7 @@ fn history_text(order: &Value) -> String {
 
 #[tokio::test]
 async fn a_paused_saga_keeps_what_arrives_and_acts_on_it_when_resumed() {
-    let app = spawn_app_with(|s| s.admin_token = TOKEN.parse().ok()).await;
+    let app = spawn_app_with(|s| s.admin_token = Some(TOKEN.into())).await;
     app.put_product("OBS-PAUSE", 10, 700).await;
     let id = app.place(&[("OBS-PAUSE", 2)], "pm_fake_no_webhook").await;
     let waiting = app.wait_status(&id, "PAYMENT_PROCESSING").await;

@@ -1,6 +1,11 @@
 //! Retry policy of one consumer (one saga step): exponential backoff with jitter between
 //! redeliveries, a bound on attempts, after which the message is parked as a dead letter.
 //! Written as `initial=100ms,multiplier=2,max=10s,attempts=20,jitter=0.2` in configuration.
+//!
+//! Hand-written rather than a backoff crate's: those (backon, backoff) drive a retry loop in
+//! this process, while here the policy only computes the delay of a redelivery that JetStream
+//! schedules (a `nak` with that delay) and the attempt at which the message is parked; what is
+//! left is a few lines of arithmetic and the configuration syntax.
 
 use std::str::FromStr;
 use std::time::Duration;

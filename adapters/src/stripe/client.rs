@@ -4,6 +4,7 @@
 //! overrides that either way, other 4xx are not; exponential backoff with jitter, bounded
 //! attempts, a timeout per request. The secret key never appears in Debug output or logs.
 
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -19,11 +20,12 @@ use actors::ports::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, 
 /// response shapes under us).
 pub const STRIPE_API_VERSION: &str = "2024-06-20";
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct StripeConfig {
     /// `https://api.stripe.com`, or the fake's address.
     pub api_base: String,
-    pub secret_key: String,
+    /// Redacted in `Debug`, wiped from memory when dropped.
+    pub secret_key: SecretString,
     /// Attempts per call, the first included.
     pub max_attempts: u32,
     pub request_timeout: Duration,
@@ -31,18 +33,8 @@ pub struct StripeConfig {
     pub max_backoff: Duration,
 }
 
-impl std::fmt::Debug for StripeConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StripeConfig")
-            .field("api_base", &self.api_base)
-            .field("secret_key", &"[redacted]")
-            .field("max_attempts", &self.max_attempts)
-            .finish()
-    }
-}
-
 impl StripeConfig {
-    pub fn new(api_base: impl Into<String>, secret_key: impl Into<String>) -> Self {
+    pub fn new(api_base: impl Into<String>, secret_key: impl Into<SecretString>) -> Self {
         Self {
             api_base: api_base.into(),
             secret_key: secret_key.into(),
@@ -231,7 +223,7 @@ impl StripeClient {
                 "{}/v1/payment_intents?limit=1",
                 self.config.api_base
             ))
-            .bearer_auth(&self.config.secret_key)
+            .bearer_auth(self.config.secret_key.expose_secret())
             .send()
             .await
             .map_err(|e| StripeError::Transport(e.to_string()))?;
@@ -275,7 +267,7 @@ impl StripeClient {
             let mut request = self
                 .http
                 .request(method.clone(), &url)
-                .bearer_auth(&self.config.secret_key)
+                .bearer_auth(self.config.secret_key.expose_secret())
                 .header("Stripe-Version", STRIPE_API_VERSION);
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
