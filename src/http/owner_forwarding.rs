@@ -85,7 +85,6 @@ pub async fn order_routes(State(state): State<AppState>, request: Request, next:
 
 /// Sends a request to the owner of `partition` and turns its answer into this request's
 /// response; `None` when no owner answered, or it answered 503 (then this instance answers).
-#[tracing::instrument(level = "debug", skip_all, fields(partition = %partition, method = %method))]
 pub async fn ask_owner(
     state: &AppState,
     partition: PartitionId,

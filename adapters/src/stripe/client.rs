@@ -140,7 +140,9 @@ impl StripeClient {
         &self.config.api_base
     }
 
-    /// Creates and confirms a PaymentIntent.
+    /// Creates and confirms a PaymentIntent. Its span carries the order's ids (log lines show
+    /// only their innermost span), and nothing of the form or the key.
+    #[tracing::instrument(level = "debug", skip_all, fields(order_id = %request.order_id, correlation_id = %request.correlation_id, attempt = request.attempt))]
     pub async fn create_payment_intent(
         &self,
         request: &ChargeRequest,
@@ -250,9 +252,6 @@ impl StripeClient {
             .await
     }
 
-    // A span per call, so the retries it logs say what they retried; nothing of the form (the
-    // customer's payment method) or of the key goes into it.
-    #[tracing::instrument(level = "debug", skip_all, fields(method = %method, path))]
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
