@@ -37,7 +37,7 @@ fn order_cancelled(order_id: OrderId) -> Envelope {
         &CorrelationId::new(),
         EventBody::OrderCancelled(OrderCancelled {
             reason: "customer changed their mind".into(),
-            // As published before messages named their SKUs: routed by the order id.
+            // A cancellation that names no SKU (nothing was reserved): routed by the order id.
             skus: vec![],
         }),
     )

@@ -331,7 +331,8 @@ async fn placement_response(
             } else {
                 Start::PlacedHere
             };
-            let (order, terminal) = settle(state, placed.order_id, wait, watch, start).await?;
+            let (order, terminal) =
+                wait_for_outcome(state, placed.order_id, wait, watch, start).await?;
             let status = if terminal {
                 StatusCode::OK
             } else {
@@ -552,7 +553,7 @@ pub async fn get_order(
     }
     // Registered before the first read, so a change between the read and the wait is not missed.
     let watch = state.status_watchers.watch(order_id);
-    let (order, _) = settle(&state, order_id, wait, watch, Start::Lookup).await?;
+    let (order, _) = wait_for_outcome(&state, order_id, wait, watch, Start::Lookup).await?;
     Ok(Json(order.into()))
 }
 
@@ -562,7 +563,7 @@ async fn read_order(state: &AppState, order_id: OrderId) -> Result<OrderState, A
         .ok_or_else(|| ApiError::not_found(format!("order {order_id} does not exist")))
 }
 
-/// Where `settle` starts from.
+/// Where `wait_for_outcome` starts from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Start {
     /// The order was placed by this request, after `watch` was registered: every transition
@@ -575,7 +576,7 @@ enum Start {
 /// Waits until the order is terminal or `wait` has run out, and returns it as it then stands,
 /// with whether it is terminal. `watch` must have been registered before the order could have
 /// changed in a way the caller has not seen (before the first read, or before placing it).
-async fn settle(
+async fn wait_for_outcome(
     state: &AppState,
     order_id: OrderId,
     wait: Duration,

@@ -57,10 +57,13 @@ pub(crate) async fn start(
     }
     for spec in specs {
         let service = service.clone();
-        let handler = answering(&wiring.postman, move |envelope, delivery: bus::Delivery| {
-            let service = service.clone();
-            async move { service.answer(&envelope, delivery.is_first()).await }
-        });
+        let handler = answering(
+            &wiring.postman,
+            move |envelope, delivery: bus::DeliveryCount| {
+                let service = service.clone();
+                async move { service.answer(&envelope, delivery.is_first()).await }
+            },
+        );
         wiring
             .consume(spec, settings.retry_policy_payment, handler)
             .await?;

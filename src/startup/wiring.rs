@@ -17,7 +17,8 @@ use actors::ports::{SharedClock, SystemClock};
 use actors::postman::Postman;
 use actors::saga::SagaEvent;
 use adapters::nats::{
-    self as bus, ConsumerContext, ConsumerSpec, Delivery, HandlerError, MessageHandler, RetryPolicy,
+    self as bus, ConsumerContext, ConsumerSpec, DeliveryCount, HandlerError, MessageHandler,
+    RetryPolicy,
 };
 use adapters::postgres::OutboxSignal;
 
@@ -102,13 +103,13 @@ impl<'a> Wiring<'a> {
 /// the answer's outbox row reaches it through the broker.
 pub(crate) fn answering<F, Fut, E>(postman: &Postman, answer: F) -> MessageHandler
 where
-    F: Fn(Envelope, Delivery) -> Fut + Send + Sync + 'static,
+    F: Fn(Envelope, DeliveryCount) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Option<SagaEvent>, E>> + Send + 'static,
     E: std::fmt::Display,
 {
     let postman = postman.clone();
     let answer = Arc::new(answer);
-    Arc::new(move |envelope: Envelope, delivery: Delivery| {
+    Arc::new(move |envelope: Envelope, delivery: DeliveryCount| {
         let order_id = envelope.order_id;
         let (postman, reply) = (postman.clone(), answer(envelope, delivery));
         Box::pin(async move {

@@ -15,7 +15,7 @@ use actors::ports::{
 };
 use actors::saga::{self, Decision, SagaEvent};
 use adapters::nats::{
-    self as bus, ConsumerContext, ConsumerSpec, Delivery, HandlerError, MessageHandler,
+    self as bus, ConsumerContext, ConsumerSpec, DeliveryCount, HandlerError, MessageHandler,
 };
 use adapters::postgres::{self as pg, PgOrderSnapshotStore, PgReservationLedger};
 
@@ -321,7 +321,7 @@ async fn the_relay_publishes_each_message_once_and_a_failing_handler_gets_it_aga
     let (a, s) = (attempts.clone(), successes.clone());
     let firsts = Arc::new(Mutex::new(Vec::new()));
     let seen_firsts = firsts.clone();
-    let handler: MessageHandler = Arc::new(move |envelope: Envelope, delivery: Delivery| {
+    let handler: MessageHandler = Arc::new(move |envelope: Envelope, delivery: DeliveryCount| {
         let (a, s) = (a.clone(), s.clone());
         if let Ok(mut seen) = seen_firsts.lock() {
             seen.push(delivery.is_first());

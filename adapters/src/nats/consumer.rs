@@ -64,18 +64,18 @@ impl std::fmt::Display for HandlerError {
 
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 /// What a consumer does with one decoded message.
-pub type MessageHandler = Arc<dyn Fn(Envelope, Delivery) -> HandlerFuture + Send + Sync>;
+pub type MessageHandler = Arc<dyn Fn(Envelope, DeliveryCount) -> HandlerFuture + Send + Sync>;
 
 /// What JetStream says about a delivery, for handlers that can skip work on a first delivery
 /// (a message delivered before may have been handled already; one delivered for the first time
 /// by this consumer cannot have been, short of a duplicate publication).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivery {
+pub struct DeliveryCount {
     /// 1 for the first delivery to this consumer, 2 for the first redelivery, …
     pub count: u32,
 }
 
-impl Delivery {
+impl DeliveryCount {
     pub fn is_first(&self) -> bool {
         self.count <= 1
     }
@@ -219,7 +219,7 @@ fn dispatch(
                 order_id = %envelope.order_id,
                 correlation_id = %envelope.correlation_id,
             );
-            let delivery = Delivery { count: delivered };
+            let delivery = DeliveryCount { count: delivered };
             let ids = Ids::of(&envelope);
             let work: HandlerFuture = Box::pin(
                 span.in_scope(|| handler(envelope, delivery))

@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 
 pub use consumer::{
-    ConsumerContext, ConsumerSpec, Delivery, HandlerError, HandlerFuture, MessageHandler,
+    ConsumerContext, ConsumerSpec, DeliveryCount, HandlerError, HandlerFuture, MessageHandler,
     run_consumer,
 };
 pub use relay::OutboxRelay;
