@@ -393,6 +393,21 @@ async fn each_instance_runs_the_orders_it_places_and_a_dead_one_s_are_finished_b
     for id in &waiting {
         let order = app.wait_terminal(id).await;
         assert_eq!(order["status"], "CANCELLED", "{order}");
+        // The payment deadline was armed at the peer, then again at the first instance on
+        // recovery: it fired once, at the one owner (one compensation started by it; the
+        // final CANCELLED repeats its reason).
+        let timeouts = order["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| {
+                entry["status"] != "CANCELLED"
+                    && entry["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("payment step timed out"))
+            })
+            .count();
+        assert_eq!(timeouts, 1, "{order}");
     }
     let product = app.settled_product("MUG").await;
     assert_eq!(product["on_hand"], 94, "{product}");
