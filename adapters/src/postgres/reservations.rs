@@ -150,26 +150,7 @@ async fn decide(
     .bind(&skus)
     .fetch_all(&mut **tx)
     .await?;
-    let mut claimed: HashSet<Uuid> = HashSet::with_capacity(requests.len());
-    let mut stock: BTreeMap<Sku, StockLevel> = BTreeMap::new();
-    for row in rows {
-        match row {
-            (Some(order_id), ..) => {
-                claimed.insert(order_id);
-            }
-            (None, Some(sku), Some(available), Some(low_stock_threshold)) => {
-                // A stored SKU that no longer parses cannot be asked for: leave it out.
-                if let Ok(sku) = Sku::parse(&sku) {
-                    let level = StockLevel {
-                        available,
-                        low_stock_threshold,
-                    };
-                    stock.insert(sku, level);
-                }
-            }
-            _ => {}
-        }
-    }
+    let (claimed, mut stock) = claimed_and_stock(rows);
     let decided = decide_reservations(
         requests,
         |order_id| !claimed.contains(&order_id.as_uuid()),
@@ -191,6 +172,32 @@ async fn decide(
         outcomes.push(decision.outcome);
     }
     Ok((outcomes, writes))
+}
+
+/// The claim-and-lock statement's rows: the orders claimed now (decided for the first time),
+/// and the stock of each locked product.
+fn claimed_and_stock(rows: Vec<ClaimOrStock>) -> (HashSet<Uuid>, BTreeMap<Sku, StockLevel>) {
+    let mut claimed: HashSet<Uuid> = HashSet::new();
+    let mut stock: BTreeMap<Sku, StockLevel> = BTreeMap::new();
+    for row in rows {
+        match row {
+            (Some(order_id), ..) => {
+                claimed.insert(order_id);
+            }
+            (None, Some(sku), Some(available), Some(low_stock_threshold)) => {
+                // A stored SKU that no longer parses cannot be asked for: leave it out.
+                if let Ok(sku) = Sku::parse(&sku) {
+                    let level = StockLevel {
+                        available,
+                        low_stock_threshold,
+                    };
+                    stock.insert(sku, level);
+                }
+            }
+            _ => {}
+        }
+    }
+    (claimed, stock)
 }
 
 #[derive(Default)]

@@ -272,6 +272,21 @@ async fn write_batch(
         .bind(update_epochs)
         .fetch_all(pool)
         .await?;
+    let (written, fenced_in) = split_rows(rows);
+    let committed = owners
+        .iter()
+        .zip(messages)
+        .filter(|(owner, _)| written.contains(owner))
+        .map(|(_, message)| message)
+        .collect();
+    Ok((written, committed, fenced_in))
+}
+
+/// The statement's rows: the orders whose write applied, and the (partition, epoch) pairs that
+/// passed the fence.
+fn split_rows(
+    rows: Vec<(Option<Uuid>, Option<i32>, Option<i64>)>,
+) -> (HashSet<Uuid>, HashSet<(i32, i64)>) {
     let mut written = HashSet::with_capacity(rows.len());
     let mut fenced_in = HashSet::new();
     for row in rows {
@@ -285,13 +300,7 @@ async fn write_batch(
             _ => {}
         }
     }
-    let committed = owners
-        .iter()
-        .zip(messages)
-        .filter(|(owner, _)| written.contains(owner))
-        .map(|(_, message)| message)
-        .collect();
-    Ok((written, committed, fenced_in))
+    (written, fenced_in)
 }
 
 /// Every message of the batch, encoded before the statement, with the order it belongs to (the
