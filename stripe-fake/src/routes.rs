@@ -141,16 +141,15 @@ async fn create_intent(State(state): State<Shared>, headers: HeaderMap, body: St
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let form = match form(&body) {
-        Ok(f) => f,
-        Err(r) => return r,
+    let Post { form, key, print } = match read_post(&state, &headers, &body, "/v1/payment_intents")
+    {
+        Ok(post) => post,
+        Err(Early::Refused(refused)) => return refused,
+        Err(Early::Replayed(replayed)) => {
+            record_create(&state, &key_of(&headers), replayed.status().as_u16(), true);
+            return replayed;
+        }
     };
-    let key = idempotency_key(&headers);
-    let print = fingerprint("/v1/payment_intents", &form);
-    if let Some(replayed) = replay(&state, key.as_deref(), &print) {
-        record_create(&state, &key, replayed.status().as_u16(), true);
-        return replayed;
-    }
     let create = match CreateParams::parse(&form) {
         Ok(create) => create,
         Err(refused) => return refused,
@@ -402,7 +401,7 @@ async fn cancel_intent(
     if let Err(r) = authorised(&headers) {
         return r;
     }
-    let key = idempotency_key(&headers);
+    let key = key_of(&headers);
     let print = fingerprint(&format!("/v1/payment_intents/{id}/cancel"), &[]);
     if let Some(replayed) = replay(&state, key.as_deref(), &print) {
         return replayed;
@@ -443,9 +442,41 @@ async fn cancel_intent(
     }
 }
 
+/// A creating POST as the fake reads it: its form, its `Idempotency-Key` and the fingerprint
+/// a retry with that key must match.
+struct Post {
+    form: Vec<(String, String)>,
+    key: Option<String>,
+    print: String,
+}
+
+/// Why a creating POST is answered before it is handled.
+enum Early {
+    /// Its form does not parse (400).
+    Refused(Response),
+    /// An earlier request with the same key was answered: that answer again (or a 400 if the
+    /// parameters differ), as Stripe does.
+    Replayed(Response),
+}
+
+fn read_post(
+    state: &FakeState,
+    headers: &HeaderMap,
+    body: &str,
+    path: &str,
+) -> Result<Post, Early> {
+    let form = form(body).map_err(Early::Refused)?;
+    let key = key_of(headers);
+    let print = fingerprint(path, &form);
+    match replay(state, key.as_deref(), &print) {
+        Some(replayed) => Err(Early::Replayed(replayed)),
+        None => Ok(Post { form, key, print }),
+    }
+}
+
 /// The request's `Idempotency-Key`, as Stripe reads it: a retry with the same key (and the
 /// same parameters) gets the first answer again.
-fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+fn key_of(headers: &HeaderMap) -> Option<String> {
     headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -456,15 +487,10 @@ async fn create_refund(State(state): State<Shared>, headers: HeaderMap, body: St
     if let Err(r) = authorised(&headers) {
         return r;
     }
-    let form = match form(&body) {
-        Ok(f) => f,
-        Err(r) => return r,
+    let Post { form, key, print } = match read_post(&state, &headers, &body, "/v1/refunds") {
+        Ok(post) => post,
+        Err(Early::Refused(answer) | Early::Replayed(answer)) => return answer,
     };
-    let key = idempotency_key(&headers);
-    let print = fingerprint("/v1/refunds", &form);
-    if let Some(replayed) = replay(&state, key.as_deref(), &print) {
-        return replayed;
-    }
     let Some(intent_id) = param(&form, "payment_intent").map(str::to_owned) else {
         return error(
             StatusCode::BAD_REQUEST,

@@ -39,6 +39,23 @@ pub struct ConsumerSpec {
     pub step: &'static str,
 }
 
+impl ConsumerSpec {
+    /// A durable consumer of `stream`, named `durable`, for the `step`'s messages on `filter`.
+    pub const fn new(
+        stream: &'static str,
+        durable: &'static str,
+        step: &'static str,
+        filter: &'static str,
+    ) -> Self {
+        Self {
+            stream,
+            durable,
+            filter,
+            step,
+        }
+    }
+}
+
 /// Why a handler could not finish a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerError {

@@ -45,54 +45,42 @@ pub const STREAMS: [(&str, &str); 3] = [
 ];
 
 /// The saga's inbound events from inventory (it ignores the release requests it sent itself).
-pub const ORDER_SAGA_INVENTORY: ConsumerSpec = ConsumerSpec {
-    stream: "inventory",
-    durable: "order-saga-inventory",
-    step: "saga",
-    filter: "inventory.>",
-};
+pub const ORDER_SAGA_INVENTORY: ConsumerSpec =
+    ConsumerSpec::new("inventory", "order-saga-inventory", "saga", "inventory.>");
 /// The saga's inbound payment outcomes (it ignores the payment requests it sent itself).
-pub const ORDER_SAGA_PAYMENTS: ConsumerSpec = ConsumerSpec {
-    stream: "payments",
-    durable: "order-saga-payments",
-    step: "saga",
-    filter: "payment.>",
-};
+pub const ORDER_SAGA_PAYMENTS: ConsumerSpec =
+    ConsumerSpec::new("payments", "order-saga-payments", "saga", "payment.>");
 /// Inventory reserves on order.created, commits on order.confirmed, releases on order.cancelled.
-pub const INVENTORY_ORDERS: ConsumerSpec = ConsumerSpec {
-    stream: "orders",
-    durable: "inventory-orders",
-    step: "inventory",
-    filter: "order.>",
-};
+pub const INVENTORY_ORDERS: ConsumerSpec =
+    ConsumerSpec::new("orders", "inventory-orders", "inventory", "order.>");
 /// Inventory's compensation commands from the saga.
-pub const INVENTORY_COMMANDS: ConsumerSpec = ConsumerSpec {
-    stream: "inventory",
-    durable: "inventory-commands",
-    step: "compensation",
-    filter: "inventory.release_requested.v1",
-};
+pub const INVENTORY_COMMANDS: ConsumerSpec = ConsumerSpec::new(
+    "inventory",
+    "inventory-commands",
+    "compensation",
+    "inventory.release_requested.v1",
+);
 /// The payment role's refund requests (late payments of cancelled orders).
-pub const PAYMENT_REFUNDS: ConsumerSpec = ConsumerSpec {
-    stream: "payments",
-    durable: "payment-refunds",
-    step: "payment",
-    filter: "payment.refund_requested.v1",
-};
+pub const PAYMENT_REFUNDS: ConsumerSpec = ConsumerSpec::new(
+    "payments",
+    "payment-refunds",
+    "payment",
+    "payment.refund_requested.v1",
+);
 /// The payment role's cancel requests (the saga gave up on a payment).
-pub const PAYMENT_CANCELLATIONS: ConsumerSpec = ConsumerSpec {
-    stream: "payments",
-    durable: "payment-cancellations",
-    step: "payment",
-    filter: "payment.cancel_requested.v1",
-};
+pub const PAYMENT_CANCELLATIONS: ConsumerSpec = ConsumerSpec::new(
+    "payments",
+    "payment-cancellations",
+    "payment",
+    "payment.cancel_requested.v1",
+);
 /// The payment role's charge requests.
-pub const PAYMENT_REQUESTS: ConsumerSpec = ConsumerSpec {
-    stream: "payments",
-    durable: "payment-requests",
-    step: "payment",
-    filter: "payment.requested.v1",
-};
+pub const PAYMENT_REQUESTS: ConsumerSpec = ConsumerSpec::new(
+    "payments",
+    "payment-requests",
+    "payment",
+    "payment.requested.v1",
+);
 
 /// Every durable consumer ordersaga runs (metrics register their series from this list).
 pub const ALL_CONSUMERS: [ConsumerSpec; 7] = [

@@ -68,6 +68,19 @@ impl<'a> Columns<'a> {
             payloads: messages.iter().map(|m| m.payload.as_ref()).collect(),
         }
     }
+
+    /// Binds the five columns, in this order, as the statement's next parameters.
+    pub(super) fn bind_to<'q>(
+        self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.message_ids)
+            .bind(self.subjects)
+            .bind(self.order_ids)
+            .bind(self.correlation_ids)
+            .bind(self.payloads)
+    }
 }
 
 /// Most messages waiting in the hand-off queue; beyond it, committed rows wait for the sweep
@@ -132,17 +145,11 @@ pub async fn insert(
     }
     let rows: Vec<OutboxMessage> = messages.iter().map(OutboxMessage::of).collect();
     let columns = Columns::of(&rows);
-    sqlx::query(
+    let statement = sqlx::query(
         "INSERT INTO outbox (message_id, subject, order_id, correlation_id, payload)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[])",
-    )
-    .bind(columns.message_ids)
-    .bind(columns.subjects)
-    .bind(columns.order_ids)
-    .bind(columns.correlation_ids)
-    .bind(columns.payloads)
-    .execute(&mut **tx)
-    .await?;
+    );
+    columns.bind_to(statement).execute(&mut **tx).await?;
     Ok(rows)
 }
 

@@ -74,7 +74,7 @@ impl Writes {
         }
         let (skus, quantities): (Vec<String>, Vec<i64>) = self.reserved_per_sku.into_iter().unzip();
         let columns = outbox::Columns::of(&messages);
-        sqlx::query(
+        let statement = sqlx::query(
             "WITH stock AS (
                  UPDATE products p SET reserved = p.reserved + w.qty, updated_at = now()
                  FROM unnest($1::text[], $2::bigint[]) AS w(sku, qty) WHERE p.sku = w.sku),
@@ -97,14 +97,8 @@ impl Writes {
         .bind(&self.rows.quantities)
         .bind(&self.rows.expires)
         .bind(&self.rows.correlations)
-        .bind(&self.refused)
-        .bind(columns.message_ids)
-        .bind(columns.subjects)
-        .bind(columns.order_ids)
-        .bind(columns.correlation_ids)
-        .bind(columns.payloads)
-        .execute(&mut **tx)
-        .await?;
+        .bind(&self.refused);
+        columns.bind_to(statement).execute(&mut **tx).await?;
         Ok(messages)
     }
 }
