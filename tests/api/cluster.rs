@@ -33,14 +33,18 @@ async fn quick_cluster_app() -> TestApp {
     .await
 }
 
-/// Waits until two instances hold 32 order partitions each, with no hand-off in progress.
+/// Waits until two instances hold 32 partitions each of both key spaces, with no hand-off in
+/// progress in either.
 async fn wait_for_two_halves(app: &TestApp) {
     eventually(
         Duration::from_secs(20),
-        "two instances with 32 each",
+        "two instances with 32 order and 32 SKU partitions each",
         || async {
-            let (held, handoffs) = holdings(&cluster_of(app).await);
-            let even = held.len() == 2 && held.iter().all(|(_, n)| *n == 32) && handoffs == 0;
+            let cluster = cluster_of(app).await;
+            let even = ["orders", "skus"].iter().all(|name| {
+                let (held, handoffs) = holdings_of(&cluster, name);
+                held.len() == 2 && held.iter().all(|(_, n)| *n == 32) && handoffs == 0
+            });
             even.then_some(())
         },
     )
