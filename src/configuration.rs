@@ -38,7 +38,12 @@ pub struct FakeSettings {
     #[arg(long, env = "STRIPE_FAKE_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
     /// Secret to sign webhooks with (ordersaga's STRIPE_WEBHOOK_SECRET).
-    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", default_value = DEV_WEBHOOK_SECRET)]
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_SECRET",
+        default_value = DEV_WEBHOOK_SECRET,
+        hide_env_values = true
+    )]
     pub webhook_secret: String,
 }
 

@@ -64,6 +64,23 @@ impl LedgerInner {
         )
     }
 
+    /// Writes the batch's decisions and their messages; the outcomes in order.
+    fn apply_all(
+        &mut self,
+        requests: &[ReservationRequest],
+        decided: Vec<ReservationDecision>,
+        messages: BatchMessages<'_>,
+    ) -> Vec<ReservationOutcome> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for (request, decision) in requests.iter().zip(decided) {
+            let outcome = self.apply(request.order_id, decision);
+            let envelopes = messages(request, &outcome);
+            self.outbox.extend(envelopes);
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
     /// Writes one decision: the units held, the decision recorded.
     fn apply(&mut self, order_id: OrderId, decision: ReservationDecision) -> ReservationOutcome {
         match &decision.outcome {
@@ -275,20 +292,16 @@ impl ReservationLedger for InMemoryLedger {
                 return Err(unavailable());
             }
             inner.requests.extend(requests.iter().cloned());
-            inner.decide(requests)
+            let decided = inner.decide(requests);
+            if !self.racy {
+                // Decided and written under one lock, as one transaction would.
+                return Ok(inner.apply_all(requests, decided, messages));
+            }
+            decided
         };
-        if self.racy {
-            tokio::task::yield_now().await;
-        }
-        let mut inner = lock(&self.inner);
-        let mut outcomes = Vec::with_capacity(requests.len());
-        for (request, decision) in requests.iter().zip(decided) {
-            let outcome = inner.apply(request.order_id, decision);
-            let envelopes = messages(request, &outcome);
-            inner.outbox.extend(envelopes);
-            outcomes.push(outcome);
-        }
-        Ok(outcomes)
+        // Racy: the decision and its write split by an await point, the lock let go between.
+        tokio::task::yield_now().await;
+        Ok(lock(&self.inner).apply_all(requests, decided, messages))
     }
 
     async fn commit_batch(&self, order_ids: &[OrderId]) -> Result<Vec<SettleOutcome>, StoreError> {

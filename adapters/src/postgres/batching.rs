@@ -17,9 +17,12 @@
 //! nobody to wait for.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,6 +39,9 @@ pub(super) trait BatchJob: Send + Sync + 'static {
     const NAME: &'static str;
     /// Runs the batch and answers every request, in the batch's order.
     fn run(&self, requests: Vec<Self::Request>) -> impl Future<Output = Vec<Self::Answer>> + Send;
+    /// The answer to a request the job left unanswered (it panicked or answered short): an
+    /// error the caller treats as the database being unavailable.
+    fn unanswered() -> Self::Answer;
 }
 
 /// The batcher stopped (its workers ended): the process is shutting down.
@@ -108,15 +114,29 @@ async fn work<J: BatchJob>(job: Arc<J>, queue: mpsc::Receiver<Pending<J>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.next(&mut batch, MAX_BATCH).await > 0 {
         let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        let answers = job.run(requests).await;
-        debug_assert_eq!(
-            answers.len(),
-            replies.len(),
-            "{} answered a batch short",
-            J::NAME
-        );
-        for (answer, reply) in answers.into_iter().zip(replies) {
-            let _ = reply.send(answer);
+        // A job that panics or answers short is a bug; its callers get an error they can retry
+        // (not "stopped", which means shutting down), and the worker goes on serving.
+        let answers = match AssertUnwindSafe(job.run(requests)).catch_unwind().await {
+            Ok(answers) => answers,
+            Err(_) => {
+                tracing::error!(
+                    batcher = J::NAME,
+                    "a batch job panicked; its callers get an error"
+                );
+                Vec::new()
+            }
+        };
+        if answers.len() != replies.len() {
+            tracing::error!(
+                batcher = J::NAME,
+                answers = answers.len(),
+                requests = replies.len(),
+                "a batch job did not answer every request; the rest get an error"
+            );
+        }
+        let mut answers = answers.into_iter();
+        for reply in replies {
+            let _ = reply.send(answers.next().unwrap_or_else(J::unanswered));
         }
     }
 }
@@ -246,6 +266,50 @@ mod tests {
             let size = requests.len();
             requests.into_iter().map(|r| (r, size)).collect()
         }
+
+        fn unanswered() -> (u32, usize) {
+            (u32::MAX, 0)
+        }
+    }
+
+    /// Panics on request 0, answers all but the last of a batch with 1 otherwise.
+    struct Faulty;
+
+    impl BatchJob for Faulty {
+        type Request = u32;
+        type Answer = Option<u32>;
+        const NAME: &'static str = "faulty";
+
+        async fn run(&self, requests: Vec<u32>) -> Vec<Option<u32>> {
+            assert!(!requests.contains(&0), "request 0 blows the job up");
+            requests.iter().skip(1).map(|r| Some(*r)).collect()
+        }
+
+        fn unanswered() -> Option<u32> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_or_answers_short_leaves_errors_and_a_worker_that_goes_on() {
+        let batcher = Batcher::new(Faulty, 1);
+        assert_eq!(batcher.submit(0, 0).await.unwrap(), None, "panicked");
+        assert_eq!(batcher.submit(0, 7).await.unwrap(), None, "left unanswered");
+        let pair: Vec<_> = (1..=2u32)
+            .map(|r| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.submit(0, r).await.unwrap() })
+            })
+            .collect();
+        let mut answered = Vec::new();
+        for call in pair {
+            answered.push(call.await.unwrap());
+        }
+        assert_eq!(
+            answered,
+            [Some(2), None],
+            "answered in order, the last left out"
+        );
     }
 
     #[tokio::test]

@@ -104,6 +104,12 @@ impl BatchJob for ChargeBatch {
             }
         }
     }
+
+    fn unanswered() -> Answer {
+        Err(StoreError::Unavailable(
+            "the charge writer lost this record's answer".into(),
+        ))
+    }
 }
 
 /// Per record, in the batch's order: its status if it is new (else `None`) and its reference.

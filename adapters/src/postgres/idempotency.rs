@@ -103,6 +103,12 @@ impl BatchJob for ClaimBatch {
         }
         answers
     }
+
+    fn unanswered() -> Self::Answer {
+        Err(StoreError::Unavailable(
+            "the idempotency claimer lost this claim's answer".into(),
+        ))
+    }
 }
 
 fn answer_for(request: &Request, row: &KeyRow) -> IdempotencyClaim {

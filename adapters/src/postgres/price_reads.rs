@@ -97,4 +97,8 @@ impl BatchJob for PriceBatch {
             .map_err(|e| e.to_string());
         vec![answer; placements.len()]
     }
+
+    fn unanswered() -> Self::Answer {
+        Err("the price reader lost this read's answer".into())
+    }
 }

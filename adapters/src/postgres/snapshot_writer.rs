@@ -152,10 +152,14 @@ impl BatchJob for SnapshotBatch {
         }
         answers
             .into_iter()
-            .map(|answer| {
-                answer.unwrap_or_else(|| Err(StoreError::Unavailable("unanswered".into())))
-            })
+            .map(|answer| answer.unwrap_or_else(Self::unanswered))
             .collect()
+    }
+
+    fn unanswered() -> Answer {
+        Err(StoreError::Unavailable(
+            "the snapshot writer lost this write's answer".into(),
+        ))
     }
 }
 
