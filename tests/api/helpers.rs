@@ -379,6 +379,19 @@ async fn start(settings: Settings) -> Started {
 }
 
 impl TestApp {
+    /// This process's `GET /metrics` text (Prometheus counters are process-wide: other tests in
+    /// this binary add to them).
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     /// The settings the app was started with.
     pub fn settings(&self) -> &Settings {
         &self.settings

@@ -11,8 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ChildProcess, TestApp, TestDb, TestNats, eventually, free_port, spawn_app, spawn_app_with,
-    wait_healthy,
+    ChildProcess, TestDb, TestNats, eventually, free_port, spawn_app, spawn_app_with, wait_healthy,
 };
 use crate::inspection::{TOKEN, admin_get, admin_post};
 use crate::payments::{post_webhook, reference, signed};
@@ -38,22 +37,11 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// A counter series (name, labels) and by how much it must have grown at least.
 type Expectation = (&'static str, Vec<(&'static str, &'static str)>, f64);
 
-async fn scrape(app: &TestApp) -> String {
-    app.http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn metrics_move_as_orders_flow_through_every_step() {
     let app = spawn_app().await;
     app.put_product("OBS-METRICS", 7, 500).await;
-    let before = scrape(&app).await;
+    let before = app.metrics_text().await;
     let counter =
         |text: &str, name: &str, labels: &[(&str, &str)]| series(text, name, labels).unwrap_or(0.0);
 
@@ -148,7 +136,7 @@ async fn metrics_move_as_orders_flow_through_every_step() {
         Duration::from_secs(20),
         "every counter to reflect the two orders",
         || async {
-            let after = scrape(&app).await;
+            let after = app.metrics_text().await;
             (expectations
                 .iter()
                 .all(|(name, labels, by)| grew(&after, name, labels, *by))
@@ -218,7 +206,7 @@ async fn metrics_move_as_orders_flow_through_every_step() {
         Duration::from_secs(15),
         "the stock gauge to show the settled stock",
         || async {
-            let text = scrape(&app).await;
+            let text = app.metrics_text().await;
             (series(
                 &text,
                 "inventory_stock_available",
@@ -242,7 +230,7 @@ async fn a_reservation_that_crosses_the_low_stock_threshold_alerts_once() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let alerts = |text: &str| series(text, "inventory_low_stock_alerts_total", &[]).unwrap_or(0.0);
-    let before = alerts(&scrape(&app).await);
+    let before = alerts(&app.metrics_text().await);
 
     // 10 → 6 (above the threshold), 6 → 3 (crosses it), 3 → 2 (already below: no new alert).
     let mut orders = Vec::new();
@@ -280,7 +268,7 @@ async fn a_reservation_that_crosses_the_low_stock_threshold_alerts_once() {
         "the crossing order's ids"
     );
     assert!(event["correlation_id"].is_string());
-    assert!(alerts(&scrape(&app).await) - before >= 1.0);
+    assert!(alerts(&app.metrics_text().await) - before >= 1.0);
 }
 
 fn history_text(order: &Value) -> String {

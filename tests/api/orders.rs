@@ -292,15 +292,7 @@ async fn saga_figures_are_served_as_json_and_as_prometheus_metrics() {
 
     // The Prometheus counters are process-wide (other tests add to them): they must exist and
     // be at least this test's own figures.
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap_or_default();
+    let text = app.metrics_text().await;
     let value = |name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))

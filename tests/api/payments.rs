@@ -482,15 +482,7 @@ async fn consecutive_failures_raise_a_streak_alert_event() {
     assert_eq!(body["data"]["consecutive_failures"], 2);
     assert_eq!(body["data"]["last_code"], "card_declined");
     // And the metric (process-wide: other tests in this binary may add to it).
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap_or_default();
+    let text = app.metrics_text().await;
     let count: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("payment_failure_streak_alerts_total "))

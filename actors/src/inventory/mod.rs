@@ -22,9 +22,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 
 pub use outcomes::{ReleaseCause, release_messages, reservation_messages};
-pub use reservation_decision::{
-    ReservationDecision, StockLevel, decide_reservations, units_wanted,
-};
+pub use reservation_decision::{ReservationDecision, StockLevel, decide_reservations};
 pub use shard::{InventoryShard, ShardMessage};
 pub use supervisor::{ShardSlots, ShardSupervisor, ShardSupervisorArgs};
 

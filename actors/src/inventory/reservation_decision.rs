@@ -33,7 +33,7 @@ pub struct ReservationDecision {
 }
 
 /// Units wanted per SKU by one order, in SKU order.
-pub fn units_wanted(request: &ReservationRequest) -> BTreeMap<Sku, i64> {
+fn units_wanted(request: &ReservationRequest) -> BTreeMap<Sku, i64> {
     let mut wanted: BTreeMap<Sku, i64> = BTreeMap::new();
     for line in &request.lines {
         *wanted.entry(line.sku.clone()).or_default() += i64::from(line.quantity);
